@@ -1,0 +1,282 @@
+"""The configuration schema shared by every config file, and its validation.
+
+Every config in ``configs/`` starts from :func:`base_config` and overrides fields; an override of a
+field that does not exist is an error (ConfigDicts are locked), so a typo never passes silently.
+:func:`validate` checks the values before any compute and raises :class:`ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+# Paper schedules (Table 1): cumulative percent of annotated frames (A%) and of labelled videos (V%).
+UCF101_24_SCHEDULE = ((0.25, 5), (0.5, 10), (0.75, 15), (1.0, 20), (1.25, 25), (1.5, 30),
+                      (2.0, 40), (2.5, 50), (5.0, 80))
+JHMDB_SCHEDULE = ((0.15, 5), (0.30, 10), (0.45, 15), (0.60, 20), (0.75, 25), (0.90, 30),
+                  (1.20, 40), (1.50, 50), (5.40, 80))
+
+STRATEGIES = ("claus", "claus_no_cluster", "uncertainty", "entropy", "random", "equidistant",
+              "inter_only", "intra_only")
+DATASETS = ("synthetic", "jhmdb", "ucf101_24")
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the field and what to do."""
+
+
+def _cd(**fields) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(fields)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The full schema with the paper's defaults (J-HMDB-like sizes); configs override fields."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # Root PRNG seed: data generation, round-0 pool, training, scoring and selection.
+  c.dataset = "synthetic"  # One of DATASETS.
+
+  c.data = _cd(
+      root="",  # Dataset root (J-HMDB / UCF-101-24 official layout); unused for synthetic.
+      tfds_dir="",  # Where prepared tfds datasets live; '' = $CLAUS_TFDS_DIR or ~/.cache/claus_jax/tfds.
+      frame_size=64,  # Stored frames are resized to frame_size x frame_size (square).
+      split=1,  # J-HMDB split number (1-3).
+      on_bad_video="error",  # 'error' stops preparation at a bad video; 'skip' lists and skips it.
+      truncate_to_shorter=False,  # J-HMDB: cut frames/masks to the shorter length (with a warning).
+      synthetic=_cd(
+          num_classes=8,  # Motion classes (at most 10).
+          train_groups=24,  # Recording groups in the train split.
+          test_groups=8,  # Recording groups in the test split (disjoint from train).
+          videos_per_group=4,  # Near-duplicate videos cut from one recording.
+          min_frames=24,  # Shortest video.
+          max_frames=48,  # Longest video.
+          mode="untrimmed",  # 'untrimmed' (UCF-like: action in a sub-span) or 'trimmed' (J-HMDB-like).
+          long_tail=1.0,  # Ratio of the most to the least frequent class (1 = balanced).
+          distractors=3,  # Static distractor shapes per video.
+          occlusion=0.3,  # Probability that a video has an occluding bar crossing the actor.
+          jitter=1.0,  # Camera jitter amplitude in pixels (at 64x64; scales with frame size).
+      ),
+  )
+
+  c.model = _cd(
+      num_classes=8,  # Class capsules; must equal the dataset's class count.
+      clip_length=8,  # Frames per clip fed to the detector.
+      width=1.0,  # Channel width multiplier for every conv (1.0 = paper; small for tests).
+      strides="claus",  # 'claus' (temporal stride 2 at Conv3d_2c and MaxPool3d_4a) or 'standard' I3D.
+      primary_caps=32,  # Primary capsule types.
+      primary_kernel=0,  # Primary-capsule kernel; 0 = derived from frame_size (9 at 224).
+      routing_iters=3,  # EM-routing iterations.
+      coord_add=False,  # Coordinate addition in the class capsules.
+      dropout=0.5,  # Channel (Dropout3d-style) dropout rate at both MC-dropout sites.
+      dtype="float32",  # Compute dtype: 'float32' or 'bfloat16' (parameters stay float32).
+      encoder_init="",  # Orbax dir of imported I3D weights (tools.import_i3d); '' = random init.
+  )
+
+  c.train = _cd(
+      steps=2000,  # Optimiser steps per active-learning round.
+      batch_size=8,  # Clips per step (global, over all devices).
+      learning_rate=5e-4,  # Adam learning rate (paper; the authors' code used 5e-5).
+      b1=0.9,  # Adam beta1 (authors' code: 0.5).
+      b2=0.999,  # Adam beta2.
+      eps=1e-8,  # Adam epsilon (authors' code: 1e-6).
+      clip_skip=2,  # Temporal stride between the frames of a training clip.
+      crop_scale=0.875,  # Random crop side as a fraction of the frame before resizing back.
+      flip=True,  # Random horizontal flip.
+      warm_start=False,  # Start round k from round k-1's weights instead of the initial ones.
+      checkpoint_every=500,  # Steps between orbax checkpoints (and one at the end).
+      log_every=50,  # Steps between loss log lines.
+      data_workers=2,  # Background threads producing batches.
+      prefetch=4,  # Batches buffered ahead of the train step.
+      data_parallel=False,  # Shard batches over all local devices on a 1-D 'data' mesh.
+  )
+
+  c.loss = _cd(
+      variant="stew",  # Localisation targets: 'stew', 'interpolation' (weight 1) or 'frame' (labelled only).
+      stew_form="paper",  # 'paper' (Eq. 4) or 'implementation' (authors' code; REFERENCE.md).
+      stew_window=2,  # Half window W of Eq. 4 (frames f-W..f+W).
+      stew_sigma=4.0 / 3.0,  # Temporal Gaussian sigma (frames) of the distance term.
+      p_low=0.1,  # Window mean <= p_low: consistent background, weight 1.
+      p_high=0.9,  # Window mean >= p_high: consistent foreground, weight 1.
+      mask_interp="sdf",  # Mask pseudo-labels between annotated frames: 'sdf' blend or 'nearest'.
+      bce_weight=1.0,  # Weight of the STeW-weighted BCE term.
+      dice_weight=1.0,  # Weight of the Dice term.
+      cls_weight=1.0,  # Weight of the margin classification loss.
+      cluster_weight=1e-6,  # lambda of Eq. 3 (cluster loss = lambda/2 ||latent - centre||^2).
+      margin_start=0.2,  # Initial margin of the spread loss.
+      margin_step=0.7 / 40,  # Margin growth per epoch (epoch = len(labelled clips)/batch steps).
+      margin_max=0.9,  # Margin cap.
+  )
+
+  c.cluster = _cd(
+      k=5,  # Number of deep-clustering centres K.
+      n_init=20,  # k-means restarts for the initial centres.
+      count_init=100.0,  # Initial per-centre count; the update rate is 1/count.
+  )
+
+  c.uncertainty = _cd(
+      passes=10,  # R: MC-dropout passes.
+      form="paper",  # 'paper' (Eq. 2, mean of -log p over passes) or 'implementation'.
+      bg_threshold=0.4,  # Pixels whose mean prediction is below this count as definite background.
+      sweep_passes=(),  # Extra R values (<= passes) scored from the same passes by `claus_jax.score`.
+      sweep_thresholds=(),  # Extra background thresholds scored at no extra passes.
+      tiling="skip2",  # 'skip2' (reference layout, 8 frames at skip 2) or 'dense' (skip 1).
+      pass_chunk=10,  # MC passes vmapped at once (memory is bounded by the chunk).
+      clip_chunk=4,  # Clips per scoring batch.
+  )
+
+  c.selection = _cd(
+      strategy="claus",  # One of STRATEGIES.
+      proximity_sigma=8.0 / 3.0,  # sigma of the Gaussian proximity penalty g(d).
+      nms_radius=4,  # Frames either side of a pick that get the penalty subtracted.
+      entropy_skip=5,  # Entropy baseline: frames ignored around each pick.
+      restrict_to_gt_span=False,  # Authors' code: choose frames inside the GT action span (leaks labels).
+  )
+
+  c.budget = _cd(
+      initial_videos_pct=5.0,  # Round 0: percent of train videos labelled at random (V%).
+      initial_frames_pct=0.15,  # Round 0: percent of all train frames annotated (A%).
+      schedule=JHMDB_SCHEDULE[1:],  # Later rounds: cumulative (A%, V%) targets, one per round.
+      cost_video=1.0,  # C_v: cost of one video label.
+      cost_frame=1.0,  # C_f: cost of one frame annotation.
+      max_rounds=0,  # Stop after this many selection rounds (0 = whole schedule).
+  )
+
+  c.eval = _cd(
+      batch_size=4,  # Clips per evaluation batch.
+      iou_thresholds=(0.1, 0.2, 0.3, 0.5),  # Thresholds reported in the summary.
+      mask_threshold=0.5,  # Sigmoid threshold for predicted masks.
+      score_rule="class_prob",  # Detection score: 'class_prob' or 'class_prob_x_mask_mean'.
+      video_top_k=1,  # Detection protocol: tubes per video (top-k predicted classes).
+  )
+
+  c.oracle = _cd(
+      kind="simulated",  # 'simulated' (ground truth) or 'files' (requests.json / answers.json).
+  )
+
+  c.quiet = False  # Turn off progress bars.
+  c.lock()
+  return c
+
+
+def _fail(field: str, message: str):
+  raise ConfigError(f"config.{field}: {message}")
+
+
+def geometry(frame_size: int, clip_length: int = 8) -> dict:
+  """Spatial sizes through the detector for a square input of ``frame_size`` pixels.
+
+  The encoder reduces by 8 (1a: /2, 2a pool: /2, 3a pool: /2); the primary capsules use a VALID
+  kernel, chosen so the grid is 20 at 224 (kernel 9), and scaled for smaller inputs.
+  """
+  if frame_size % 16 != 0:
+    raise ConfigError(f"config.data.frame_size={frame_size}: must be a multiple of 16 (the encoder "
+                      "downsamples by 8 and the decoder upsamples by 2 three times); try 64, 112 or 224.")
+  feat = frame_size // 8
+  kernel = max(1, round(9 * feat / 28)) if feat >= 4 else 1
+  grid = feat - kernel + 1
+  return {"feature": feat, "primary_kernel": kernel, "grid": grid,
+          "encoder_frames": max(1, clip_length // 8)}
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks a config before any compute; raises ConfigError naming the field and the fix."""
+  if config.dataset not in DATASETS:
+    _fail("dataset", f"{config.dataset!r} is unknown; use one of {DATASETS}.")
+  if config.dataset != "synthetic":
+    root = config.data.root or os.environ.get("CLAUS_DATA_DIR", "")
+    if not root:
+      _fail("data.root", f"no data root for {config.dataset}; pass --config.data.root=/path/to/"
+            f"{config.dataset} or set CLAUS_DATA_DIR.")
+    if not os.path.isdir(os.path.expanduser(root)):
+      _fail("data.root", f"{root!r} is not a directory; download {config.dataset} and point "
+            "--config.data.root at it (see README).")
+  fs = config.data.frame_size
+  geo = geometry(fs, config.model.clip_length)
+  if config.model.primary_kernel and config.model.primary_kernel > geo["feature"]:
+    _fail("model.primary_kernel", f"{config.model.primary_kernel} is larger than the {geo['feature']}x"
+          f"{geo['feature']} feature map at frame_size {fs}; use 0 (derived) or at most {geo['feature']}.")
+  if config.model.clip_length != 8:
+    _fail("model.clip_length", "the detector geometry needs 8-frame clips; set it to 8.")
+  if config.model.width <= 0:
+    _fail("model.width", f"{config.model.width} must be positive (1.0 = paper).")
+  if config.model.dtype not in ("float32", "bfloat16"):
+    _fail("model.dtype", f"{config.model.dtype!r}: use 'float32' or 'bfloat16'.")
+  if config.model.strides not in ("claus", "standard"):
+    _fail("model.strides", f"{config.model.strides!r}: use 'claus' or 'standard'.")
+  if not 0.0 <= config.model.dropout < 1.0:
+    _fail("model.dropout", f"{config.model.dropout} must be in [0, 1).")
+  if config.dataset == "synthetic":
+    syn = config.data.synthetic
+    if config.model.num_classes != syn.num_classes:
+      _fail("model.num_classes", f"{config.model.num_classes} differs from data.synthetic.num_classes="
+            f"{syn.num_classes}; set both to the same value.")
+    if syn.min_frames > syn.max_frames:
+      _fail("data.synthetic.min_frames", f"{syn.min_frames} > max_frames={syn.max_frames}.")
+    if syn.min_frames < config.model.clip_length:
+      _fail("data.synthetic.min_frames", f"{syn.min_frames} is shorter than one clip "
+            f"({config.model.clip_length} frames).")
+  if config.selection.strategy not in STRATEGIES:
+    _fail("selection.strategy", f"{config.selection.strategy!r} is unknown; use one of {STRATEGIES}.")
+  if config.loss.variant not in ("stew", "interpolation", "frame"):
+    _fail("loss.variant", f"{config.loss.variant!r}: use 'stew', 'interpolation' or 'frame'.")
+  if config.loss.stew_form not in ("paper", "implementation"):
+    _fail("loss.stew_form", f"{config.loss.stew_form!r}: use 'paper' or 'implementation'.")
+  if config.uncertainty.form not in ("paper", "implementation"):
+    _fail("uncertainty.form", f"{config.uncertainty.form!r}: use 'paper' or 'implementation'.")
+  if config.uncertainty.tiling not in ("skip2", "dense"):
+    _fail("uncertainty.tiling", f"{config.uncertainty.tiling!r}: use 'skip2' or 'dense'.")
+  if config.uncertainty.passes < 1:
+    _fail("uncertainty.passes", "needs at least 1 MC-dropout pass.")
+  for r in config.uncertainty.sweep_passes:
+    if not 1 <= r <= config.uncertainty.passes:
+      _fail("uncertainty.sweep_passes", f"{r} is outside [1, passes={config.uncertainty.passes}].")
+  if config.oracle.kind not in ("simulated", "files"):
+    _fail("oracle.kind", f"{config.oracle.kind!r}: use 'simulated' or 'files'.")
+  b = config.budget
+  prev_a, prev_v = b.initial_frames_pct, b.initial_videos_pct
+  if not 0 < prev_v <= 100:
+    _fail("budget.initial_videos_pct", f"{prev_v} must be in (0, 100].")
+  for i, step in enumerate(b.schedule):
+    if len(step) != 2:
+      _fail(f"budget.schedule[{i}]", f"{step} must be a pair (A%, V%).")
+    a, v = step
+    if v > 100 or a > 100:
+      _fail(f"budget.schedule[{i}]", f"({a}, {v}) asks for more than 100% of the pool; the budget "
+            "cannot exceed the pool.")
+    if a < prev_a or v < prev_v:
+      _fail(f"budget.schedule[{i}]", f"({a}, {v}) is below the previous round ({prev_a}, {prev_v}); "
+            "the schedule is cumulative and must not decrease.")
+    prev_a, prev_v = a, v
+  if config.cluster.k < 1:
+    _fail("cluster.k", "needs at least one cluster.")
+  return config
+
+
+def validate_against_data(config: ml_collections.ConfigDict, num_train_videos: int,
+                          num_train_frames: int, num_classes: int) -> None:
+  """Checks that need the dataset's size; called once the split index is known."""
+  if config.model.num_classes != num_classes:
+    _fail("model.num_classes", f"{config.model.num_classes} but the dataset has {num_classes} "
+          f"classes; set --config.model.num_classes={num_classes}.")
+  n_init = initial_video_count(config, num_train_videos)
+  if config.cluster.k > n_init:
+    _fail("cluster.k", f"K={config.cluster.k} is larger than the {n_init} videos labelled in round 0 "
+          f"(budget.initial_videos_pct={config.budget.initial_videos_pct} of {num_train_videos}); "
+          "lower K or raise initial_videos_pct.")
+  n_frames_init = initial_frame_count(config, num_train_frames)
+  if n_frames_init < n_init:
+    _fail("budget.initial_frames_pct", f"{config.budget.initial_frames_pct}% of {num_train_frames} "
+          f"frames is {n_frames_init} frames, fewer than one per initial video ({n_init}); raise it.")
+
+
+def initial_video_count(config, num_train_videos: int) -> int:
+  return max(1, int(round(config.budget.initial_videos_pct / 100.0 * num_train_videos)))
+
+
+def initial_frame_count(config, num_train_frames: int) -> int:
+  return int(round(config.budget.initial_frames_pct / 100.0 * num_train_frames))
+
+
+def to_dict(config: ml_collections.ConfigDict) -> dict:
+  """A JSON-able plain dict (tuples become lists)."""
+  return ml_collections.ConfigDict(config).to_dict()
