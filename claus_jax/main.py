@@ -1,0 +1,44 @@
+"""Entry point: ``python -m claus_jax.main --config=configs/synthetic.py [--workdir=DIR]``.
+
+A thin absl main, as in the Flax examples: it parses the config (with ``--config.x.y=value``
+overrides) and calls :func:`claus_jax.experiment.run`. Everything else is importable and tested.
+"""
+
+import os
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/synthetic.py or configs/synthetic.py:smoke.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Output folder for this run (default: runs/<config name>[_<variant>]).")
+_QUIET = flags.DEFINE_bool("quiet", False, "Turn off progress bars.")
+flags.mark_flags_as_required(["config"])
+
+
+def default_workdir(config_arg: str) -> str:
+  """runs/<config file stem>[_<variant>] for ``configs/synthetic.py:smoke``-style arguments."""
+  path, _, variant = config_arg.partition(":")
+  name = os.path.splitext(os.path.basename(path))[0]
+  return os.path.join("runs", f"{name}_{variant}" if variant else name)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from claus_jax import experiment  # Imported here so --help stays fast.
+
+  config = _CONFIG.value
+  if _QUIET.value:
+    with config.unlocked():
+      config.quiet = True
+  workdir = _WORKDIR.value or default_workdir(
+      config_flags.get_config_filename(flags.FLAGS["config"]))
+  experiment.run(config, workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)

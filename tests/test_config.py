@@ -1,0 +1,119 @@
+"""Config files load, validate, and bad values give errors naming the field."""
+
+import importlib.util
+import os
+
+import pytest
+
+from claus_jax import configlib
+from claus_jax import main as main_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load(name, arg=None):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(arg)
+
+
+@pytest.mark.parametrize("name,arg", [("synthetic", None), ("synthetic", "smoke")])
+def test_synthetic_configs_validate(name, arg):
+  configlib.validate(load(name, arg))
+
+
+def test_paper_configs(tmp_path, monkeypatch):
+  monkeypatch.setenv("CLAUS_DATA_DIR", str(tmp_path))
+  for name, classes, schedule in (("jhmdb", 21, configlib.JHMDB_SCHEDULE),
+                                  ("ucf101_24", 24, configlib.UCF101_24_SCHEDULE)):
+    c = load(name)
+    assert c.data.root == str(tmp_path)
+    configlib.validate(c)
+    assert c.model.num_classes == classes and c.uncertainty.passes == 10 and c.cluster.k == 5
+    assert c.data.frame_size == 224 and c.model.width == 1.0
+    assert (c.budget.initial_frames_pct, c.budget.initial_videos_pct) == schedule[0]
+    assert tuple(tuple(s) for s in c.budget.schedule) == schedule[1:]
+
+
+def test_every_field_has_a_comment():
+  import inspect
+  src = inspect.getsource(configlib.base_config)
+  for line in src.splitlines():
+    stripped = line.strip()
+    if "=" in stripped and not stripped.startswith(("c =", "c.lock", "return", "#", "def ", '"""',
+                                                    "c.data =", "c.model =", "c.train =",
+                                                    "c.loss =", "c.cluster =", "c.uncertainty =",
+                                                    "c.selection =", "c.budget =", "c.eval =",
+                                                    "c.oracle =", "synthetic=_cd(")):
+      assert "#" in stripped, f"config field without a comment: {stripped}"
+
+
+def test_unknown_field_is_refused():
+  c = load("synthetic")
+  with pytest.raises(AttributeError, match="typo_field"):
+    c.train.typo_field = 3
+
+
+def _expect(c, field):
+  with pytest.raises(configlib.ConfigError, match=f"config.{field}"):
+    configlib.validate(c)
+
+
+def test_validation_errors_name_the_field(tmp_path, monkeypatch):
+  monkeypatch.delenv("CLAUS_DATA_DIR", raising=False)
+  c = load("jhmdb")
+  c.data.root = ""
+  with pytest.raises(configlib.ConfigError, match="config.data.root: no data root.*CLAUS_DATA_DIR"):
+    configlib.validate(c)
+  c.data.root = str(tmp_path / "absent")
+  _expect(c, "data.root")
+
+  c = load("synthetic")
+  c.data.frame_size = 72
+  with pytest.raises(configlib.ConfigError, match="frame_size=72: must be a multiple of 16"):
+    configlib.validate(c)
+  c = load("synthetic")
+  c.model.primary_kernel = 20
+  _expect(c, "model.primary_kernel")
+  c = load("synthetic")
+  c.budget.schedule = ((2.0, 20.0), (3.0, 130.0))
+  with pytest.raises(configlib.ConfigError, match=r"budget.schedule\[1\].*more than 100%"):
+    configlib.validate(c)
+  c = load("synthetic")
+  c.budget.schedule = ((2.0, 20.0), (1.0, 30.0))
+  _expect(c, r"budget.schedule\[1\]")
+  c = load("synthetic")
+  c.selection.strategy = "clause"
+  _expect(c, "selection.strategy")
+  c = load("synthetic")
+  c.model.num_classes = 5
+  _expect(c, "model.num_classes")
+
+
+def test_validation_against_data():
+  c = load("synthetic")  # 10% of 96 videos = 10 in round 0, K = 5
+  configlib.validate_against_data(c, 96, 3456, 8)
+  c.cluster.k = 11
+  with pytest.raises(configlib.ConfigError, match="config.cluster.k: K=11 is larger than the 10"):
+    configlib.validate_against_data(c, 96, 3456, 8)
+  c = load("synthetic")
+  with pytest.raises(configlib.ConfigError, match="config.model.num_classes"):
+    configlib.validate_against_data(c, 96, 3456, 9)
+  c.budget.initial_frames_pct = 0.1
+  with pytest.raises(configlib.ConfigError, match="config.budget.initial_frames_pct"):
+    configlib.validate_against_data(c, 96, 3456, 8)
+
+
+def test_geometry_matches_paper_at_224():
+  g = configlib.geometry(224)
+  assert (g["feature"], g["primary_kernel"], g["grid"]) == (28, 9, 20)
+  for size in (32, 64, 112):
+    g = configlib.geometry(size)
+    assert g["grid"] >= 1 and g["feature"] == size // 8
+
+
+def test_default_workdir():
+  assert main_lib.default_workdir("configs/synthetic.py") == os.path.join("runs", "synthetic")
+  assert main_lib.default_workdir("configs/synthetic.py:smoke") == os.path.join("runs",
+                                                                               "synthetic_smoke")
