@@ -1,0 +1,133 @@
+"""Annotation budgets per active-learning round (paper Sec. 3.3, Table 1).
+
+The schedule is cumulative: round 0 labels ``initial_videos_pct`` of the pool's N videos and
+annotates ``initial_frames_pct`` of its F frames (at random); round r >= 1 raises the totals to the
+r-th ``(A%, V%)`` pair of ``config.budget.schedule``. Targets are rounded with Python's ``round``
+(half to even, as :func:`claus_jax.configlib.initial_video_count` does; round 0 uses those two
+functions, so at least one video is labelled) and capped at the pool. A round's budgets pay only
+for what is still missing:
+
+    B_v = max(0, videos_target_r - labelled videos) * C_v
+    B_f = max(0, frames_target_r - labelled frames) * C_f
+
+A selection fits when ``new videos * C_v <= B_v`` and ``new frames * C_f <= B_f``. Spending less
+(e.g. inter-only, whose whole videos exhaust B_f early) simply leaves more for the next round, since
+the next targets are cumulative.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from claus_jax import configlib
+
+# Budgets are products of counts and float costs; this absorbs the rounding of B / C.
+_EPS = 1e-9
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundBudget:
+  """What one round may buy.
+
+  Attributes:
+    round: 0 for the initial random pool, r >= 1 for the r-th selection round.
+    num_videos: cumulative target of videos with a video label after this round.
+    num_frames: cumulative target of annotated frames after this round.
+    budget_video: B_v, in cost units (new video labels times C_v).
+    budget_frame: B_f, in cost units (new frame annotations times C_f).
+  """
+
+  round: int
+  num_videos: int
+  num_frames: int
+  budget_video: float
+  budget_frame: float
+
+  @property
+  def total(self) -> float:
+    """B = B_v + B_f."""
+    return self.budget_video + self.budget_frame
+
+
+def cumulative_schedule(config) -> list[tuple[float, float]]:
+  """[(A%, V%)] for rounds 0..R: round 0 from the initial percents, then the schedule.
+
+  ``config.budget.max_rounds`` > 0 keeps only that many selection rounds after round 0.
+  """
+  b = config.budget
+  rounds = [(float(a), float(v)) for a, v in b.schedule]
+  if b.max_rounds and b.max_rounds > 0:
+    rounds = rounds[:int(b.max_rounds)]
+  return [(float(b.initial_frames_pct), float(b.initial_videos_pct))] + rounds
+
+
+def num_rounds(config) -> int:
+  """Selection rounds after round 0 (the length of the capped schedule)."""
+  return len(cumulative_schedule(config)) - 1
+
+
+def round_targets(config, round_index: int, total_videos: int, total_frames: int) -> tuple[int, int]:
+  """(videos_target, frames_target) after ``round_index``: cumulative counts, capped at the pool."""
+  sched = cumulative_schedule(config)
+  if not 0 <= round_index < len(sched):
+    raise ValueError(f"round {round_index} is outside the schedule (rounds 0..{len(sched) - 1}; "
+                     f"config.budget.schedule has {len(config.budget.schedule)} entries, "
+                     f"max_rounds={config.budget.max_rounds}).")
+  if round_index == 0:
+    videos = configlib.initial_video_count(config, total_videos)
+    frames = configlib.initial_frame_count(config, total_frames)
+  else:
+    a_pct, v_pct = sched[round_index]
+    videos = int(round(v_pct / 100.0 * total_videos))
+    frames = int(round(a_pct / 100.0 * total_frames))
+  return min(videos, total_videos), min(frames, total_frames)
+
+
+def round_budget(config, round_index: int, total_videos: int, total_frames: int,
+                 labelled_videos: int, labelled_frames: int) -> RoundBudget:
+  """The budgets B_v, B_f of one round given what is labelled already.
+
+  Args:
+    config: claus_jax config (``budget`` section).
+    round_index: 0 (initial pool) or 1..num_rounds(config).
+    total_videos: N, videos in the pool (train split).
+    total_frames: F, frames over all pool videos.
+    labelled_videos: videos carrying a video label before this round.
+    labelled_frames: annotated frames before this round.
+  """
+  videos, frames = round_targets(config, round_index, total_videos, total_frames)
+  return RoundBudget(
+      round=round_index, num_videos=videos, num_frames=frames,
+      budget_video=max(0, videos - labelled_videos) * float(config.budget.cost_video),
+      budget_frame=max(0, frames - labelled_frames) * float(config.budget.cost_frame))
+
+
+def affordable(budget_units: float, unit_cost: float) -> int:
+  """How many items of ``unit_cost`` fit in ``budget_units`` (0 if the cost is not positive)."""
+  if unit_cost <= 0:
+    raise ValueError(f"a unit cost must be positive, got {unit_cost}; fix config.budget.cost_video "
+                     "/ cost_frame.")
+  return max(0, int(math.floor(budget_units / unit_cost + _EPS)))
+
+
+def max_new_videos(budget: RoundBudget, config) -> int:
+  """floor(B_v / C_v): new video labels the round can pay for."""
+  return affordable(budget.budget_video, float(config.budget.cost_video))
+
+
+def max_new_frames(budget: RoundBudget, config) -> int:
+  """floor(B_f / C_f): new frame annotations the round can pay for."""
+  return affordable(budget.budget_frame, float(config.budget.cost_frame))
+
+
+def selection_cost(num_new_videos: int, num_new_frames: int, config) -> float:
+  """C_v * new video labels + C_f * new frame annotations."""
+  return (num_new_videos * float(config.budget.cost_video)
+          + num_new_frames * float(config.budget.cost_frame))
+
+
+def within_budget(num_new_videos: int, num_new_frames: int, budget: RoundBudget, config) -> bool:
+  """True when both parts fit: new videos * C_v <= B_v and new frames * C_f <= B_f."""
+  return (num_new_videos <= max_new_videos(budget, config)
+          and num_new_frames <= max_new_frames(budget, config))
