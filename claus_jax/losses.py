@@ -1,0 +1,281 @@
+"""STeW weights and the training losses (paper Sec. 3.1-3.2, Eq. 3-6).
+
+Everything here is pure. The STeW functions are written once against an array module ``xp`` (NumPy
+or ``jax.numpy``): the input pipeline uses the NumPy form, the jnp form is jit-able with static shapes.
+
+STeW, paper form (Eq. 4), per pixel of frame ``f``::
+
+    mean_f = mean of the pseudo-label over frames max(0, f-W) .. min(T-1, f+W)
+    phi_f  = 1                              if mean_f <= p_low or mean_f >= p_high (consistent)
+           = Dist(f_a - f) * mean_f         otherwise,   Dist(d) = exp(-d^2 / (2 sigma^2))
+    phi_f  = 1 on labelled frames.
+
+The paper writes the normaliser as 1/(W+1) while summing 2W+1 frames; that can exceed 1 although the
+paper states phi in [0, 1]. We use the mean over the frames actually in the window (clamped at the
+video borders), which keeps phi in [0, 1] and makes the p_low / p_high thresholds fractions of frames.
+
+STeW, implementation form (REFERENCE.md bracket)::
+
+    temporal_f = exp(-d^2 / (2 sigma^2)) if d <= radius else 0,  d = distance to the nearest labelled
+                 frame (= max over labelled frames of the Gaussian, which decreases with distance)
+    spatial_f  = 1 where mean_f == 0 (pure background), else mean_f
+    phi_f      = min(1, temporal_f * spatial_f);  phi_f = 1 on labelled frames.
+
+Loss variants (Fig. 6): ``'frame'`` weight 1 on labelled frames and 0 elsewhere, ``'interpolation'``
+weight 1 everywhere, ``'stew'`` the STeW weight above.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+VARIANTS = ("stew", "interpolation", "frame")
+FORMS = ("paper", "implementation")
+DICE_SMOOTH = 1.0  # Dice numerator/denominator smoothing: an empty target and prediction give 0 loss.
+
+
+# ----------------------------------------------------------------------------------------------- STeW
+
+
+def window_mean(pseudo, window: int, xp=jnp):
+  """Temporal mean of the pseudo-label over ``f-W .. f+W``, clamped to the video.
+
+  Args:
+    pseudo: ``(T, H, W)`` pseudo-mask in [0, 1].
+    window: half window W (frames).
+
+  Returns:
+    ``(T, H, W) float32``: the mean over the in-video frames of each window.
+  """
+  t = pseudo.shape[0]
+  pseudo = pseudo.astype(xp.float32)
+  zero = xp.zeros((1,) + tuple(pseudo.shape[1:]), xp.float32)
+  csum = xp.concatenate([zero, xp.cumsum(pseudo, axis=0)], axis=0)  # (T+1, H, W)
+  idx = np.arange(t)
+  lo = np.maximum(idx - window, 0)
+  hi = np.minimum(idx + window, t - 1) + 1
+  count = (hi - lo).astype(np.float32)
+  return (csum[hi] - csum[lo]) / xp.asarray(count)[:, None, None]
+
+
+def distance_to_labelled(is_labelled, xp=jnp):
+  """``(T,) bool`` -> ``(T,) float32`` frames to the nearest labelled frame (``T`` when none)."""
+  t = is_labelled.shape[0]
+  idx = np.arange(t)
+  gaps = np.abs(idx[:, None] - idx[None, :]).astype(np.float32)  # (T, T)
+  gaps = xp.where(xp.asarray(is_labelled)[None, :], xp.asarray(gaps), float(t))
+  return xp.min(gaps, axis=1)
+
+
+def combine_stew(mean, distance, is_labelled, *, form: str = "paper", sigma: float = 4.0 / 3.0,
+                 p_low: float = 0.1, p_high: float = 0.9, radius: int = 4, xp=jnp):
+  """STeW weight from the window mean and the distance to the nearest labelled frame.
+
+  Args:
+    mean: ``(F, H, W)`` window mean of the pseudo-label (:func:`window_mean`).
+    distance: ``(F,)`` frames to the nearest labelled frame.
+    is_labelled: ``(F,) bool``.
+    form: ``'paper'`` (Eq. 4) or ``'implementation'``; see the module docstring.
+
+  Returns:
+    ``(F, H, W) float32`` in [0, 1].
+  """
+  distance = xp.asarray(distance, xp.float32)
+  gauss = xp.exp(-(distance ** 2) / (2.0 * sigma ** 2))[:, None, None]
+  if form == "paper":
+    consistent = (mean <= p_low) | (mean >= p_high)
+    weight = xp.where(consistent, 1.0, gauss * mean)
+  elif form == "implementation":
+    temporal = xp.where(distance[:, None, None] <= radius, gauss, 0.0)
+    spatial = xp.where(mean == 0, 1.0, mean)
+    weight = xp.minimum(temporal * spatial, 1.0)
+  else:
+    raise ValueError(f"STeW form {form!r}: use one of {FORMS} (config.loss.stew_form).")
+  weight = xp.where(xp.asarray(is_labelled)[:, None, None], 1.0, weight)
+  return weight.astype(xp.float32)
+
+
+def variant_weights(pseudo, is_labelled, mean=None, distance=None, *, variant: str = "stew",
+                    xp=jnp, **stew_kwargs):
+  """Per-pixel loss weight of one loss variant.
+
+  Args:
+    pseudo: ``(F, H, W)`` pseudo-mask (used for its shape).
+    is_labelled: ``(F,) bool``.
+    mean, distance: inputs of :func:`combine_stew` (needed for ``'stew'`` only).
+    variant: ``'stew'``, ``'interpolation'`` or ``'frame'``.
+
+  Returns:
+    ``(F, H, W) float32``.
+  """
+  shape = tuple(pseudo.shape)
+  if variant == "interpolation":
+    return xp.ones(shape, xp.float32)
+  if variant == "frame":
+    flags = xp.asarray(is_labelled).astype(xp.float32)[:, None, None]
+    return xp.broadcast_to(flags, shape).astype(xp.float32)
+  if variant == "stew":
+    return combine_stew(mean, distance, is_labelled, xp=xp, **stew_kwargs)
+  raise ValueError(f"loss variant {variant!r}: use one of {VARIANTS} (config.loss.variant).")
+
+
+def stew_kwargs(config) -> dict:
+  """The :func:`combine_stew` keyword arguments from ``config.loss``."""
+  loss = config.loss
+  return dict(form=loss.stew_form, sigma=float(loss.stew_sigma), p_low=float(loss.p_low),
+              p_high=float(loss.p_high), radius=int(loss.get("stew_radius", 4)))
+
+
+def stew_weights(pseudo, is_labelled, *, variant: str = "stew", window: int = 2, xp=jnp,
+                 **kwargs):
+  """Loss weights of a whole video (the reference, dense computation).
+
+  Args:
+    pseudo: ``(T, H, W)`` pseudo-mask in [0, 1].
+    is_labelled: ``(T,) bool``.
+    variant: ``'stew'``, ``'interpolation'`` or ``'frame'``.
+    window: half window W of Eq. 4.
+    xp: ``jax.numpy`` (jit-able; shapes static) or ``numpy``.
+    **kwargs: ``form``, ``sigma``, ``p_low``, ``p_high``, ``radius`` of :func:`combine_stew`.
+
+  Returns:
+    ``(T, H, W) float32``.
+  """
+  mean = distance = None
+  if variant == "stew":
+    mean = window_mean(pseudo, window, xp)
+    distance = distance_to_labelled(is_labelled, xp)
+  return variant_weights(pseudo, is_labelled, mean, distance, variant=variant, xp=xp, **kwargs)
+
+
+def stew_weights_from_config(pseudo, is_labelled, config, xp=jnp):
+  """:func:`stew_weights` with every setting read from ``config.loss``."""
+  return stew_weights(pseudo, is_labelled, variant=config.loss.variant,
+                      window=int(config.loss.stew_window), xp=xp, **stew_kwargs(config))
+
+
+# --------------------------------------------------------------------------------------------- losses
+
+
+def weighted_bce(logits: jax.Array, target: jax.Array, weight: jax.Array) -> jax.Array:
+  """Eq. 5: ``mean over (B, F, H, W)`` of ``weight * BCE(logits, target)``.
+
+  The mean runs over all pixels (the paper's 1/F times a per-frame pixel mean), so weight-0 pixels
+  lower the loss rather than being dropped from the normaliser.
+
+  Args:
+    logits: ``(B, F, H, W)``; target, weight: same shape, in [0, 1].
+  """
+  logits = logits.astype(jnp.float32)
+  # Stable BCE on logits: max(x, 0) - x y + log(1 + exp(-|x|)).
+  bce = jnp.maximum(logits, 0.0) - logits * target + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+  return jnp.mean(weight * bce)
+
+
+def weighted_dice(logits: jax.Array, target: jax.Array, weight: jax.Array) -> jax.Array:
+  """Weighted soft Dice loss, per clip then averaged over the batch.
+
+  ``1 - (2 sum(w p y) + s) / (sum(w p) + sum(w y) + s)`` over a clip's ``(F, H, W)`` pixels with
+  ``p = sigmoid(logits)`` and smoothing ``s = DICE_SMOOTH``; a clip whose target is empty pushes the
+  prediction towards empty (the loss is then ``1 - s / (sum(w p) + s)``).
+
+  Args:
+    logits: ``(B, F, H, W)``; target, weight: same shape, in [0, 1].
+
+  Returns:
+    scalar.
+  """
+  prob = jax.nn.sigmoid(logits.astype(jnp.float32))
+  axes = tuple(range(1, logits.ndim))
+  inter = jnp.sum(weight * prob * target, axis=axes)
+  denom = jnp.sum(weight * prob, axis=axes) + jnp.sum(weight * target, axis=axes)
+  return jnp.mean(1.0 - (2.0 * inter + DICE_SMOOTH) / (denom + DICE_SMOOTH))
+
+
+def margin_at(epoch, margin_start: float, margin_step: float, margin_max: float):
+  """Spread-loss margin ``min(margin_max, margin_start + margin_step * epoch)`` (epoch may be float)."""
+  return jnp.minimum(margin_max, margin_start + margin_step * jnp.asarray(epoch, jnp.float32))
+
+
+def spread_loss(activations: jax.Array, labels: jax.Array, margin) -> jax.Array:
+  """Capsule spread loss, mean over the batch.
+
+  ``sum_{i != t} max(0, m - (a_t - a_i))^2`` per clip.
+
+  Args:
+    activations: ``(B, C)`` class-capsule activations in [0, 1].
+    labels: ``(B,)`` int class indices.
+    margin: scalar m.
+  """
+  activations = activations.astype(jnp.float32)
+  num_classes = activations.shape[-1]
+  onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  a_t = jnp.sum(activations * onehot, axis=-1, keepdims=True)
+  per_class = jnp.square(jnp.maximum(0.0, margin - (a_t - activations))) * (1.0 - onehot)
+  return jnp.mean(jnp.sum(per_class, axis=-1))
+
+
+def cluster_loss(latents: jax.Array, centres: jax.Array, clusters: jax.Array,
+                 lam: float) -> jax.Array:
+  """Eq. 3: ``lambda/2 ||latent - centre||^2``, averaged over the clips that have a cluster.
+
+  Args:
+    latents: ``(B, D)``.
+    centres: ``(K, D)``; treated as constants (no gradient).
+    clusters: ``(B,)`` int cluster of each clip's video, -1 = none (the clip adds nothing).
+    lam: lambda.
+
+  Returns:
+    scalar; 0 when no clip has a cluster.
+  """
+  centres = jax.lax.stop_gradient(centres.astype(jnp.float32))
+  valid = clusters >= 0
+  target = centres[jnp.clip(clusters, 0, centres.shape[0] - 1)]
+  sq = jnp.sum(jnp.square(latents.astype(jnp.float32) - target), axis=-1)
+  n = jnp.sum(valid.astype(jnp.float32))
+  return 0.5 * lam * jnp.sum(jnp.where(valid, sq, 0.0)) / jnp.maximum(n, 1.0)
+
+
+def loss_fn(outputs: dict[str, jax.Array], batch: dict[str, Any], centres: jax.Array | None,
+            assignments: jax.Array | None, epoch, config) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Eq. 6, the total training loss, with its parts for logging.
+
+  ``total = bce_weight * BCE + dice_weight * Dice + cls_weight * spread + cluster`` where the cluster
+  term already carries its lambda (``config.loss.cluster_weight``).
+
+  Args:
+    outputs: the detector's dict: ``seg_logits (B, F, H, W)``, ``class_probs (B, C)``,
+      ``latent (B, D)``.
+    batch: ``pseudo_mask (B, F, H, W)``, ``weight (B, F, H, W)``, ``label (B,)``, and either
+      ``cluster (B,)`` (-1 = none) or ``video_index (B,)`` used with ``assignments``.
+    centres: ``(K, D)`` cluster centres, or None (no cluster loss).
+    assignments: optional ``(N,)`` int cluster per ``video_index`` (-1 = none); when None the
+      batch's ``cluster`` field is used.
+    epoch: (float) epoch for the margin schedule; may be traced.
+    config: the experiment ConfigDict (its ``loss`` section is read as Python constants).
+
+  Returns:
+    ``(total, parts)`` with parts ``bce, dice, localisation, classification, cluster, margin, total``.
+  """
+  lc = config.loss
+  bce = weighted_bce(outputs["seg_logits"], batch["pseudo_mask"], batch["weight"])
+  dice = weighted_dice(outputs["seg_logits"], batch["pseudo_mask"], batch["weight"])
+  margin = margin_at(epoch, lc.margin_start, lc.margin_step, lc.margin_max)
+  cls = spread_loss(outputs["class_probs"], batch["label"], margin)
+  if centres is None:
+    clus = jnp.zeros((), jnp.float32)
+  else:
+    if assignments is not None:
+      clusters = jnp.asarray(assignments)[batch["video_index"]]
+    else:
+      clusters = batch["cluster"]
+    clus = cluster_loss(outputs["latent"], centres, clusters, lc.cluster_weight)
+  localisation = lc.bce_weight * bce + lc.dice_weight * dice
+  total = localisation + lc.cls_weight * cls + clus
+  parts = {"bce": bce, "dice": dice, "localisation": localisation, "classification": cls,
+           "cluster": clus, "margin": margin, "total": total}
+  return total, parts
