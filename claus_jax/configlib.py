@@ -95,8 +95,8 @@ def base_config() -> ml_collections.ConfigDict:
       stew_form="paper",  # 'paper' (Eq. 4) or 'implementation' (authors' code; REFERENCE.md).
       stew_window=2,  # Half window W of Eq. 4 (frames f-W..f+W).
       stew_sigma=4.0 / 3.0,  # Temporal Gaussian sigma (frames) of the distance term.
-      p_low=0.1,  # Window mean <= p_low: consistent background, weight 1.
       stew_radius=4,  # Implementation form: temporal weight is 0 beyond this many frames from a label.
+      p_low=0.1,  # Window mean <= p_low: consistent background, weight 1.
       p_high=0.9,  # Window mean >= p_high: consistent foreground, weight 1.
       mask_interp="sdf",  # Mask pseudo-labels between annotated frames: 'sdf' blend or 'nearest'.
       bce_weight=1.0,  # Weight of the STeW-weighted BCE term.
