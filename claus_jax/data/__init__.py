@@ -1,0 +1,27 @@
+"""Datasets of claus_jax: one entry point, :func:`get_dataset`, for every dataset in the config."""
+
+from __future__ import annotations
+
+from claus_jax.data.record import SplitIndex, VideoDataset, VideoRecord
+
+__all__ = ["get_dataset", "SplitIndex", "VideoDataset", "VideoRecord"]
+
+
+def get_dataset(config) -> VideoDataset:
+  """The dataset named by ``config.dataset``, prepared as tfds array_record on first use.
+
+  ``.train`` / ``.test`` decode a video when it is indexed; ``.train_index`` / ``.test_index`` hold
+  ids, groups, labels and frame counts without decoding frames.
+  """
+  # Readers are imported lazily: each pulls in its own dependencies (tfds, scipy.io, ...).
+  if config.dataset == "synthetic":
+    from claus_jax.data import synthetic
+    return synthetic.load(config)
+  if config.dataset == "jhmdb":
+    from claus_jax.data import jhmdb
+    return jhmdb.load(config)
+  if config.dataset == "ucf101_24":
+    from claus_jax.data import ucf24
+    return ucf24.load(config)
+  raise ValueError(f"config.dataset: {config.dataset!r} is unknown; use 'synthetic', 'jhmdb' or "
+                   "'ucf101_24'.")
