@@ -148,6 +148,8 @@ def base_config() -> ml_collections.ConfigDict:
       mask_threshold=0.5,  # Sigmoid threshold for predicted masks.
       score_rule="class_prob",  # Detection score: 'class_prob' or 'class_prob_x_mask_mean'.
       video_top_k=1,  # Detection protocol: tubes per video (top-k predicted classes).
+      frame_iou_thresholds=(0.5,),  # Detection protocol: frame-AP thresholds reported.
+      tiling="skip2",  # Clip layout: 'skip2' (two interleaved 8-frame clips per 16) or 'dense'.
   )
 
   c.oracle = _cd(
