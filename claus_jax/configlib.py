@@ -42,7 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
       frame_size=64,  # Stored frames are resized to frame_size x frame_size (square).
       split=1,  # J-HMDB split number (1-3).
       on_bad_video="error",  # 'error' stops preparation at a bad video; 'skip' lists and skips it.
-      truncate_to_shorter=False,  # J-HMDB: cut frames/masks to the shorter length (with a warning).
+      truncate_to_shorter=False,  # Frame/annotation count mismatch: cut to the shorter, with a warning.
       synthetic=_cd(
           num_classes=8,  # Motion classes (at most 10).
           train_groups=24,  # Recording groups in the train split.

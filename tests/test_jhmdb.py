@@ -247,3 +247,24 @@ def test_prepare_cli_reports_counts_and_skips(root, tmp_path):
   assert f"train: {train} videos" in done.stdout and "skipped videos: 1" in done.stdout
   assert f"[{'train' if videos[4].splits[0] == 1 else 'test'}] {videos[4].video_id}:" in done.stdout
   assert '"generated": true' in done.stdout
+
+
+@pytest.mark.slow
+def test_main_job_smoke_on_fixture(root, tmp_path):
+  """The whole path: official files -> tfds -> rounds -> summary, with the tiny variant."""
+  import json
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  workdir = str(tmp_path / "run")
+  env = dict(os.environ, CLAUS_DATA_DIR=root, CLAUS_TFDS_DIR=str(tmp_path / "tfds"))
+  done = subprocess.run([sys.executable, "-m", "claus_jax.main", "--config=configs/jhmdb.py:tiny",
+                         f"--workdir={workdir}", "--quiet"], env=env, cwd=repo, capture_output=True,
+                        text=True, timeout=900)
+  assert done.returncode == 0, done.stderr[-3000:]
+  with open(os.path.join(workdir, "dataset.json")) as f:
+    summary = json.load(f)
+  videos = fx.jhmdb_videos()
+  assert summary["dataset"] == "jhmdb" and summary["classes"] == 21
+  assert summary["train"]["videos"] == sum(v.splits[0] == 1 for v in videos)
+  assert os.path.getsize(os.path.join(workdir, "summary.md")) > 0

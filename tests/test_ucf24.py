@@ -203,3 +203,38 @@ def test_prepare_run_and_report(root, tmp_path):
   assert not second["generated"] and second["tfds_dir"] == first["tfds_dir"]
   text = prepare.format_report(second)
   assert "already prepared" in text and "train: 3 videos, 42 frames, 2 groups" in text
+
+
+@pytest.mark.slow
+def test_main_job_smoke_on_fixture(root, tmp_path):
+  """The whole path: official files -> tfds -> rounds -> summary, with the tiny variant."""
+  import json
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  workdir = str(tmp_path / "run")
+  env = dict(os.environ, CLAUS_DATA_DIR=root, CLAUS_TFDS_DIR=str(tmp_path / "tfds"))
+  done = subprocess.run([sys.executable, "-m", "claus_jax.main", "--config=configs/ucf101_24.py:tiny",
+                         f"--workdir={workdir}", "--quiet"], env=env, cwd=repo, capture_output=True,
+                        text=True, timeout=900)
+  assert done.returncode == 0, done.stderr[-3000:]
+  with open(os.path.join(workdir, "dataset.json")) as f:
+    summary = json.load(f)
+  assert summary["dataset"] == "ucf101_24" and summary["classes"] == 24
+  assert summary["train"]["videos"] == 3 and summary["test"]["videos"] == 2
+  assert os.path.getsize(os.path.join(workdir, "summary.md")) > 0
+
+
+def test_filled_boxes_equal_nearest_resize_of_full_size_masks():
+  # Independent route: fill the box at full size, resize that mask by nearest neighbour (PIL).
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    h, w, size = 240, 320, 48
+    x1, x2 = sorted(rng.integers(0, w, 2))
+    y1, y2 = sorted(rng.integers(0, h, 2))
+    full = np.zeros((h, w), np.uint8)
+    full[y1:y2 + 1, x1:x2 + 1] = 1
+    want = np.asarray(Image.fromarray(full).resize((size, size), Image.NEAREST))
+    boxes = official.scale_boxes(np.array([[[x1, y1, x2, y2]]], np.float32), h, w, size)
+    np.testing.assert_array_equal(official.fill_boxes(boxes, size)[0], want)
