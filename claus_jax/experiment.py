@@ -1,21 +1,53 @@
 """The active-learning run: ``run(config, workdir)``.
 
-Stages write their results atomically into ``workdir`` and are skipped when the result exists, so
-re-running the same command after any interruption continues where it stopped.
+Round layout in ``workdir``::
+
+  config.json            the run's config; a different config is refused
+  dataset.json           dataset summary
+  round_000/pool.json    labels available for round 0 (the seeded random initial set)
+  round_K/requests.json  (files oracle) what people must annotate to start round K
+  round_K/answers.json   (files oracle) their answers
+  round_K/checkpoints/   orbax checkpoints of round K's training
+  round_K/train.json     training history (loss curve) once training is done
+  round_K/eval.json/.md  evaluation on the test split
+  round_K/scores/        MC-dropout scores of the pool, one file per shard of videos
+  round_K/selection.json what round K selected (videos, frames, scores, clusters, cost)
+  round_{K+1}/pool.json  the pool after the oracle answered round K's selection
+  metrics.jsonl, summary.md, *.png   reports, rebuilt from the rounds' files
+
+Every stage writes its result atomically and is skipped when the result exists, so re-running the
+same command after any interruption (even SIGKILL) finishes with the results of an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
+import sys
+from collections.abc import Sequence
 
+import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
+from tqdm import auto as tqdm
 
+from claus_jax import clustering
 from claus_jax import configlib
+from claus_jax import oracle as oracle_lib
+from claus_jax import parallel
 from claus_jax import pool as pool_lib
+
+log = logging.getLogger(__name__)
 
 # Fields that do not change results: a resumed run may differ in them.
 _RESULT_NEUTRAL = ("quiet",)
+# Videos per scoring shard file (the unit of resume inside the scoring stage).
+SCORE_SHARD = 16
+# Stream ids folded into the root key, one per use.
+_INIT_STREAM, _TRAIN_STREAM, _SCORE_STREAM = 0, 1, 2
 
 
 class WorkdirMismatchError(ValueError):
@@ -53,6 +85,332 @@ def check_or_write_config(config: ml_collections.ConfigDict, workdir: str) -> No
   pool_lib.atomic_write_json(path, current)
 
 
+def round_dir(workdir: str, round_index: int) -> str:
+  return os.path.join(workdir, f"round_{round_index:03d}")
+
+
+class _OverlaySource:
+  """A train split seen through the files oracle's annotation overlay (lazy, random access)."""
+
+  def __init__(self, source, overlay: oracle_lib.AnnotationOverlay | None):
+    self.source, self.overlay = source, overlay
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, i):
+    record = self.source[i]
+    return record if self.overlay is None else self.overlay.apply(record)
+
+
+class Experiment:
+  """One active-learning run; :meth:`run` executes (or resumes) every round."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, dataset):
+    from claus_jax import models
+
+    self.config = config
+    self.workdir = workdir
+    self.dataset = dataset
+    self.index = dataset.train_index
+    self.num_frames = dict(zip(self.index.video_ids, self.index.num_frames.tolist()))
+    self.position = {v: i for i, v in enumerate(self.index.video_ids)}
+    self.model = models.build_model(config)
+    self.mesh = parallel.make_mesh()
+    self.root_key = jax.random.PRNGKey(config.seed)
+    self.quiet = bool(config.quiet)
+    self.overlay = None
+    if config.oracle.kind == "files":
+      self.overlay = oracle_lib.AnnotationOverlay()
+    self.train_source = _OverlaySource(dataset.train, self.overlay)
+
+  # -------------------------------------------------------------------------------- utilities
+  def say(self, message: str) -> None:
+    print(message, flush=True)
+
+  def _bar(self, total: int, desc: str, unit: str):
+    return tqdm.tqdm(total=total, desc=desc, unit=unit, disable=self.quiet, leave=False,
+                     file=sys.stdout)
+
+  def _load_pool(self, round_index: int) -> pool_lib.PoolState:
+    return pool_lib.PoolState.load(os.path.join(round_dir(self.workdir, round_index), "pool.json"),
+                                   num_frames=self.num_frames)
+
+  # ------------------------------------------------------------------------------- the oracle
+  def _answer(self, selection, pool_before: pool_lib.PoolState, target_round: int) -> None:
+    """Asks the oracle for ``selection`` and writes the pool of ``target_round``."""
+    rd = round_dir(self.workdir, target_round)
+    out = os.path.join(rd, "pool.json")
+    if os.path.exists(out):
+      return
+    pool = pool_lib.PoolState.from_json(pool_before.to_json(), num_frames=self.num_frames)
+    if self.config.oracle.kind == "files":
+      if not os.path.exists(os.path.join(rd, "answers.json")):
+        message = oracle_lib.write_requests(rd, selection, target_round, self.num_frames,
+                                            self.dataset.class_names)
+        self.say(message)
+        raise oracle_lib.AwaitingAnswers(message)
+      answers = oracle_lib.load_answers(rd, self._frame_shape(), self.dataset.class_names)
+      self.overlay.add(answers)
+    oracle_lib.apply_selection(pool, selection, target_round)
+    pool.save(out)
+
+  def _frame_shape(self) -> tuple[int, int]:
+    s = int(self.config.data.frame_size)
+    return (s, s)
+
+  def _replay_answers(self, upto_round: int) -> None:
+    """Rebuilds the files oracle's overlay from the answered rounds (validated again)."""
+    if self.overlay is None:
+      return
+    for r in range(upto_round + 1):
+      rd = round_dir(self.workdir, r)
+      if os.path.exists(os.path.join(rd, "answers.json")) and os.path.exists(
+          os.path.join(rd, "pool.json")):
+        self.overlay.add(oracle_lib.load_answers(rd, self._frame_shape(),
+                                                 self.dataset.class_names))
+
+  def initial_selection(self):
+    """Round 0: the seeded random set (V% videos, A% frames), as a selection for the oracle."""
+    from claus_jax import selection as selection_lib
+
+    cfg = self.config
+    pool = pool_lib.initial_pool(
+        self.index.video_ids, self.index.num_frames,
+        configlib.initial_video_count(cfg, len(self.index)),
+        configlib.initial_frame_count(cfg, int(self.index.num_frames.sum())),
+        seed=cfg.seed, cost_video=cfg.budget.cost_video, cost_frame=cfg.budget.cost_frame)
+    picks = [selection_lib.Pick(video_id=v, frames=pool.labelled_frames(v).tolist(),
+                                video_score=float("nan"), cluster=-1, new_video=True)
+             for v in pool.labelled_video_ids()]
+    return selection_lib.Selection(picks=picks, cost=pool.cost,
+                                   num_new_videos=pool.num_labelled_videos,
+                                   num_new_frames=pool.num_labelled_frames, strategy="initial",
+                                   round=0)
+
+  # -------------------------------------------------------------------------------- training
+  def _train(self, r: int, pool: pool_lib.PoolState):
+    from claus_jax import train as train_lib
+    from claus_jax.data import clips as clips_lib
+
+    cfg = self.config
+    rd = round_dir(self.workdir, r)
+    items = [(self.position[v], pool.labelled_frames(v)) for v in pool.labelled_video_ids()]
+    sampler = clips_lib.ClipSampler(self.train_source, items, cfg, seed=cfg.seed, round_index=r)
+    init_vars = None
+    if cfg.train.warm_start and r > 0:
+      prev = self._final_state(r - 1)
+      init_vars = {"params": prev.params, "batch_stats": prev.batch_stats}
+    state = train_lib.create_state(cfg, self.model, jax.random.fold_in(self.root_key, _INIT_STREAM),
+                                   len(self.index), variables=init_vars)
+    state = state.replace(key=jax.random.fold_in(jax.random.fold_in(self.root_key, _TRAIN_STREAM), r))
+    train_json = os.path.join(rd, "train.json")
+    ckpt = os.path.join(rd, "checkpoints")
+    if os.path.exists(train_json):
+      restored = train_lib.restore_latest(ckpt, jax.eval_shape(lambda s: s, state), cfg)
+      if restored is None:
+        raise FileNotFoundError(f"{train_json} exists but {ckpt} has no checkpoint; delete "
+                                f"{train_json} to retrain round {r}.")
+      return restored
+    bar = self._bar(cfg.train.steps, f"round {r} train", "step")
+    done_before = [0]
+
+    def progress(step, metrics):
+      bar.update(step - done_before[0])
+      done_before[0] = step
+      if step % cfg.train.log_every == 0:
+        bar.set_postfix(loss=f"{metrics['total']:.4f}")
+
+    mesh = self.mesh if cfg.train.data_parallel else None
+    result = train_lib.fit(cfg, state, sampler, ckpt, sampler.steps_per_epoch,
+                           cluster_init=lambda s: self._cluster_init(s, sampler),
+                           progress=progress, mesh=mesh,
+                           history_path=os.path.join(rd, "train_history.json"))
+    bar.close()
+    with open(os.path.join(rd, "train_history.json")) as f:
+      history = json.load(f)
+    pool_lib.atomic_write_json(train_json, {"round": r, "steps": cfg.train.steps,
+                                            "labelled_clips": sampler.num_clips,
+                                            "history": history})
+    last = history[-1] if history else {}
+    self.say(f"round {r} train: {cfg.train.steps} steps on {sampler.num_clips} labelled clips, "
+             f"final loss {last.get('total', float('nan')):.4f}")
+    return result.state
+
+  def _final_state(self, r: int):
+    """The trained state of round ``r`` (restored from its checkpoint)."""
+    from claus_jax import train as train_lib
+
+    state = train_lib.create_state(self.config, self.model, jax.random.fold_in(self.root_key, 0),
+                                   len(self.index))
+    restored = train_lib.restore_latest(os.path.join(round_dir(self.workdir, r), "checkpoints"),
+                                        jax.eval_shape(lambda s: s, state), self.config)
+    if restored is None:
+      raise FileNotFoundError(f"round {r} has no checkpoint to warm-start from.")
+    return restored
+
+  def _cluster_init(self, state, sampler):
+    """k-means on the latents of the labelled videos' clips (deterministic forward, no dropout)."""
+    from claus_jax import models
+
+    cfg = self.config
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    clips = [(pos, int(c)) for pos, (_, frames) in enumerate(sampler.items) for c in frames]
+    batch = max(1, int(cfg.eval.batch_size))
+    forward = jax.jit(lambda v, x: self.model.apply(v, models.preprocess(x), train=False)["latent"])
+    latents, owners = [], []
+    for start in range(0, len(clips), batch):
+      chunk = clips[start:start + batch]
+      video = np.stack([sampler.clip(pos, c)["video"] for pos, c in chunk])
+      from claus_jax import tiling
+      latents.append(np.asarray(forward(variables, tiling.pad_batch(video, batch)))[:len(chunk)])
+      owners.extend(sampler.items[pos][0] for pos, _ in chunk)
+    init = clustering.init_centres(np.concatenate(latents), np.asarray(owners), cfg.cluster.k,
+                                   cfg.cluster.n_init, seed=cfg.seed,
+                                   count_init=cfg.cluster.count_init)
+    assignments = np.full(state.assignments.shape, -1, np.int32)
+    assignments[init.videos] = init.video_cluster
+    return state.replace(centres=jnp.asarray(init.centres), counts=jnp.asarray(init.counts),
+                         assignments=jnp.asarray(assignments), cluster_active=jnp.asarray(True))
+
+  # ------------------------------------------------------------------------------ evaluation
+  def _evaluate(self, r: int, state) -> dict:
+    from claus_jax import evaluation
+
+    path = os.path.join(round_dir(self.workdir, r), "eval.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        return json.load(f)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    predict_fn = evaluation.make_predict_fn(self.model, variables)
+    result, markdown = evaluation.evaluate(predict_fn, self.dataset.test,
+                                           self.dataset.num_classes, self.dataset.class_names,
+                                           self.config.eval, progress=not self.quiet)
+    pool_lib.atomic_write_text(os.path.join(round_dir(self.workdir, r), "eval.md"), markdown)
+    pool_lib.atomic_write_json(path, result)
+    return result
+
+  # --------------------------------------------------------------------------------- scoring
+  def _score(self, r: int, state) -> dict:
+    """MC-dropout scores of every train video, in resumable shards of SCORE_SHARD videos."""
+    from claus_jax import uncertainty
+
+    folder = os.path.join(round_dir(self.workdir, r), "scores")
+    os.makedirs(folder, exist_ok=True)
+    n = len(self.index)
+    shards = [(s, min(n, s + SCORE_SHARD)) for s in range(0, n, SCORE_SHARD)]
+    todo = [(i, s) for i, s in enumerate(shards)
+            if not os.path.exists(os.path.join(folder, f"shard_{i:04d}.npz"))]
+    if todo:
+      variables = {"params": state.params, "batch_stats": state.batch_stats}
+      scorer = uncertainty.Scorer(self.model, variables, self.config, mesh=self.mesh)
+      key = jax.random.fold_in(jax.random.fold_in(self.root_key, _SCORE_STREAM), r)
+      bar = self._bar(sum(b - a for _, (a, b) in todo), f"round {r} score", "video")
+      for i, (a, b) in todo:
+        records = (self.train_source[j] for j in range(a, b))
+        results = scorer.score_videos(records, range(a, b), key, progress=bar.update)
+        _save_shard(os.path.join(folder, f"shard_{i:04d}.npz"), results)
+      bar.close()
+    scores = {}
+    for i in range(len(shards)):
+      scores.update(_load_shard(os.path.join(folder, f"shard_{i:04d}.npz")))
+    return scores
+
+  # ------------------------------------------------------------------------------- selection
+  def _select(self, r: int, state, pool: pool_lib.PoolState, scores: dict):
+    from claus_jax import selection as selection_lib
+
+    cfg = self.config
+    path = os.path.join(round_dir(self.workdir, r), "selection.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        return selection_lib.Selection.from_json(json.load(f))
+    latents = np.stack([scores[v]["latent"] for v in self.index.video_ids])
+    if bool(state.cluster_active):
+      clusters = np.asarray(clustering.assign(jnp.asarray(latents), state.centres))
+    else:
+      clusters = np.full(len(latents), -1, np.int32)
+    candidates = []
+    for i, vid in enumerate(self.index.video_ids):
+      s = scores[vid]
+      span = None
+      if cfg.selection.restrict_to_gt_span:
+        span = tuple(self.dataset.train[i].span)  # leaks ground truth: explicit opt-in only
+      candidates.append(selection_lib.VideoCandidate(
+          video_id=vid, num_frames=self.num_frames[vid], frame_scores=s["frame_scores"],
+          entropy_scores=s["entropy"], labelled_frames=pool.labelled_frames(vid),
+          video_labelled=pool.is_labelled(vid), cluster=int(clusters[i]), gt_span=span))
+    budget = selection_lib.round_budget(cfg, r + 1, len(self.index), pool.total_frames,
+                                        pool.num_labelled_videos, pool.num_labelled_frames)
+    rng = np.random.default_rng([cfg.seed, r, 7])
+    chosen = selection_lib.select(candidates, budget, cfg, rng)
+    chosen = dataclasses.replace(chosen, round=r)
+    record = chosen.to_json()
+    record["budget"] = dataclasses.asdict(budget)
+    record["clusters"] = {v: int(c) for v, c in zip(self.index.video_ids, clusters)}
+    pool_lib.atomic_write_json(path, record)
+    np.save(os.path.join(round_dir(self.workdir, r), "latents.npy"), latents)
+    return chosen
+
+  # ------------------------------------------------------------------------------------- run
+  def run(self) -> dict:
+    from claus_jax import reporting
+    from claus_jax import selection as selection_lib
+
+    cfg = self.config
+    last_round = selection_lib.num_rounds(cfg)
+    first = os.path.join(round_dir(self.workdir, 0), "pool.json")
+    if not os.path.exists(first):
+      initial = self.initial_selection()
+      empty = pool_lib.PoolState(self.num_frames, cfg.budget.cost_video, cfg.budget.cost_frame)
+      self._answer(initial, empty, 0)
+    r = 0
+    while r <= last_round:
+      self._replay_answers(r)
+      pool = self._load_pool(r)
+      pct = pool.percentages()
+      self.say(f"round {r}: {pool.num_labelled_videos} labelled videos ({pct['videos_pct']:.1f}%), "
+               f"{pool.num_labelled_frames} frames ({pct['frames_pct']:.2f}%), cost {pool.cost:g}")
+      state = self._train(r, pool)
+      result = self._evaluate(r, state)
+      self.say(f"round {r} eval: " + ", ".join(
+          f"{k}={result[k]:.3f}" for k in reporting.HEADLINE if result.get(k) is not None))
+      reporting.write_reports(self.workdir, self.dataset, quiet=True)
+      if r == last_round:
+        break
+      scores = self._score(r, state)
+      chosen = self._select(r, state, pool, scores)
+      self.say(f"round {r} selection ({chosen.strategy}): {chosen.num_new_videos} new videos, "
+               f"{chosen.num_new_frames} frames, cost {chosen.cost:g}")
+      self._answer(chosen, pool, r + 1)
+      r += 1
+    summary = reporting.write_reports(self.workdir, self.dataset, quiet=False)
+    return summary
+
+
+def _save_shard(path: str, results: Sequence) -> None:
+  arrays = {}
+  for res in results:
+    for field in ("frame_scores", "entropy", "mean_prob", "latent", "class_probs"):
+      arrays[f"{res.video_id}/{field}"] = getattr(res, field)
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
+
+
+def _load_shard(path: str) -> dict:
+  out: dict = {}
+  with np.load(path) as data:
+    for key in data.files:
+      vid, field = key.rsplit("/", 1)
+      out.setdefault(vid, {})[field] = data[key]
+  # Selection uses the configured R (all passes) and the configured threshold (index 0).
+  for vid, fields in out.items():
+    fields["all_frame_scores"] = fields["frame_scores"]
+    fields["frame_scores"] = fields["frame_scores"][-1, 0]
+  return out
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) the active-learning experiment described by ``config`` in ``workdir``."""
   from claus_jax import data as data_lib
@@ -60,7 +418,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   configlib.validate(config)
   os.makedirs(workdir, exist_ok=True)
   check_or_write_config(config, workdir)
-
   dataset = data_lib.get_dataset(config)
   index = dataset.train_index
   configlib.validate_against_data(config, len(index), int(index.num_frames.sum()),
@@ -68,23 +425,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   summary = dataset.summary()
   pool_lib.atomic_write_json(os.path.join(workdir, "dataset.json"), summary)
   _print_dataset_summary(summary)
-
-  pool_path = os.path.join(workdir, "round_000", "pool.json")
-  num_frames = dict(zip(index.video_ids, index.num_frames.tolist()))
-  if os.path.exists(pool_path):
-    pool = pool_lib.PoolState.load(pool_path, num_frames=num_frames)
-  else:
-    pool = pool_lib.initial_pool(
-        index.video_ids, index.num_frames,
-        configlib.initial_video_count(config, len(index)),
-        configlib.initial_frame_count(config, int(index.num_frames.sum())),
-        seed=config.seed, cost_video=config.budget.cost_video, cost_frame=config.budget.cost_frame)
-    pool.save(pool_path)
-  pct = pool.percentages()
-  print(f"round 0 pool: {pool.num_labelled_videos} videos ({pct['videos_pct']:.1f}%), "
-        f"{pool.num_labelled_frames} frames ({pct['frames_pct']:.2f}%), cost {pool.cost:g} "
-        f"-> {pool_path}")
-  return {"dataset": summary, "pool": pool.to_json()["summary"]}
+  try:
+    return Experiment(config, workdir, dataset).run()
+  except oracle_lib.AwaitingAnswers:
+    return {"awaiting_answers": True}
 
 
 def _print_dataset_summary(summary: dict) -> None:

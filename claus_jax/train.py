@@ -1,0 +1,205 @@
+"""Training under sparse labels: TrainState, the jitted train step, and ``fit`` with orbax resume.
+
+One round of training runs ``config.train.steps`` steps on clips centred on labelled frames. The step
+is pure: the dropout key is ``fold_in(key, step)``, the batch for step ``s`` is a function of
+``(seed, round, s)``, so a run resumed from a checkpoint continues with exactly the numbers of an
+uninterrupted run. Deep-clustering centres live in the state and move every step (rate 1/count).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax.training import train_state
+
+from claus_jax import clustering
+from claus_jax import losses
+from claus_jax import models
+from claus_jax import parallel
+from claus_jax import pool as pool_lib
+
+
+class TrainState(train_state.TrainState):
+  """Parameters, optimiser state, BatchNorm statistics and the deep-clustering state."""
+
+  batch_stats: Any
+  key: jax.Array  # raw uint32 PRNG key; dropout uses fold_in(key, step)
+  centres: jax.Array  # (K, D) cluster centres
+  counts: jax.Array  # (K,) per-centre counts; update rate is 1 / count
+  assignments: jax.Array  # (N,) cluster of each train-split video (by split index); -1 none
+  cluster_active: jax.Array  # () bool: centres initialised, cluster loss on
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss became NaN or inf; the message names the step and the loss part."""
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  return optax.adam(config.train.learning_rate, b1=config.train.b1, b2=config.train.b2,
+                    eps=config.train.eps)
+
+
+def latent_dim(config) -> int:
+  return config.model.num_classes * 17
+
+
+def create_state(config: ml_collections.ConfigDict, model, key: jax.Array,
+                 num_videos: int, frame_size: int | None = None,
+                 variables: dict | None = None) -> TrainState:
+  """A fresh state with an empty cluster state.
+
+  Args:
+    num_videos: videos in the train split (cluster assignments are indexed by split index).
+    variables: start from these ``{'params', 'batch_stats'}`` (warm start); None = initialise
+      (and load the imported encoder when ``config.model.encoder_init`` is set).
+  """
+  size = frame_size or config.data.frame_size
+  init_key, state_key = jax.random.split(key)
+  if variables is None:
+    dummy = jnp.zeros((1, config.model.clip_length, size, size, 3), jnp.float32)
+    variables = jax.jit(functools.partial(model.init, train=False))(
+        {"params": init_key, "dropout": init_key}, dummy)
+    if config.model.encoder_init:
+      variables = models.load_encoder_init(variables, config.model.encoder_init)
+  k, d = config.cluster.k, latent_dim(config)
+  return TrainState.create(
+      apply_fn=model.apply, params=variables["params"], tx=make_optimizer(config),
+      batch_stats=variables.get("batch_stats", {}), key=state_key,
+      centres=jnp.zeros((k, d), jnp.float32),
+      counts=jnp.full((k,), config.cluster.count_init, jnp.float32),
+      assignments=jnp.full((max(1, num_videos),), -1, jnp.int32),
+      cluster_active=jnp.asarray(False))
+
+
+def train_step(state: TrainState, batch: dict, epoch: jax.Array, config) -> tuple[TrainState, dict]:
+  """One optimiser step. ``batch`` comes from :class:`claus_jax.data.clips.ClipSampler`."""
+  dropout_key = jax.random.fold_in(state.key, state.step)
+  video = models.preprocess(batch["video"])
+  cluster = jnp.where(state.cluster_active, state.assignments[batch["video_index"]], -1)
+  batch = {**batch, "cluster": cluster}
+
+  def loss_fn(params):
+    out, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, video,
+                                  train=True, rngs={"dropout": dropout_key},
+                                  mutable=["batch_stats"])
+    total, parts = losses.loss_fn(out, batch, state.centres, None, epoch, config)
+    return total, (parts, updates["batch_stats"], out["latent"])
+
+  (total, (parts, new_stats, latent)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
+  state = state.apply_gradients(grads=grads, batch_stats=new_stats)
+  centres, counts = clustering.update_centres(
+      state.centres, state.counts, jax.lax.stop_gradient(latent), cluster,
+      cluster >= 0)
+  state = state.replace(centres=centres, counts=counts)
+  metrics = {**parts, "grad_norm": optax.global_norm(grads)}
+  return state, metrics
+
+
+@dataclasses.dataclass
+class FitResult:
+  state: TrainState
+  history: list[dict]  # one dict of float metrics per logged step
+
+
+def _checkpoint_manager(directory: str, config) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(save_interval_steps=config.train.checkpoint_every,
+                                         max_to_keep=2, create=True)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def restore_latest(directory: str, abstract_state: TrainState, config) -> TrainState | None:
+  """The latest checkpoint in ``directory``, restored into the structure of ``abstract_state``."""
+  if not os.path.isdir(directory):
+    return None
+  with _checkpoint_manager(directory, config) as mngr:
+    step = mngr.latest_step()
+    if step is None:
+      return None
+    return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+
+def _check_finite(metrics: dict, step: int) -> None:
+  bad = [k for k, v in metrics.items() if not np.isfinite(v)]
+  if bad:
+    raise NonFiniteLossError(
+        f"training step {step}: non-finite {', '.join(bad)} "
+        f"({', '.join(f'{k}={metrics[k]}' for k in bad)}); lower train.learning_rate, check the "
+        "input data, or try model.dtype='float32'.")
+
+
+def fit(config: ml_collections.ConfigDict, state: TrainState, sampler, checkpoint_dir: str,
+        steps_per_epoch: float, cluster_init: Callable[[TrainState], TrainState] | None = None,
+        progress: Callable | None = None, mesh=None,
+        history_path: str | None = None) -> FitResult:
+  """Trains ``state`` for ``config.train.steps`` steps, resuming from ``checkpoint_dir``.
+
+  Args:
+    sampler: has ``batch_at(step) -> dict`` and ``iterate(start_step)`` yielding batches in order.
+    steps_per_epoch: labelled clips / batch size; drives the margin schedule.
+    cluster_init: called once, at step ``cluster_start``, to initialise the centres from the model
+      (k-means on the labelled videos' latents); its result is checkpointed with the state.
+    progress: ``progress(step, metrics)``, for bars and logs.
+    mesh: a ``data`` mesh to shard batches over (``config.train.data_parallel``); None = one device.
+    history_path: JSON file of the logged metrics, rewritten atomically at each log step and
+      trimmed to the restored step on resume, so the loss curve survives interruptions.
+  """
+  total_steps = config.train.steps
+  cluster_start = cluster_start_step(config)
+  step_fn = functools.partial(train_step, config=config)
+  if mesh is not None:
+    state = parallel.replicate(state, mesh)
+    step_fn = jax.jit(step_fn, donate_argnums=(0,))
+  else:
+    step_fn = jax.jit(step_fn, donate_argnums=(0,))
+
+  restored = restore_latest(checkpoint_dir, jax.eval_shape(lambda s: s, state), config)
+  if restored is not None:
+    state = restored if mesh is None else parallel.replicate(restored, mesh)
+  start = int(state.step)
+  history = []
+  if history_path and os.path.exists(history_path):
+    with open(history_path) as f:
+      history = [h for h in json.load(f) if h["step"] <= start]
+  with _checkpoint_manager(checkpoint_dir, config) as mngr:
+    if start >= total_steps:
+      return FitResult(state, history)
+    for step, batch in zip(range(start, total_steps), sampler.iterate(start)):
+      if step == cluster_start and cluster_init is not None and not bool(state.cluster_active):
+        state = cluster_init(state)
+        if mesh is not None:
+          state = parallel.replicate(state, mesh)
+      if mesh is not None:
+        batch = parallel.shard_batch(batch, mesh)
+      epoch = jnp.asarray(step / max(steps_per_epoch, 1e-9), jnp.float32)
+      state, metrics = step_fn(state, batch, epoch)
+      metrics = jax.device_get(metrics)
+      metrics = {k: float(v) for k, v in metrics.items()}
+      _check_finite(metrics, step)
+      done = step + 1
+      if done % config.train.log_every == 0 or done == total_steps:
+        history.append({"step": done, **metrics})
+        if history_path:
+          pool_lib.atomic_write_json(history_path, history)
+      if progress is not None:
+        progress(done, metrics)
+      mngr.save(done, args=ocp.args.StandardSave(state), force=(done == total_steps))
+    mngr.wait_until_finished()
+  return FitResult(state, history)
+
+
+def cluster_start_step(config) -> int:
+  """Deep clustering starts once the detector has learnt something: half-way through a round."""
+  return config.train.steps // 2

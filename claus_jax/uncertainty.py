@@ -1,0 +1,254 @@
+"""Monte-Carlo-dropout uncertainty: the shared-encoder, vmapped scorer and its sweeps.
+
+For every clip the deterministic encoder runs once; the stochastic head (everything from the first
+dropout on) runs R times as a ``jax.vmap`` over dropout keys, in chunks of ``pass_chunk`` passes so
+memory is bounded by the chunk. Each (clip, pass) has its own key, ``fold_in(fold_in(key, clip_uid),
+pass)``, so a clip's scores do not depend on the batch it lands in, the batch size or the number of
+devices.
+
+Per pixel, with p_r the foreground probability of pass r (paper Eq. 2):
+  * ``form='paper'``: U = mean_r(-log p_r), set to 0 where mean_r(p_r) < threshold (definite
+    background); frame score U_f = sum of U over the frame's pixels.
+  * ``form='implementation'`` (authors' code): p = mean_r(p_r); frame score = mean of -log p over the
+    pixels with p > threshold; a frame without such pixels scores ``NO_FOREGROUND``.
+  * entropy (baseline): mean over pixels of the binary entropy of mean_r(p_r), at R passes.
+
+Sweeps come for free: the running means after 1..R passes give frame scores for every R' <= R, and
+each threshold of a list is applied to the same means, in one run of R passes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from claus_jax import models
+from claus_jax import parallel
+from claus_jax import tiling
+
+NO_FOREGROUND = -10.0  # Implementation form: score of a frame with no foreground pixel.
+_EPS = 1e-6
+
+
+def pass_chunk_size(passes: int, requested: int) -> int:
+  """The largest divisor of ``passes`` not above ``requested`` (chunks must tile the passes)."""
+  requested = max(1, min(requested, passes))
+  return max(d for d in range(1, requested + 1) if passes % d == 0)
+
+
+def frame_scores_from_means(mean_p: jax.Array, mean_nll: jax.Array, thresholds: jax.Array,
+                            form: str) -> jax.Array:
+  """Frame scores from per-pixel running means.
+
+  Args:
+    mean_p: ``(..., F, H, W)`` mean foreground probability over the passes so far.
+    mean_nll: same shape, mean of -log p over the passes so far.
+    thresholds: ``(n,)`` background thresholds.
+    form: 'paper' or 'implementation'.
+
+  Returns:
+    ``(..., n, F)`` frame scores, one row per threshold.
+  """
+  thr = thresholds.reshape((-1, 1, 1, 1))
+  p = mean_p[..., None, :, :, :]  # (..., 1, F, H, W)
+  fg = p >= thr if form == "paper" else p > thr
+  if form == "paper":
+    return jnp.sum(jnp.where(fg, mean_nll[..., None, :, :, :], 0.0), axis=(-2, -1))
+  nll = -jnp.log(jnp.clip(p, _EPS, 1.0))
+  count = jnp.sum(fg, axis=(-2, -1))
+  total = jnp.sum(jnp.where(fg, nll, 0.0), axis=(-2, -1))
+  return jnp.where(count > 0, total / jnp.maximum(count, 1), NO_FOREGROUND)
+
+
+def binary_entropy(p: jax.Array) -> jax.Array:
+  p = jnp.clip(p, _EPS, 1.0 - _EPS)
+  return -(p * jnp.log(p) + (1.0 - p) * jnp.log1p(-p))
+
+
+def make_score_fn(model, config, thresholds: Sequence[float]) -> Callable:
+  """Builds ``score(variables, video, clip_keys) -> dict`` for a batch of clips (not jitted).
+
+  Args (of the returned function):
+    video: ``(B, L, H, W, 3) uint8`` clips.
+    clip_keys: ``(B, 2) uint32`` one raw PRNG key per clip.
+
+  Returns (of the returned function), all float32:
+    frame_scores: ``(B, L, R, n_thr)`` score after r+1 passes, per threshold, per clip slot (the
+      clip axis leads in every output, so batches split and merge along axis 0);
+    entropy: ``(B, L)`` mean pixel entropy of the R-pass mean prediction;
+    mean_prob: ``(B, L)`` mean foreground probability per frame (for reports);
+    latent: ``(B, D)`` and class_probs ``(B, C)`` averaged over the R passes.
+  """
+  passes = config.uncertainty.passes
+  chunk = pass_chunk_size(passes, config.uncertainty.pass_chunk)
+  form = config.uncertainty.form
+  thr = jnp.asarray(thresholds, jnp.float32)
+
+  def head_one(variables, feats_one, key):
+    out = model.apply(variables, feats_one, train=True, rngs={"dropout": key}, method="head")
+    return (jax.nn.sigmoid(out["seg_logits"][0].astype(jnp.float32)),
+            out["latent"][0].astype(jnp.float32), out["class_probs"][0].astype(jnp.float32))
+
+  def score(variables, video, clip_keys):
+    feats = model.apply(variables, models.preprocess(video), train=False, method="encode")
+    feats_b1 = jax.tree.map(lambda x: x[:, None], feats)  # (B, 1, ...): head sees batch 1 per lane
+    per_clip = jax.vmap(head_one, in_axes=(None, 0, 0))
+    batch = video.shape[0]
+
+    def body(carry, pass_ids):
+      sum_p, sum_nll, sum_lat, sum_cls = carry
+      keys = jax.vmap(lambda r: jax.vmap(lambda k: jax.random.fold_in(k, r))(clip_keys))(pass_ids)
+      p, lat, cls = jax.vmap(per_clip, in_axes=(None, None, 0))(variables, feats_b1, keys)
+      nll = -jnp.log(jnp.clip(p, _EPS, 1.0))
+      cum_p = sum_p[None] + jnp.cumsum(p, axis=0)  # (c, B, L, H, W)
+      cum_nll = sum_nll[None] + jnp.cumsum(nll, axis=0)
+      count = (pass_ids + 1).astype(jnp.float32).reshape((-1, 1, 1, 1, 1))
+      scores = frame_scores_from_means(cum_p / count, cum_nll / count, thr, form)  # (c, B, n, L)
+      carry = (cum_p[-1], cum_nll[-1], sum_lat + lat.sum(0), sum_cls + cls.sum(0))
+      return carry, jnp.swapaxes(scores, 1, 2)  # (c, n, B, L)
+
+    frame_shape = video.shape[:2] + video.shape[2:4]
+    d = config.model.num_classes * 17
+    init = (jnp.zeros(frame_shape), jnp.zeros(frame_shape), jnp.zeros((batch, d)),
+            jnp.zeros((batch, config.model.num_classes)))
+    pass_ids = jnp.arange(passes, dtype=jnp.uint32).reshape(passes // chunk, chunk)
+    (sum_p, _, sum_lat, sum_cls), scores = jax.lax.scan(body, init, pass_ids)
+    mean_p = sum_p / passes
+    return {
+        "frame_scores": jnp.transpose(scores.reshape((passes,) + scores.shape[2:]), (2, 3, 0, 1)),
+        "entropy": jnp.mean(binary_entropy(mean_p), axis=(-2, -1)),
+        "mean_prob": jnp.mean(mean_p, axis=(-2, -1)),
+        "latent": sum_lat / passes,
+        "class_probs": sum_cls / passes,
+    }
+
+  return score
+
+
+def clip_keys(key: jax.Array, video_uid: int, clip_ids: np.ndarray) -> np.ndarray:
+  """``(B, 2) uint32`` keys ``fold_in(fold_in(key, video_uid), clip)`` (host side, deterministic)."""
+  vkey = jax.random.fold_in(key, video_uid)
+  return np.asarray(jax.vmap(lambda c: jax.random.fold_in(vkey, c))(jnp.asarray(clip_ids)))
+
+
+@dataclasses.dataclass
+class VideoScores:
+  """Scores of one video. ``frame_scores[r, i, t]``: after r+1 passes, threshold i, frame t."""
+
+  video_id: str
+  frame_scores: np.ndarray  # (R, n_thr, T)
+  entropy: np.ndarray  # (T,)
+  mean_prob: np.ndarray  # (T,)
+  latent: np.ndarray  # (D,) mean over the video's clips and passes
+  class_probs: np.ndarray  # (C,)
+
+  def scores(self, passes: int | None = None, threshold_index: int = 0) -> np.ndarray:
+    """``(T,)`` frame scores at ``passes`` (default: all) and one threshold."""
+    r = self.frame_scores.shape[0] if passes is None else passes
+    return self.frame_scores[r - 1, threshold_index]
+
+
+class Scorer:
+  """Scores whole videos with the shared-encoder MC-dropout scorer, sharded over a mesh.
+
+  Clips of consecutive videos are packed into fixed-size batches (``clip_chunk`` clips, padded to a
+  multiple of the mesh size), so every device call has one static shape and peak memory does not
+  depend on the pool size.
+  """
+
+  def __init__(self, model, variables, config, thresholds: Sequence[float] | None = None,
+               mesh=None, batch_size: int | None = None):
+    self.config = config
+    self.thresholds = tuple(thresholds if thresholds is not None else
+                            (config.uncertainty.bg_threshold,) +
+                            tuple(t for t in config.uncertainty.sweep_thresholds
+                                  if t != config.uncertainty.bg_threshold))
+    self.mesh = mesh or parallel.make_mesh()
+    size = batch_size or config.uncertainty.clip_chunk
+    self.batch_size = parallel.padded_size(size, self.mesh)
+    self.variables = parallel.replicate(variables, self.mesh)
+    fn = make_score_fn(model, config, self.thresholds)
+    sharded = parallel.batch_sharding(self.mesh)
+    self._fn = jax.jit(fn, in_shardings=(parallel.replicated(self.mesh), sharded, sharded))
+    self.layout_name = config.uncertainty.tiling
+    self.clip_length = config.model.clip_length
+
+  def layout(self, num_frames: int) -> tiling.ClipLayout:
+    # 'skip2' is the reference layout: one clip per 2L frames, outputs repeated for skipped frames.
+    return tiling.named_layout(self.layout_name, num_frames, self.clip_length,
+                               interleave=self.layout_name != "skip2")
+
+  def score_videos(self, records, uids: Sequence[int], key: jax.Array,
+                   progress: Callable[[int], None] | None = None) -> list[VideoScores]:
+    """Scores ``records`` (an iterable of VideoRecord); ``uids`` are stable ids for their keys."""
+    results: list[VideoScores] = []
+    pending: list = []  # (video slot, clip ids, frames, keys)
+    outputs: dict[int, list] = {}
+    meta: list = []
+
+    def flush(final=False):
+      while pending and (final or sum(len(p[1]) for p in pending) >= self.batch_size):
+        take, clips, keys, owners = [], [], [], []
+        room = self.batch_size
+        while pending and room:
+          slot, ids, frames, kk = pending[0]
+          n = min(room, len(ids))
+          clips.append(frames[:n]); keys.append(kk[:n]); owners.append((slot, n))
+          if n == len(ids):
+            pending.pop(0)
+          else:
+            pending[0] = (slot, ids[n:], frames[n:], kk[n:])
+          room -= n
+        video = np.concatenate(clips)
+        kk = np.concatenate(keys)
+        real = video.shape[0]
+        if real < self.batch_size:
+          video = tiling.pad_batch(video, self.batch_size)
+          kk = tiling.pad_batch(kk, self.batch_size)
+        out = jax.device_get(self._fn(self.variables, video, kk))
+        start = 0
+        for slot, n in owners:
+          outputs.setdefault(slot, []).append(jax.tree.map(
+              lambda x, s=start, n=n: x[s:s + n], out))
+          start += n
+        _finish_ready()
+
+    def _finish_ready():
+      while meta and meta[0][0] not in {p[0] for p in pending}:
+        slot, record, layout = meta[0]
+        if slot not in outputs:
+          break
+        parts = outputs.pop(slot)
+        merged = jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+        results.append(self._to_video(record, layout, merged))
+        meta.pop(0)
+        if progress is not None:
+          progress(1)
+
+    for slot, (record, uid) in enumerate(zip(records, uids)):
+      layout = self.layout(record.num_frames)
+      ids = np.arange(layout.num_clips)
+      meta.append((slot, record, layout))
+      pending.append((slot, ids, tiling.gather_clips(record.frames, layout),
+                      clip_keys(key, int(uid), ids)))
+      flush()
+    flush(final=True)
+    return results
+
+  def _to_video(self, record, layout, out) -> VideoScores:
+    # frame_scores: (N, L, R, n) -> (T, R, n) -> (R, n, T)
+    frame_scores = np.moveaxis(tiling.clips_to_frames(out["frame_scores"], layout), 0, -1)
+    return VideoScores(
+        video_id=record.video_id,
+        frame_scores=frame_scores.astype(np.float32),
+        entropy=tiling.clips_to_frames(out["entropy"], layout).astype(np.float32),
+        mean_prob=tiling.clips_to_frames(out["mean_prob"], layout).astype(np.float32),
+        latent=out["latent"].mean(0).astype(np.float32),
+        class_probs=out["class_probs"].mean(0).astype(np.float32))
+
