@@ -93,11 +93,14 @@ def augment(video: np.ndarray, pseudo: np.ndarray, weight: np.ndarray,
     rx = resize_matrix(cw, w)
     if do_flip:
       rx = rx[::-1]
+    rxt = np.ascontiguousarray(rx.T)
     sl = (slice(None), slice(y0, y0 + ch), slice(x0, x0 + cw))
-    v = np.einsum("oh,fhwc,pw->fopc", ry, video[sl].astype(np.float32), rx, optimize=True)
+    # Batched 2-D matmuls (ry @ X @ rx^T per frame and channel); np.einsum's path here is ~10x slower.
+    planes = np.moveaxis(video[sl], -1, 1).astype(np.float32)  # (F, 3, ch, cw)
+    v = np.moveaxis(ry @ planes @ rxt, 1, -1)
     video = np.clip(np.rint(v), 0, 255).astype(np.uint8)
-    pseudo = np.einsum("oh,fhw,pw->fop", ry, pseudo[sl], rx, optimize=True).astype(np.float32)
-    weight = np.einsum("oh,fhw,pw->fop", ry, weight[sl], rx, optimize=True).astype(np.float32)
+    pseudo = (ry @ pseudo[sl].astype(np.float32) @ rxt).astype(np.float32)
+    weight = (ry @ weight[sl].astype(np.float32) @ rxt).astype(np.float32)
   elif do_flip:
     video, pseudo, weight = video[:, :, ::-1], pseudo[:, :, ::-1], weight[:, :, ::-1]
   return (np.ascontiguousarray(video), np.ascontiguousarray(pseudo, np.float32),
