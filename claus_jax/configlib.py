@@ -220,6 +220,17 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             f"({config.model.clip_length} frames).")
   if config.selection.strategy not in STRATEGIES:
     _fail("selection.strategy", f"{config.selection.strategy!r} is unknown; use one of {STRATEGIES}.")
+  if not config.selection.proximity_sigma > 0:
+    _fail("selection.proximity_sigma", f"{config.selection.proximity_sigma} must be positive "
+          "(frames; paper 8/3).")
+  for field in ("nms_radius", "entropy_skip"):
+    if getattr(config.selection, field) < 0:
+      _fail(f"selection.{field}", f"{getattr(config.selection, field)} must be >= 0 (frames).")
+  for field in ("cost_video", "cost_frame"):
+    if not getattr(config.budget, field) > 0:
+      _fail(f"budget.{field}", f"{getattr(config.budget, field)} must be positive (cost of one label).")
+  if config.budget.max_rounds < 0:
+    _fail("budget.max_rounds", f"{config.budget.max_rounds} must be >= 0 (0 = whole schedule).")
   if config.loss.variant not in ("stew", "interpolation", "frame"):
     _fail("loss.variant", f"{config.loss.variant!r}: use 'stew', 'interpolation' or 'frame'.")
   if config.loss.stew_form not in ("paper", "implementation"):

@@ -99,3 +99,14 @@ def test_budgets_add_up_over_the_schedule(n, mean_len, cv, cf):
     assert lv + dv == max(rb.num_videos, lv) and lf + df == max(rb.num_frames, lf)
     lv, lf = lv + dv, lf + df
     assert lv <= n and lf <= f
+
+
+@pytest.mark.parametrize("section,field,value", [
+    ("budget", "cost_video", 0.0), ("budget", "cost_frame", -1.0), ("budget", "max_rounds", -1),
+    ("selection", "proximity_sigma", 0.0), ("selection", "nms_radius", -1),
+    ("selection", "entropy_skip", -2)])
+def test_config_validation_names_the_field(section, field, value):
+  c = configlib.base_config()
+  setattr(getattr(c, section), field, value)
+  with pytest.raises(configlib.ConfigError, match=f"{section}.{field}"):
+    configlib.validate(c)
