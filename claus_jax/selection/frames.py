@@ -17,6 +17,9 @@ Methods of :func:`select_frames`:
          two picks is pushed down by both (non-maximum suppression, as in the reference), which is
          why this is not the same as recomputing the penalty to the nearest annotated frame.
     The picked frames are reported with their *raw* scores; the penalty only decides the order.
+    g is in score units (at most 1), so it matters when frame scores are per-pixel means of -log p
+    (the reference implementation's frame score, order 0.1-1); with Eq. 2 summed over all pixels
+    the penalty would be negligible next to the scores.
   * ``'top'``: plain top-k of the scores (the MC-dropout "uncertainty" baseline: no penalty).
   * ``'entropy'``: greedy top-k of the (entropy) scores; after each pick the ``entropy_skip``
     nearest frames on each side become ineligible. If that leaves fewer than k eligible frames,
@@ -24,7 +27,8 @@ Methods of :func:`select_frames`:
   * ``'random'``: k distinct frames uniformly at random (needs ``rng``).
   * ``'equidistant'``: k frames evenly spaced over the available frames (the unlabelled ones,
     inside the span if one is given): ``available[floor((i + 0.5) * n / k)]`` for ``i < k``. For a
-    video without labels this is the centres of k equal segments of the video. Deterministic.
+    video without labels this is the middle (rounded up) of each of k equal segments of the video.
+    Deterministic.
 
 Every method: never returns a labelled frame, never a duplicate, returns ``min(k, available)``
 frames, sorted ascending. Non-finite scores (NaN, -inf for frames without foreground) rank last.
