@@ -67,6 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
       primary_kernel=0,  # Primary-capsule kernel; 0 = derived from frame_size (9 at 224).
       routing_iters=3,  # EM-routing iterations.
       coord_add=False,  # Coordinate addition in the class capsules.
+      routing_lambda=1.0,  # Class-capsule activation inverse temperature (authors' code 1e-6; see capsules.py).
       dropout=0.5,  # Channel (Dropout3d-style) dropout rate at both MC-dropout sites.
       dtype="float32",  # Compute dtype: 'float32' or 'bfloat16' (parameters stay float32).
       encoder_init="",  # Orbax dir of imported I3D weights (tools.import_i3d); '' = random init.

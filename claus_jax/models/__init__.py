@@ -1,0 +1,144 @@
+"""The CLAUS detector and its parts: :func:`build_model` is the one entry point.
+
+Usage:
+  model = build_model(config)
+  variables = model.init({'params': k1, 'dropout': k2}, video, train=False)  # params, batch_stats
+  variables = load_encoder_init(variables, config.model.encoder_init)  # if set
+  out = model.apply(variables, video, train=False)  # seg_logits, class_probs, latent
+  feats = model.apply(variables, video, method='encode')
+  out = model.apply(variables, feats, train=True, rngs={'dropout': k}, method='head')  # MC dropout
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from claus_jax import configlib
+from claus_jax.models.capsules import ConvCapsules, PrimaryCapsules, em_routing
+from claus_jax.models.detector import CLAUSDetector, Decoder
+from claus_jax.models.i3d import InceptionI3d
+
+__all__ = ["build_model", "preprocess", "load_encoder_init", "save_encoder_variables",
+           "count_params", "primary_kernel", "CLAUSDetector", "InceptionI3d", "ConvCapsules",
+           "PrimaryCapsules", "Decoder", "em_routing", "ENCODER_VARIABLES_SUBDIR"]
+
+ENCODER_VARIABLES_SUBDIR = "variables"  # Orbax tree inside an encoder_init directory.
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def primary_kernel(config: ml_collections.ConfigDict) -> int:
+  """The primary-capsule kernel: config.model.primary_kernel, or derived from the frame size."""
+  if config.model.primary_kernel:
+    return int(config.model.primary_kernel)
+  return configlib.geometry(config.data.frame_size, config.model.clip_length)["primary_kernel"]
+
+
+def build_model(config: ml_collections.ConfigDict) -> CLAUSDetector:
+  """The CLAUS detector for ``config.model`` at ``config.data.frame_size``.
+
+  Raises:
+    configlib.ConfigError: for a model setting the detector cannot run with.
+  """
+  m = config.model
+  if m.strides != "claus":
+    raise configlib.ConfigError(
+        f"config.model.strides={m.strides!r}: the detector needs the 'claus' strides (Mixed_4f must "
+        "keep one frame for the 2-D capsules); 'standard' is only for InceptionI3d used on its own.")
+  if m.dtype not in _DTYPES:
+    raise configlib.ConfigError(f"config.model.dtype={m.dtype!r}: use 'float32' or 'bfloat16'.")
+  return CLAUSDetector(num_classes=m.num_classes, primary_kernel=primary_kernel(config),
+                       width=m.width, strides=m.strides, primary_caps=m.primary_caps,
+                       routing_iters=m.routing_iters, coord_add=m.coord_add,
+                       routing_lambda=m.routing_lambda, dropout=m.dropout, dtype=_DTYPES[m.dtype])
+
+
+def preprocess(video: jax.Array | np.ndarray) -> jax.Array:
+  """uint8 frames (..., H, W, 3) in [0, 255] -> float32 in [-1, 1] (the I3D input range)."""
+  return jnp.asarray(video, jnp.float32) / 127.5 - 1.0
+
+
+def count_params(tree: Any) -> int:
+  """Number of scalars in a pytree of arrays or ShapeDtypeStructs."""
+  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for key, value in tree.items():
+    path = f"{prefix}/{key}" if prefix else str(key)
+    if isinstance(value, dict) or hasattr(value, "items"):
+      out.update(_flatten(value, path))
+    else:
+      out[path] = value
+  return out
+
+
+def save_encoder_variables(encoder_variables: dict, directory: str) -> str:
+  """Saves InceptionI3d variables {'params', 'batch_stats'} with orbax under ``directory``.
+
+  Returns the orbax path (``directory/variables``).
+  """
+  import orbax.checkpoint as ocp
+
+  path = os.path.join(os.path.abspath(os.path.expanduser(directory)), ENCODER_VARIABLES_SUBDIR)
+  tree = jax.tree_util.tree_map(np.asarray, {"params": encoder_variables["params"],
+                                             "batch_stats": encoder_variables["batch_stats"]})
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(path, tree, force=True)
+  checkpointer.wait_until_finished()
+  return path
+
+
+def load_encoder_init(variables: dict, directory: str) -> dict:
+  """Replaces the detector's encoder variables with the imported ones in ``directory``.
+
+  Args:
+    variables: the detector's {'params', 'batch_stats'} (from ``model.init``).
+    directory: an ``encoder_init`` dir written by ``python -m claus_jax.tools.import_i3d``.
+
+  Returns:
+    A new variables dict; everything outside ``encoder`` is unchanged. Imported layers beyond the
+    detector's encoder (e.g. Mixed_5b) are ignored.
+
+  Raises:
+    FileNotFoundError: no orbax tree in ``directory``.
+    ValueError: listing every encoder variable that is missing from the import or mis-shaped
+      (e.g. a width multiplier other than 1.0).
+  """
+  import orbax.checkpoint as ocp
+
+  path = os.path.join(os.path.abspath(os.path.expanduser(directory)), ENCODER_VARIABLES_SUBDIR)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"config.model.encoder_init={directory!r}: no orbax tree at {path}; "
+                            "create it with `python -m claus_jax.tools.import_i3d STATE_DICT.pt "
+                            f"--out {directory}`.")
+  restored = ocp.StandardCheckpointer().restore(path)
+  new_vars = {k: v for k, v in variables.items()}
+  problems = []
+  for collection in ("params", "batch_stats"):
+    target = _flatten(variables[collection]["encoder"])
+    source = _flatten(restored.get(collection, {}))
+    for key, leaf in target.items():
+      if key not in source:
+        problems.append(f"missing {collection}/{key} {tuple(leaf.shape)}")
+      elif tuple(source[key].shape) != tuple(leaf.shape):
+        problems.append(f"shape of {collection}/{key}: imported {tuple(source[key].shape)}, "
+                        f"model {tuple(leaf.shape)}")
+  if problems:
+    raise ValueError(f"encoder_init {directory!r} does not fit the detector's encoder "
+                     f"({len(problems)} problems; imported weights need model.width=1.0):\n  "
+                     + "\n  ".join(problems))
+  for collection in ("params", "batch_stats"):
+    def take(subtree, src):
+      return {k: take(v, src[k]) if hasattr(v, "items") else jnp.asarray(src[k], v.dtype)
+              for k, v in subtree.items()}
+    coll = dict(variables[collection])
+    coll["encoder"] = take(variables[collection]["encoder"], restored[collection])
+    new_vars[collection] = coll
+  return new_vars

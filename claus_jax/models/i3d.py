@@ -1,0 +1,214 @@
+"""Inception-I3D (Carreira & Zisserman 2017) as pure Flax linen modules, channels-last.
+
+Layer names follow the public ``pytorch_i3d`` project (``Conv3d_1a_7x7/conv3d``, ``Conv3d_1a_7x7/bn``,
+``Mixed_3b/b1b/conv3d`` ...) so that :mod:`claus_jax.tools.import_i3d` maps its state dicts one to one.
+
+Numerics that must match ``pytorch_i3d`` for imported weights to behave the same:
+  * TensorFlow-style SAME padding computed from the static input size, front = total // 2 (pytorch_i3d
+    pads asymmetrically; XLA's ``'SAME'`` is not guaranteed to split the same way), for convs and
+    max-pools alike;
+  * no conv bias, BatchNorm eps 1e-3 and PyTorch momentum 0.01 (Flax momentum 0.99), ReLU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+VALID_ENDPOINTS = (
+    "Conv3d_1a_7x7",
+    "MaxPool3d_2a_3x3",
+    "Conv3d_2b_1x1",
+    "Conv3d_2c_3x3",
+    "MaxPool3d_3a_3x3",
+    "Mixed_3b",
+    "Mixed_3c",
+    "MaxPool3d_4a_3x3",
+    "Mixed_4b",
+    "Mixed_4c",
+    "Mixed_4d",
+    "Mixed_4e",
+    "Mixed_4f",
+    "MaxPool3d_5a_2x2",
+    "Mixed_5b",
+    "Mixed_5c",
+)
+
+# Inception module channel lists (b0, b1a, b1b, b2a, b2b, b3b), REFERENCE.md "Model".
+INCEPTION_CHANNELS = {
+    "Mixed_3b": (64, 96, 128, 16, 32, 32),
+    "Mixed_3c": (128, 128, 192, 32, 96, 64),
+    "Mixed_4b": (192, 96, 208, 16, 48, 64),
+    "Mixed_4c": (160, 112, 224, 24, 64, 64),
+    "Mixed_4d": (128, 128, 256, 24, 64, 64),
+    "Mixed_4e": (112, 144, 288, 32, 64, 64),
+    "Mixed_4f": (256, 160, 320, 32, 128, 128),
+    "Mixed_5b": (256, 160, 320, 32, 128, 128),
+    "Mixed_5c": (384, 192, 384, 48, 128, 128),
+}
+BRANCH_NAMES = ("b0", "b1a", "b1b", "b2a", "b2b", "b3b")
+
+# (kernel, stride) of the strided layers; 'claus' gives Conv3d_2c and MaxPool3d_4a a temporal stride
+# of 2 and no spatial pooling at 4a, so Mixed_4f keeps a 28x28 map at 224 and one frame of 8.
+STRIDES = {
+    "standard": {"Conv3d_2c_3x3": (1, 1, 1), "MaxPool3d_4a_3x3": (2, 2, 2)},
+    "claus": {"Conv3d_2c_3x3": (2, 1, 1), "MaxPool3d_4a_3x3": (2, 1, 1)},
+}
+
+BN_EPSILON = 1e-3
+BN_MOMENTUM = 0.99  # Flax convention: 1 - PyTorch momentum (0.01).
+
+
+def fast_init(init_fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+  """Wraps a Flax initializer so its random bits come from XLA's RngBitGenerator ('rbg').
+
+  Deterministic in the key Flax hands it. Why: with the default threefry PRNG every parameter's
+  initializer compiles to its own unrolled hash, and a jitted init of this model took over a minute to
+  compile on a 2-core CPU; with 'rbg' it takes seconds (and 'rbg' is native on TPU).
+  """
+  def init(key, shape, dtype=jnp.float32):
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+      key = jax.random.key_data(key)
+    words = jnp.resize(jnp.ravel(key).astype(jnp.uint32), (4,))
+    return init_fn(jax.random.wrap_key_data(words, impl="rbg"), shape, dtype)
+  return init
+
+
+DEFAULT_KERNEL_INIT = fast_init(nn.initializers.lecun_normal())
+
+
+def scaled_channels(channels: int, width: float) -> int:
+  """Channel count under a width multiplier: rounded, at least 1."""
+  return max(1, int(round(channels * width)))
+
+
+def tf_same_padding(sizes: Sequence[int], kernel: Sequence[int],
+                    strides: Sequence[int]) -> list[tuple[int, int]]:
+  """TensorFlow SAME padding per axis, split as pytorch_i3d does (front = total // 2).
+
+  Args:
+    sizes: static input sizes of the padded axes, e.g. (T, H, W).
+    kernel: window size per axis.
+    strides: stride per axis.
+
+  Returns:
+    [(front, back)] per axis; the output size is ceil(size / stride).
+  """
+  pads = []
+  for size, k, s in zip(sizes, kernel, strides):
+    total = max(k - s, 0) if size % s == 0 else max(k - size % s, 0)
+    pads.append((total // 2, total - total // 2))
+  return pads
+
+
+def max_pool_same(x: jax.Array, kernel: Sequence[int], strides: Sequence[int]) -> jax.Array:
+  """3-D max-pool with TF SAME padding on (B, T, H, W, C).
+
+  Padded cells are -inf (TensorFlow semantics). pytorch_i3d pads with zeros instead; every I3D
+  max-pool follows a ReLU, so its inputs are >= 0 and the two agree.
+  """
+  pads = tf_same_padding(x.shape[1:4], kernel, strides)
+  return nn.max_pool(x, tuple(kernel), tuple(strides), padding=pads)
+
+
+class Unit3D(nn.Module):
+  """Conv3d (no bias, TF SAME padding) + BatchNorm + ReLU, the pytorch_i3d ``Unit3D``."""
+
+  features: int
+  kernel: Sequence[int] = (1, 1, 1)
+  strides: Sequence[int] = (1, 1, 1)
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    """x: (B, T, H, W, C_in) -> (B, ceil(T/st), ceil(H/sh), ceil(W/sw), features)."""
+    pads = tf_same_padding(x.shape[1:4], self.kernel, self.strides)
+    x = nn.Conv(self.features, tuple(self.kernel), tuple(self.strides), padding=pads, use_bias=False,
+                dtype=self.dtype, param_dtype=jnp.float32, kernel_init=DEFAULT_KERNEL_INIT,
+                name="conv3d")(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                     dtype=self.dtype, param_dtype=jnp.float32, name="bn")(x)
+    return nn.relu(x)
+
+
+class InceptionModule(nn.Module):
+  """Four parallel branches concatenated on channels: 1x1 | 1x1-3x3 | 1x1-3x3 | pool3-1x1."""
+
+  channels: Sequence[int]  # (b0, b1a, b1b, b2a, b2b, b3b), already width-scaled.
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    """x: (B, T, H, W, C_in) -> (B, T, H, W, b0 + b1b + b2b + b3b)."""
+    c = dict(zip(BRANCH_NAMES, self.channels))
+    unit = lambda name, k: Unit3D(c[name], k, dtype=self.dtype, name=name)
+    b0 = unit("b0", (1, 1, 1))(x, train)
+    b1 = unit("b1b", (3, 3, 3))(unit("b1a", (1, 1, 1))(x, train), train)
+    b2 = unit("b2b", (3, 3, 3))(unit("b2a", (1, 1, 1))(x, train), train)
+    b3 = unit("b3b", (1, 1, 1))(max_pool_same(x, (3, 3, 3), (1, 1, 1)), train)
+    return jnp.concatenate([b0, b1, b2, b3], axis=-1)
+
+
+class InceptionI3d(nn.Module):
+  """Inception-I3D up to ``final_endpoint``; returns every endpoint's output.
+
+  Attributes:
+    final_endpoint: last layer built, one of VALID_ENDPOINTS (the CLAUS detector uses 'Mixed_4f').
+    strides: 'claus' or 'standard' (see STRIDES).
+    width: channel multiplier (1.0 = I3D); channels are rounded and at least 1.
+    dtype: compute dtype; parameters are always float32.
+  """
+
+  final_endpoint: str = "Mixed_4f"
+  strides: str = "claus"
+  width: float = 1.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, video: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+    """Runs the encoder.
+
+    Args:
+      video: (B, T, H, W, 3) float, scaled to [-1, 1].
+      train: BatchNorm uses batch statistics and updates ``batch_stats`` (must be mutable).
+
+    Returns:
+      {endpoint: (B, T', H', W', C') in ``dtype``} for every endpoint up to ``final_endpoint``;
+      at (8, 224, 224) with 'claus' strides Conv3d_1a_7x7 is (4, 112, 112, 64), Conv3d_2c_3x3
+      (2, 56, 56, 192) and Mixed_4f (1, 28, 28, 832).
+    """
+    if self.final_endpoint not in VALID_ENDPOINTS:
+      raise ValueError(f"InceptionI3d: final_endpoint {self.final_endpoint!r} is not one of "
+                       f"{VALID_ENDPOINTS}.")
+    if self.strides not in STRIDES:
+      raise ValueError(f"InceptionI3d: strides {self.strides!r}: use one of {tuple(STRIDES)}.")
+    strided = STRIDES[self.strides]
+    ch = lambda c: scaled_channels(c, self.width)
+    x = video.astype(self.dtype)
+    out = {}
+    for name in VALID_ENDPOINTS:
+      if name == "Conv3d_1a_7x7":
+        x = Unit3D(ch(64), (7, 7, 7), (2, 2, 2), dtype=self.dtype, name=name)(x, train)
+      elif name == "Conv3d_2b_1x1":
+        x = Unit3D(ch(64), (1, 1, 1), dtype=self.dtype, name=name)(x, train)
+      elif name == "Conv3d_2c_3x3":
+        x = Unit3D(ch(192), (3, 3, 3), strided[name], dtype=self.dtype, name=name)(x, train)
+      elif name in ("MaxPool3d_2a_3x3", "MaxPool3d_3a_3x3"):
+        x = max_pool_same(x, (1, 3, 3), (1, 2, 2))
+      elif name == "MaxPool3d_4a_3x3":
+        x = max_pool_same(x, (3, 3, 3), strided[name])
+      elif name == "MaxPool3d_5a_2x2":
+        x = max_pool_same(x, (2, 2, 2), (2, 2, 2))
+      else:
+        x = InceptionModule(tuple(ch(c) for c in INCEPTION_CHANNELS[name]), dtype=self.dtype,
+                            name=name)(x, train)
+      out[name] = x
+      if name == self.final_endpoint:
+        break
+    return out

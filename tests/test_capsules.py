@@ -1,0 +1,151 @@
+"""EM routing and capsule layers against an independent NumPy implementation of the same equations."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from claus_jax.models import capsules
+
+
+def numpy_em_routing(votes, a_in, beta_u, beta_a, iters, lam, eps=1e-8):
+  """Loop-per-group float64 reference: REFERENCE.md's M-step (normalised cost) and E-step."""
+  n, num_in, num_out, dim = votes.shape
+  poses = np.zeros((n, num_out, dim))
+  acts = np.zeros((n, num_out))
+  for g in range(n):
+    v = votes[g].astype(np.float64)
+    r = np.full((num_in, num_out), 1.0 / num_out)
+    for it in range(iters):
+      rw = r * a_in[g][:, None]
+      r_sum = rw.sum(0)
+      mu = np.zeros((num_out, dim))
+      var = np.zeros((num_out, dim))
+      for c in range(num_out):
+        w = rw[:, c] / (r_sum[c] + eps)
+        mu[c] = (w[:, None] * v[:, c]).sum(0)
+        var[c] = (w[:, None] * (v[:, c] - mu[c]) ** 2).sum(0) + eps
+      cost = np.array([((beta_u[c] + np.log(np.sqrt(var[c]))) * r_sum[c]).sum()
+                       for c in range(num_out)])
+      std = math.sqrt(np.mean((cost - cost.mean()) ** 2) + eps)
+      a = 1.0 / (1.0 + np.exp(-lam * (beta_a - (cost.mean() - cost) / (std + eps))))
+      if it < iters - 1:
+        log_ap = np.zeros((num_in, num_out))
+        for i in range(num_in):
+          for c in range(num_out):
+            log_p = np.sum(-(v[i, c] - mu[c]) ** 2 / (2 * var[c]) - np.log(np.sqrt(var[c]))
+                           - 0.5 * math.log(2 * math.pi))
+            log_ap[i, c] = log_p + math.log(a[c] + eps)
+        log_ap -= log_ap.max(1, keepdims=True)
+        r = np.exp(log_ap) / np.exp(log_ap).sum(1, keepdims=True)
+    poses[g], acts[g] = mu, a
+  return poses, acts
+
+
+@pytest.mark.parametrize("iters,lam", [(1, 1.0), (3, 1.0), (3, 0.01), (2, 5.0)])
+def test_em_routing_matches_numpy(iters, lam):
+  rng = np.random.default_rng(iters)
+  n, num_in, num_out, dim = 5, 6, 4, 16
+  # Small vote spread, so the E-step's responsibilities are neither uniform nor one-hot.
+  votes = rng.normal(size=(n, num_in, num_out, dim)).astype(np.float32) * 0.3
+  a_in = rng.uniform(0.05, 1.0, size=(n, num_in)).astype(np.float32)
+  beta_u = rng.normal(size=(num_out, dim)).astype(np.float32)
+  beta_a = rng.normal(size=(num_out,)).astype(np.float32)
+  want_p, want_a = numpy_em_routing(votes, a_in, beta_u, beta_a, iters, lam)
+  got_p, got_a = jax.jit(capsules.em_routing, static_argnums=(4, 5))(votes, a_in, beta_u, beta_a,
+                                                                       iters, lam)
+  assert got_p.shape == (n, num_out, dim) and got_a.shape == (n, num_out)
+  np.testing.assert_allclose(np.asarray(got_p), want_p, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(got_a), want_a, rtol=1e-4, atol=1e-5)
+  # The E-step matters at 3 iterations: one iteration must give a different answer there.
+  if iters == 3 and lam == 1.0:
+    p1, _ = capsules.em_routing(votes, a_in, beta_u, beta_a, 1, lam)
+    assert np.abs(np.asarray(p1) - want_p).max() > 1e-3
+
+
+def test_single_input_capsule_pose_is_its_vote():
+  # With one input capsule mu must equal its vote exactly and sigma^2 = eps.
+  votes = jnp.arange(2 * 1 * 3 * 16, dtype=jnp.float32).reshape(2, 1, 3, 16) / 10
+  poses, acts = capsules.em_routing(votes, jnp.ones((2, 1)), jnp.zeros((3, 16)), jnp.zeros(3))
+  np.testing.assert_allclose(np.asarray(poses), np.asarray(votes[:, 0]), rtol=1e-6)
+  # Equal costs for all outputs: the normalised cost is 0 and every activation is sigmoid(0).
+  np.testing.assert_allclose(np.asarray(acts), 0.5, atol=1e-6)
+
+
+def _caps_loss(layer, variables, poses, acts):
+  out_p, out_a = layer.apply(variables, poses, acts)
+  return jnp.sum(out_p ** 2) * 1e-3 + jnp.sum(out_a)
+
+
+@pytest.mark.parametrize("kind", ["random", "zeros"])
+def test_conv_capsule_gradients_are_finite(kind):
+  layer = capsules.ConvCapsules(num_caps=5, kernel=1, iters=3, coord_add=True)
+  shape = (2, 3, 3, 4)
+  if kind == "random":
+    poses = jax.random.normal(jax.random.key(1), shape + (16,)) * 3
+    acts = jax.random.uniform(jax.random.key(2), shape)
+  else:
+    poses, acts = jnp.zeros(shape + (16,)), jnp.zeros(shape)
+  variables = layer.init(jax.random.key(0), poses, acts)
+  grads = jax.grad(_caps_loss, argnums=(1, 2, 3))(layer, variables, poses, acts)
+  for leaf in jax.tree_util.tree_leaves(grads):
+    assert np.all(np.isfinite(np.asarray(leaf)))
+  # Random inputs give gradients that are not all zero for every parameter.
+  if kind == "random":
+    for name, g in grads[0]["params"].items():
+      assert np.abs(np.asarray(g)).max() > 0, name
+
+
+def test_conv_capsules_match_votes_and_routing_per_position():
+  """A 2x2 conv-capsule layer equals em_routing on hand-gathered windows (checks the gather)."""
+  layer = capsules.ConvCapsules(num_caps=3, kernel=2, iters=2, coord_add=False)
+  poses = jax.random.normal(jax.random.key(3), (1, 3, 4, 2, 16))
+  acts = jax.random.uniform(jax.random.key(4), (1, 3, 4, 2))
+  variables = layer.init(jax.random.key(0), poses, acts)
+  out_p, out_a = layer.apply(variables, poses, acts)
+  assert out_p.shape == (1, 2, 3, 3, 16) and out_a.shape == (1, 2, 3, 3)
+  prm = variables["params"]
+  w = np.asarray(prm["weights"])  # (k*k*I, C, 4, 4), window order (dy, dx, i).
+  p_np, a_np = np.asarray(poses), np.asarray(acts)
+  y, x = 1, 2
+  caps = [(dy, dx, i) for dy in range(2) for dx in range(2) for i in range(2)]
+  votes = np.stack([np.stack([p_np[0, y + dy, x + dx, i].reshape(4, 4) @ w[j, c] for c in range(3)])
+                    for j, (dy, dx, i) in enumerate(caps)]).reshape(1, 8, 3, 16)
+  a_win = np.array([[a_np[0, y + dy, x + dx, i] for dy, dx, i in caps]])
+  want_p, want_a = numpy_em_routing(votes, a_win, np.asarray(prm["beta_u"]),
+                                    np.asarray(prm["beta_a"]), 2, 1.0)
+  np.testing.assert_allclose(np.asarray(out_p[0, y, x]), want_p[0], rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(out_a[0, y, x]), want_a[0], rtol=1e-4, atol=1e-5)
+
+
+def test_coord_add_shifts_the_translation_slots_only():
+  # One input capsule: the output pose is the vote, so coordinate addition shows directly.
+  poses = jax.random.normal(jax.random.key(5), (1, 2, 2, 1, 16))
+  acts = jnp.ones((1, 2, 2, 1))
+  plain = capsules.ConvCapsules(num_caps=2, coord_add=False)
+  coord = capsules.ConvCapsules(num_caps=2, coord_add=True)
+  variables = plain.init(jax.random.key(0), poses, acts)
+  diff = np.asarray(coord.apply(variables, poses, acts)[0] - plain.apply(variables, poses, acts)[0])
+  centres = np.array([0.25, 0.75])
+  np.testing.assert_allclose(diff[0, :, :, :, 0], np.broadcast_to(centres[:, None, None], (2, 2, 2)),
+                             atol=1e-5)
+  np.testing.assert_allclose(diff[0, :, :, :, 1], np.broadcast_to(centres[None, :, None], (2, 2, 2)),
+                             atol=1e-5)
+  np.testing.assert_allclose(diff[..., 2:], 0.0, atol=1e-5)
+
+
+def test_primary_capsules_shapes_and_range():
+  layer = capsules.PrimaryCapsules(num_caps=3, kernel=3)
+  x = jax.random.normal(jax.random.key(0), (2, 6, 6, 5))
+  variables = layer.init(jax.random.key(1), x)
+  poses, acts = layer.apply(variables, x)
+  assert poses.shape == (2, 4, 4, 3, 16) and acts.shape == (2, 4, 4, 3)
+  assert float(acts.min()) > 0.0 and float(acts.max()) < 1.0
+  # Pose channel 16*j+h belongs to capsule j (the authors' layout).
+  conv = variables["params"]["pose"]
+  patch = np.asarray(x[0, 1:4, 2:5]).reshape(-1)
+  kernel = np.asarray(conv["kernel"]).reshape(-1, 48)
+  want = patch @ kernel + np.asarray(conv["bias"])
+  np.testing.assert_allclose(np.asarray(poses[0, 1, 2]).reshape(-1), want, rtol=1e-4, atol=1e-4)

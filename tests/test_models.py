@@ -1,0 +1,246 @@
+"""The I3D encoder and the CLAUS detector: full-size shapes by eval_shape, a tiny model for real runs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from claus_jax import configlib
+from claus_jax.models import build_model, count_params, i3d, preprocess
+
+
+def _config(frame_size, width=1.0, num_classes=24, primary_caps=32, **model):
+  c = configlib.base_config()
+  c.data.frame_size = frame_size
+  c.model.num_classes = num_classes
+  c.model.width = width
+  c.model.primary_caps = primary_caps
+  for key, value in model.items():
+    c.model[key] = value
+  return c
+
+
+def _abstract_init(model, frame_size):
+  video = jax.ShapeDtypeStruct((1, 8, frame_size, frame_size, 3), jnp.float32)
+  init = lambda key, x: model.init({"params": key, "dropout": key}, x, train=False)
+  return jax.eval_shape(init, jax.random.key(0), video), video
+
+
+def test_full_size_shapes_and_parameter_count():
+  model = build_model(_config(224))
+  variables, video = _abstract_init(model, 224)
+  params = variables["params"]
+  parts = {name: count_params(tree) for name, tree in params.items()}
+  # REFERENCE.md: I3D to Mixed_4f 7.53 M, primary capsules 36.66 M, class capsules 12.7 k,
+  # decoder about 3.8 M, 48.0 M in all.
+  assert parts["encoder"] == pytest.approx(7.53e6, rel=5e-3)
+  assert parts["primary"] == pytest.approx(36.66e6, rel=1e-3)
+  assert parts["class_caps"] == 32 * 24 * 16 + 24 * 16 + 24
+  assert parts["decoder"] == pytest.approx(3.8e6, rel=1e-2)
+  assert count_params(params) == pytest.approx(48.0e6, rel=1e-2)
+  assert set(variables) == {"params", "batch_stats"}
+
+  ends = jax.eval_shape(lambda v, x: model.apply(v, x, method=lambda m, x: m.encoder(x, False)),
+                        variables, video)
+  want = {"Conv3d_1a_7x7": (4, 112, 112, 64), "MaxPool3d_2a_3x3": (4, 56, 56, 64),
+          "Conv3d_2b_1x1": (4, 56, 56, 64), "Conv3d_2c_3x3": (2, 56, 56, 192),
+          "MaxPool3d_3a_3x3": (2, 28, 28, 192), "Mixed_3b": (2, 28, 28, 256),
+          "Mixed_3c": (2, 28, 28, 480), "MaxPool3d_4a_3x3": (1, 28, 28, 480),
+          "Mixed_4b": (1, 28, 28, 512), "Mixed_4c": (1, 28, 28, 512), "Mixed_4d": (1, 28, 28, 512),
+          "Mixed_4e": (1, 28, 28, 528), "Mixed_4f": (1, 28, 28, 832)}
+  assert {k: v.shape[1:] for k, v in ends.items()} == want
+
+  feats = jax.eval_shape(lambda v, x: model.apply(v, x, method="encode"), variables, video)
+  assert {k: v.shape for k, v in feats.items()} == {
+      "Mixed_4f": (1, 1, 28, 28, 832), "cross56": (1, 2, 56, 56, 192),
+      "cross112": (1, 4, 112, 112, 64)}
+  caps = jax.eval_shape(
+      lambda v, f: model.apply(v, f, method=lambda m, f: m.primary(f["Mixed_4f"][:, 0])),
+      variables, feats)
+  assert caps[0].shape == (1, 20, 20, 32, 16) and caps[1].shape == (1, 20, 20, 32)
+  out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, video)
+  assert {k: (v.shape, v.dtype) for k, v in out.items()} == {
+      "seg_logits": ((1, 8, 224, 224), jnp.float32), "class_probs": ((1, 24), jnp.float32),
+      "latent": ((1, 24 * 17), jnp.float32)}
+  kernel = params["primary"]["pose"]["kernel"]
+  assert kernel.shape == (9, 9, 832, 512)
+
+
+@pytest.mark.parametrize("frame_size,kernel,grid", [(224, 9, 20), (112, 4, 11), (64, 3, 6),
+                                                    (32, 1, 4)])
+def test_smaller_inputs_decode_to_the_input_size(frame_size, kernel, grid):
+  geo = configlib.geometry(frame_size)
+  assert (geo["primary_kernel"], geo["grid"]) == (kernel, grid)
+  model = build_model(_config(frame_size, width=0.25, num_classes=8, primary_caps=4))
+  variables, video = _abstract_init(model, frame_size)
+  assert variables["params"]["primary"]["pose"]["kernel"].shape[:2] == (kernel, kernel)
+  out = jax.eval_shape(lambda v, x: model.apply(v, x), variables, video)
+  assert out["seg_logits"].shape == (1, 8, frame_size, frame_size)
+  assert out["class_probs"].shape == (1, 8) and out["latent"].shape == (1, 8 * 17)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_outputs():
+  model = build_model(_config(64, width=0.25, num_classes=8, dtype="bfloat16"))
+  variables, video = _abstract_init(model, 64)
+  assert {x.dtype for x in jax.tree_util.tree_leaves(variables)} == {jnp.dtype(jnp.float32)}
+  feats = jax.eval_shape(lambda v, x: model.apply(v, x, method="encode"), variables, video)
+  assert feats["Mixed_4f"].dtype == jnp.bfloat16
+  out = jax.eval_shape(lambda v, x: model.apply(v, x), variables, video)
+  assert {v.dtype for v in out.values()} == {jnp.dtype(jnp.float32)}
+
+
+def test_standard_strides_and_config_errors():
+  enc = i3d.InceptionI3d("Mixed_4f", strides="standard")
+  x = jax.ShapeDtypeStruct((1, 8, 224, 224, 3), jnp.float32)
+  ends = jax.eval_shape(lambda x: enc.init_with_output(jax.random.key(0), x)[0], x)
+  assert ends["Conv3d_2c_3x3"].shape == (1, 4, 56, 56, 192)
+  assert ends["MaxPool3d_4a_3x3"].shape == (1, 2, 14, 14, 480)
+  assert ends["Mixed_4f"].shape == (1, 2, 14, 14, 832)
+  full = i3d.InceptionI3d("Mixed_5c", strides="standard")
+  assert jax.eval_shape(lambda x: full.init_with_output(jax.random.key(0), x)[0],
+                        x)["Mixed_5c"].shape == (1, 1, 7, 7, 1024)
+  with pytest.raises(configlib.ConfigError, match="strides"):
+    build_model(_config(224, strides="standard"))
+  with pytest.raises(ValueError, match="final_endpoint"):
+    jax.eval_shape(lambda x: i3d.InceptionI3d("Logits").init(jax.random.key(0), x), x)
+
+
+def test_width_multiplier_rounds_and_keeps_one_channel():
+  assert i3d.scaled_channels(64, 0.125) == 8
+  assert i3d.scaled_channels(16, 0.01) == 1
+  assert i3d.scaled_channels(24, 0.25) == 6
+
+
+@pytest.mark.parametrize("size,k,s,want", [(8, 7, 2, (2, 3)), (7, 3, 2, (1, 1)), (224, 3, 2, (0, 1)),
+                                           (4, 3, 1, (1, 1)), (2, 3, 2, (0, 1)), (5, 1, 1, (0, 0)),
+                                           (3, 2, 2, (0, 1))])
+def test_tf_same_padding(size, k, s, want):
+  # By hand: total = max(k - s, 0) if size % s == 0 else max(k - size % s, 0); front = total // 2.
+  assert i3d.tf_same_padding([size], [k], [s]) == [want]
+
+
+def test_max_pool_same_matches_numpy():
+  x = jax.random.normal(jax.random.key(0), (1, 3, 5, 4, 2))
+  got = np.asarray(i3d.max_pool_same(x, (3, 3, 3), (2, 2, 1)))
+  xn = np.asarray(x)
+  pads = i3d.tf_same_padding(x.shape[1:4], (3, 3, 3), (2, 2, 1))
+  padded = np.pad(xn, [(0, 0), *pads, (0, 0)], constant_values=-np.inf)
+  out_shape = [int(np.ceil(n / s)) for n, s in zip(x.shape[1:4], (2, 2, 1))]
+  assert got.shape == (1, *out_shape, 2)
+  for t in range(out_shape[0]):
+    for h in range(out_shape[1]):
+      for w in range(out_shape[2]):
+        win = padded[0, 2 * t:2 * t + 3, 2 * h:2 * h + 3, w:w + 3]
+        np.testing.assert_allclose(got[0, t, h, w], win.max(axis=(0, 1, 2)))
+
+
+def test_preprocess_range():
+  video = np.array([0, 127, 255], np.uint8).reshape(1, 1, 3)
+  np.testing.assert_allclose(np.asarray(preprocess(video)).ravel(), [-1.0, 127 / 127.5 - 1, 1.0],
+                             atol=1e-6)
+
+
+# ---- a tiny detector that really runs (the synthetic smoke geometry) ----
+
+@pytest.fixture(scope="module")
+def tiny():
+  """The model, its variables, a video and jitted entry points shared by the tests (compile once)."""
+  config = _config(32, width=0.125, num_classes=8, primary_caps=8)
+  model = build_model(config)
+  video = jax.random.uniform(jax.random.key(7), (2, 8, 32, 32, 3), minval=-1.0, maxval=1.0)
+  init = jax.jit(lambda k: model.init({"params": k, "dropout": k}, video, train=False))
+  fns = {
+      "apply": jax.jit(lambda v, x, k, train: model.apply(v, x, train=train, rngs={"dropout": k},
+                                                          mutable=["batch_stats"]),
+                       static_argnums=3),
+      "encode": jax.jit(lambda v, x, train: model.apply(v, x, train=train, method="encode",
+                                                        mutable=["batch_stats"])[0],
+                        static_argnums=2),
+      "head": jax.jit(lambda v, f, k, train: model.apply(v, f, train=train, rngs={"dropout": k},
+                                                         method="head"), static_argnums=3),
+  }
+  return model, init(jax.random.key(0)), video, fns
+
+
+def test_tiny_forward_outputs(tiny):
+  _, variables, video, fns = tiny
+  out, _ = fns["apply"](variables, video, jax.random.key(0), False)
+  assert out["seg_logits"].shape == (2, 8, 32, 32)
+  assert out["class_probs"].shape == (2, 8) and out["latent"].shape == (2, 8 * 17)
+  probs = np.asarray(out["class_probs"])
+  assert np.all((probs >= 0) & (probs <= 1))
+  for v in out.values():
+    assert v.dtype == jnp.float32 and np.all(np.isfinite(np.asarray(v)))
+  # train=False is deterministic and ignores the dropout rng.
+  again, _ = fns["apply"](variables, video, jax.random.key(3), False)
+  for k in out:
+    np.testing.assert_array_equal(np.asarray(out[k]), np.asarray(again[k]))
+  # latent = grid max of (class poses, class activations): its activation part bounds class_probs.
+  assert np.all(np.asarray(out["latent"])[:, 8 * 16:] >= probs - 1e-6)
+  # head(train=False) on inference features is the same deterministic forward.
+  clean_head = fns["head"](variables, fns["encode"](variables, video, False), jax.random.key(4),
+                           False)
+  for k in out:
+    np.testing.assert_allclose(np.asarray(clean_head[k]), np.asarray(out[k]), rtol=1e-5, atol=1e-5)
+
+
+def test_dropout_keys_and_encode_head_split(tiny):
+  model, variables, video, fns = tiny
+  (a, upd_a), (b, _), (c, _) = (fns["apply"](variables, video, jax.random.key(k), True)
+                                for k in (1, 1, 2))
+  for k in a:
+    np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]))
+  assert np.abs(np.asarray(a["seg_logits"]) - np.asarray(c["seg_logits"])).max() > 1e-6
+  assert np.abs(np.asarray(a["latent"]) - np.asarray(c["latent"])).max() > 1e-6
+  # BatchNorm statistics moved in training mode.
+  old = jax.tree_util.tree_leaves(variables["batch_stats"])
+  new = jax.tree_util.tree_leaves(upd_a["batch_stats"])
+  assert any(np.abs(np.asarray(o) - np.asarray(n)).max() > 0 for o, n in zip(old, new))
+
+  # encode (training BN) + head with the same dropout key == __call__.
+  split = fns["head"](variables, fns["encode"](variables, video, True), jax.random.key(1), True)
+  for k in a:
+    np.testing.assert_allclose(np.asarray(split[k]), np.asarray(a[k]), rtol=1e-5, atol=1e-5)
+
+  # MC-dropout mode: inference encoder once, head vmapped over keys with no mutable collection.
+  feats = fns["encode"](variables, video, False)
+  keys = jax.random.split(jax.random.key(5), 3)
+  passes = jax.jit(jax.vmap(lambda k: model.apply(variables, feats, train=True,
+                                                  rngs={"dropout": k}, method="head")))(keys)
+  assert passes["seg_logits"].shape == (3, 2, 8, 32, 32)
+  assert np.abs(np.asarray(passes["seg_logits"][0] - passes["seg_logits"][1])).max() > 1e-6
+  one = fns["head"](variables, feats, keys[2], True)
+  np.testing.assert_allclose(np.asarray(passes["seg_logits"][2]), np.asarray(one["seg_logits"]),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_dropout_drops_whole_feature_maps():
+  from claus_jax.models.detector import channel_dropout
+  x = jnp.ones((2, 3, 4, 5, 64))
+  y = np.asarray(channel_dropout(0.5, "d").apply({}, x, deterministic=False,
+                                                 rngs={"dropout": jax.random.key(0)}))
+  per_map = y.reshape(2, -1, 64)
+  # Each (clip, channel) map is all zeros or all 2 (= 1 / (1 - rate)).
+  assert np.all(per_map.min(1) == per_map.max(1))
+  assert set(np.unique(per_map)) == {0.0, 2.0}
+
+
+def test_tiny_backward_is_finite(tiny):
+  model, variables, video, _ = tiny
+  labels = jax.nn.one_hot(jnp.array([1, 3]), 8)
+
+  def loss(params, x):
+    out, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
+                         rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"])
+    return (jnp.mean(jax.nn.sigmoid(out["seg_logits"])) + jnp.mean((out["class_probs"] - labels) ** 2)
+            + 1e-3 * jnp.mean(out["latent"] ** 2))
+
+  grad = jax.jit(jax.grad(loss))
+  for x in (video, jnp.zeros_like(video)):
+    grads = grad(variables["params"], x)
+    for name, part in grads.items():
+      leaves = [np.asarray(g) for g in jax.tree_util.tree_leaves(part)]
+      assert all(np.all(np.isfinite(g)) for g in leaves), name
+      # An all-zero clip is constant after every BatchNorm, so only finiteness is asked of it.
+      if x is video:
+        assert any(np.abs(g).max() > 0 for g in leaves), name
