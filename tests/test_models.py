@@ -1,5 +1,6 @@
 """The I3D encoder and the CLAUS detector: full-size shapes by eval_shape, a tiny model for real runs."""
 
+import flax.linen as flax_linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -244,3 +245,33 @@ def test_tiny_backward_is_finite(tiny):
       # An all-zero clip is constant after every BatchNorm, so only finiteness is asked of it.
       if x is video:
         assert any(np.abs(g).max() > 0 for g in leaves), name
+
+
+def test_upconv_matches_a_direct_transposed_convolution():
+  """UpConv3d == PyTorch ConvTranspose3d(k=3, s=2, p=1, output_padding=1), by scatter-add in NumPy."""
+  from claus_jax.models.detector import UpConv3d
+  layer = UpConv3d(3)
+  x = jax.random.normal(jax.random.key(0), (1, 2, 3, 2, 2))
+  variables = layer.init(jax.random.key(1), x)
+  variables = jax.tree_util.tree_map(lambda a: a + 0.1, variables)  # Non-zero bias.
+  got = np.asarray(layer.apply(variables, x))
+  kernel = np.asarray(variables["params"]["kernel"])
+  xn = np.asarray(x)[0]
+  want = np.zeros((4 + 2, 6 + 2, 4 + 2, 3))  # One cell of slack each side for the taps.
+  for t, hh, ww in np.ndindex(2, 3, 2):
+    for j, k, l in np.ndindex(3, 3, 3):
+      # Transposed conv: input i feeds output o = 2 i + j - padding (padding 1); +1 for the slack.
+      want[2 * t + j, 2 * hh + k, 2 * ww + l] += xn[t, hh, ww] @ kernel[j, k, l]
+  want = want[1:5, 1:7, 1:5] + np.asarray(variables["params"]["bias"])
+  assert got.shape == (1, 4, 6, 4, 3)
+  np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_to_one_matches_flax_conv():
+  from claus_jax.models.detector import ConvToOne3d
+  x = jax.random.normal(jax.random.key(0), (2, 3, 4, 5, 6))
+  layer = ConvToOne3d()
+  variables = jax.tree_util.tree_map(lambda a: a + 0.2, layer.init(jax.random.key(1), x))
+  want = flax_linen.Conv(1, (3, 3, 3), padding="SAME").apply(variables, x)
+  np.testing.assert_allclose(np.asarray(layer.apply(variables, x)), np.asarray(want), rtol=1e-5,
+                             atol=1e-5)

@@ -12,6 +12,14 @@ EM routing (REFERENCE.md "Model"), for votes V[i, c, h] of input capsule i for o
   E-step:  log p_ic = sum_h -(V_ich - mu_ch)^2 / (2 sigma_ch^2) - log sigma_ch - log(2 pi) / 2;
            R_ic = softmax_c(log p_ic + log(a_c + eps))   (log-sum-exp, never exp of raw log p)
 The routing runs in float32 whatever the compute dtype: it takes logs of variances.
+
+lambda (``config.model.routing_lambda``) defaults to 1.0, not the authors' 1e-6. Their code computes
+the cost spread as sqrt((sum_c (cost - mean))^2 / C + eps), i.e. a square of a sum that is ~0, so its
+"std" is ~sqrt(eps) = 1e-4 and the effective scale on (cost - mean) is ~1e-2. With a true standard
+deviation, as REFERENCE.md states the formula, lambda = 1e-6 would pin every activation at 0.5 and the
+class output could not be trained. Their code also renormalises R over the output capsules after
+weighting by a_in, which cancels the input activations; this module weights by a_in as EM routing
+does. The sign of the normalised cost is kept as in REFERENCE.md.
 """
 
 from __future__ import annotations
