@@ -275,3 +275,16 @@ def test_conv_to_one_matches_flax_conv():
   want = flax_linen.Conv(1, (3, 3, 3), padding="SAME").apply(variables, x)
   np.testing.assert_allclose(np.asarray(layer.apply(variables, x)), np.asarray(want), rtol=1e-5,
                              atol=1e-5)
+
+
+@pytest.mark.parametrize("shape,kernel", [((1, 8, 12, 10, 3), (7, 7, 7)), ((2, 5, 7, 6, 2), (3, 4, 1))])
+def test_space_to_depth_conv_matches_strided_conv(shape, kernel):
+  x = jax.random.normal(jax.random.key(0), shape)
+  layer = i3d.SpaceToDepthConv(4, kernel)
+  variables = layer.init(jax.random.key(1), x)
+  pads = i3d.tf_same_padding(shape[1:4], kernel, (2, 2, 2))
+  want = jax.lax.conv_general_dilated(x, variables["params"]["kernel"], (2, 2, 2), pads,
+                                      dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+  got = layer.apply(variables, x)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)

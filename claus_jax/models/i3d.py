@@ -117,6 +117,41 @@ def max_pool_same(x: jax.Array, kernel: Sequence[int], strides: Sequence[int]) -
   return nn.max_pool(x, tuple(kernel), tuple(strides), padding=pads)
 
 
+class SpaceToDepthConv(nn.Module):
+  """Stride-2 (all axes) conv without bias, TF SAME padding, run as a stride-1 conv on 2x2x2 blocks.
+
+  Same parameter (``kernel`` (kt, kh, kw, C_in, C_out)) and result as the strided conv. Why: with
+  3 input channels the stem's strided conv runs far below peak on CPU (and TPUs pad channels to 128);
+  folding 2x2x2 blocks into channels gives 24 input channels, a 4x4x4 kernel and no stride.
+  """
+
+  features: int
+  kernel: Sequence[int]
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x: (B, T, H, W, C_in) -> (B, ceil(T/2), ceil(H/2), ceil(W/2), features)."""
+    b, cin = x.shape[0], x.shape[-1]
+    kernel = self.param("kernel", DEFAULT_KERNEL_INIT, (*self.kernel, cin, self.features),
+                        jnp.float32)
+    pads = tf_same_padding(x.shape[1:4], self.kernel, (2, 2, 2))
+    blocks = [(k + 1) // 2 for k in self.kernel]
+    outs = [-(-n // 2) for n in x.shape[1:4]]
+    # Pad front as TF SAME does; pad or crop the back to exactly 2 * (out + blocks - 1) cells.
+    lengths = [2 * (o + nb - 1) for o, nb in zip(outs, blocks)]
+    x = jnp.pad(x, [(0, 0), *[(f, max(0, n - f - size)) for (f, _), n, size in
+                              zip(pads, lengths, x.shape[1:4])], (0, 0)])
+    x = x[:, :lengths[0], :lengths[1], :lengths[2]]
+    x = x.reshape(b, lengths[0] // 2, 2, lengths[1] // 2, 2, lengths[2] // 2, 2, cin)
+    x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7).reshape(b, *(n // 2 for n in lengths), 8 * cin)
+    k = jnp.pad(kernel, [(0, 2 * nb - kk) for nb, kk in zip(blocks, self.kernel)] + [(0, 0)] * 2)
+    k = k.reshape(blocks[0], 2, blocks[1], 2, blocks[2], 2, cin, self.features)
+    k = k.transpose(0, 2, 4, 1, 3, 5, 6, 7).reshape(*blocks, 8 * cin, self.features)
+    return jax.lax.conv_general_dilated(x.astype(self.dtype), k.astype(self.dtype), (1, 1, 1),
+                                        "VALID", dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+
+
 class Unit3D(nn.Module):
   """Conv3d (no bias, TF SAME padding) + BatchNorm + ReLU, the pytorch_i3d ``Unit3D``."""
 
@@ -128,10 +163,13 @@ class Unit3D(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     """x: (B, T, H, W, C_in) -> (B, ceil(T/st), ceil(H/sh), ceil(W/sw), features)."""
-    pads = tf_same_padding(x.shape[1:4], self.kernel, self.strides)
-    x = nn.Conv(self.features, tuple(self.kernel), tuple(self.strides), padding=pads, use_bias=False,
-                dtype=self.dtype, param_dtype=jnp.float32, kernel_init=DEFAULT_KERNEL_INIT,
-                name="conv3d")(x)
+    if tuple(self.strides) == (2, 2, 2):
+      x = SpaceToDepthConv(self.features, tuple(self.kernel), self.dtype, name="conv3d")(x)
+    else:
+      pads = tf_same_padding(x.shape[1:4], self.kernel, self.strides)
+      x = nn.Conv(self.features, tuple(self.kernel), tuple(self.strides), padding=pads,
+                  use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+                  kernel_init=DEFAULT_KERNEL_INIT, name="conv3d")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
                      dtype=self.dtype, param_dtype=jnp.float32, name="bn")(x)
     return nn.relu(x)
