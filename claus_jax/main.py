@@ -4,8 +4,6 @@ A thin absl main, as in the Flax examples: it parses the config (with ``--config
 overrides) and calls :func:`claus_jax.experiment.run`. Everything else is importable and tested.
 """
 
-import os
-
 from absl import app
 from absl import flags
 from ml_collections import config_flags
@@ -19,13 +17,6 @@ _QUIET = flags.DEFINE_bool("quiet", False, "Turn off progress bars.")
 flags.mark_flags_as_required(["config"])
 
 
-def default_workdir(config_arg: str) -> str:
-  """runs/<config file stem>[_<variant>] for ``configs/synthetic.py:smoke``-style arguments."""
-  path, _, variant = config_arg.partition(":")
-  name = os.path.splitext(os.path.basename(path))[0]
-  return os.path.join("runs", f"{name}_{variant}" if variant else name)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -35,7 +26,7 @@ def main(argv):
   if _QUIET.value:
     with config.unlocked():
       config.quiet = True
-  workdir = _WORKDIR.value or default_workdir(
+  workdir = _WORKDIR.value or experiment.default_workdir(
       config_flags.get_config_filename(flags.FLAGS["config"]))
   experiment.run(config, workdir)
 

@@ -8,7 +8,10 @@ devices.
 
 Per pixel, with p_r the foreground probability of pass r (paper Eq. 2):
   * ``form='paper'``: U = mean_r(-log p_r), set to 0 where mean_r(p_r) < threshold (definite
-    background); frame score U_f = sum of U over the frame's pixels.
+    background); frame score U_f = the frame's sum of U divided by its (constant) pixel count P.
+    Dividing by P changes no ranking of Eq. 1 or 2, and it puts frame scores on the scale of the
+    authors' per-pixel means, which the proximity penalty g(d) in [0, 1] of intra-sample selection
+    assumes; a raw sum over 224x224 pixels would make that penalty vanish.
   * ``form='implementation'`` (authors' code): p = mean_r(p_r); frame score = mean of -log p over the
     pixels with p > threshold; a frame without such pixels scores ``NO_FOREGROUND``.
   * entropy (baseline): mean over pixels of the binary entropy of mean_r(p_r), at R passes.
@@ -59,7 +62,7 @@ def frame_scores_from_means(mean_p: jax.Array, mean_nll: jax.Array, thresholds: 
   p = mean_p[..., None, :, :, :]  # (..., 1, F, H, W)
   fg = p >= thr if form == "paper" else p > thr
   if form == "paper":
-    return jnp.sum(jnp.where(fg, mean_nll[..., None, :, :, :], 0.0), axis=(-2, -1))
+    return jnp.mean(jnp.where(fg, mean_nll[..., None, :, :, :], 0.0), axis=(-2, -1))
   nll = -jnp.log(jnp.clip(p, _EPS, 1.0))
   count = jnp.sum(fg, axis=(-2, -1))
   total = jnp.sum(jnp.where(fg, nll, 0.0), axis=(-2, -1))
@@ -129,6 +132,31 @@ def make_score_fn(model, config, thresholds: Sequence[float]) -> Callable:
     }
 
   return score
+
+
+def mc_forward(module, video: jax.Array) -> dict:
+  """One full MC-dropout forward pass: deterministic encoder, stochastic head.
+
+  Use as ``model.apply(variables, video, rngs={'dropout': k}, method=mc_forward)``: the authors'
+  way of scoring (R of these per clip), which the shared-encoder scorer must reproduce.
+  """
+  return module.head(module.encode(video, train=False), train=True)
+
+
+def pixel_scores_reference(probs: np.ndarray, threshold: float, form: str) -> np.ndarray:
+  """NumPy reference of the frame score from R passes' probabilities ``(R, F, H, W)`` -> ``(F,)``."""
+  probs = np.asarray(probs, np.float64)
+  mean_p = probs.mean(0)
+  if form == "paper":
+    u = (-np.log(np.clip(probs, _EPS, 1.0))).mean(0)
+    return np.where(mean_p >= threshold, u, 0.0).mean(axis=(-2, -1))
+  fg = mean_p > threshold
+  nll = -np.log(np.clip(mean_p, _EPS, 1.0))
+  out = np.full(probs.shape[1], NO_FOREGROUND)
+  for f in range(probs.shape[1]):
+    if fg[f].any():
+      out[f] = nll[f][fg[f]].mean()
+  return out
 
 
 def clip_keys(key: jax.Array, video_uid: int, clip_ids: np.ndarray) -> np.ndarray:

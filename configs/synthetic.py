@@ -27,7 +27,7 @@ def get_config(arg=None):
 
   if arg == "smoke":
     syn = c.data.synthetic
-    syn.train_groups, syn.test_groups, syn.videos_per_group = 10, 4, 2
+    syn.train_groups, syn.test_groups, syn.videos_per_group = 10, 8, 2
     syn.min_frames, syn.max_frames = 16, 24
     c.data.frame_size = 32
     c.model.width = 0.125

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from claus_jax import configlib
-from claus_jax import main as main_lib
+from claus_jax import experiment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -114,6 +114,6 @@ def test_geometry_matches_paper_at_224():
 
 
 def test_default_workdir():
-  assert main_lib.default_workdir("configs/synthetic.py") == os.path.join("runs", "synthetic")
-  assert main_lib.default_workdir("configs/synthetic.py:smoke") == os.path.join("runs",
+  assert experiment.default_workdir("configs/synthetic.py") == os.path.join("runs", "synthetic")
+  assert experiment.default_workdir("configs/synthetic.py:smoke") == os.path.join("runs",
                                                                                "synthetic_smoke")

@@ -1,0 +1,161 @@
+"""MC-dropout scorer: equals sequential passes, sweeps equal separate runs, sharding changes nothing."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from claus_jax import configlib
+from claus_jax import models
+from claus_jax import uncertainty
+from claus_jax.data.record import VideoRecord
+
+
+def tiny_config(passes=4, pass_chunk=2, form="paper"):
+  c = configlib.base_config()
+  c.data.frame_size = 32
+  c.model.num_classes = c.data.synthetic.num_classes = 3
+  c.model.width = 0.125
+  c.model.primary_caps = 4
+  c.uncertainty.passes = passes
+  c.uncertainty.pass_chunk = pass_chunk
+  c.uncertainty.form = form
+  c.uncertainty.clip_chunk = 3
+  return c
+
+
+@pytest.fixture(scope="module")
+def setup():
+  config = tiny_config()
+  model = models.build_model(config)
+  video = jax.random.randint(jax.random.PRNGKey(1), (3, 8, 32, 32, 3), 0, 256).astype(jnp.uint8)
+  variables = jax.jit(lambda x: model.init(
+      {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(0)}, x, train=False))(
+          models.preprocess(video[:1]))
+  return config, model, variables, np.asarray(video)
+
+
+def _sequential_probs(model, variables, video, keys, passes):
+  """The authors' way: R full forward passes per clip, one clip at a time (Python loops)."""
+  out = np.zeros((video.shape[0], passes) + video.shape[1:4], np.float64)
+  forward = jax.jit(lambda v, x, k: model.apply(v, models.preprocess(x), rngs={"dropout": k},
+                                                method=uncertainty.mc_forward)["seg_logits"])
+  for b in range(video.shape[0]):
+    for r in range(passes):
+      key = jax.random.fold_in(keys[b], r)
+      out[b, r] = np.asarray(jax.nn.sigmoid(forward(variables, video[b:b + 1], key)[0]))
+  return out
+
+
+@pytest.mark.parametrize("form", ["paper", "implementation"])
+def test_vmapped_scorer_equals_sequential_full_passes(setup, form):
+  config, model, variables, video = setup
+  config = tiny_config(form=form)
+  thresholds = (0.3, 0.5)
+  fn = jax.jit(uncertainty.make_score_fn(model, config, thresholds))
+  keys = uncertainty.clip_keys(jax.random.PRNGKey(5), 7, np.arange(3))
+  out = jax.device_get(fn(variables, video, keys))
+  probs = _sequential_probs(model, variables, video, keys, config.uncertainty.passes)
+  assert out["frame_scores"].shape == (3, 8, 4, 2)
+  spread = probs.max() - probs.min()
+  assert spread > 1e-3, "dropout must change the predictions"
+  for b in range(3):
+    for r in range(1, 5):  # every prefix R' <= R: the sweep over passes
+      for i, thr in enumerate(thresholds):
+        expected = uncertainty.pixel_scores_reference(probs[b, :r], thr, form)
+        np.testing.assert_allclose(out["frame_scores"][b, :, r - 1, i], expected, rtol=2e-4,
+                                   atol=2e-4)
+    mean_p = probs[b].mean(0)
+    np.testing.assert_allclose(out["mean_prob"][b], mean_p.mean(axis=(-2, -1)), rtol=1e-4, atol=1e-6)
+    p = np.clip(mean_p, 1e-6, 1 - 1e-6)
+    ent = -(p * np.log(p) + (1 - p) * np.log1p(-p))
+    np.testing.assert_allclose(out["entropy"][b], ent.mean(axis=(-2, -1)), rtol=1e-4, atol=1e-6)
+
+
+def test_sweep_equals_separate_runs_and_chunking_is_invisible(setup):
+  config, model, variables, video = setup
+  keys = uncertainty.clip_keys(jax.random.PRNGKey(5), 7, np.arange(3))
+  full = jax.device_get(jax.jit(uncertainty.make_score_fn(model, tiny_config(4, 4), (0.4,)))(
+      variables, video, keys))
+  for r in (1, 2, 3):
+    alone = jax.device_get(jax.jit(uncertainty.make_score_fn(
+        model, tiny_config(r, 1), (0.4,)))(variables, video, keys))
+    np.testing.assert_allclose(full["frame_scores"][:, :, r - 1], alone["frame_scores"][:, :, -1],
+                               rtol=1e-5, atol=1e-5)
+  chunked = jax.device_get(jax.jit(uncertainty.make_score_fn(model, tiny_config(4, 2), (0.4,)))(
+      variables, video, keys))
+  np.testing.assert_allclose(full["frame_scores"], chunked["frame_scores"], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(full["latent"], chunked["latent"], rtol=1e-5, atol=1e-5)
+
+
+def test_pass_chunk_size():
+  assert uncertainty.pass_chunk_size(10, 4) == 2
+  assert uncertainty.pass_chunk_size(10, 10) == 10
+  assert uncertainty.pass_chunk_size(10, 32) == 10
+  assert uncertainty.pass_chunk_size(7, 3) == 1
+
+
+def _record(vid, t, seed):
+  rng = np.random.default_rng(seed)
+  frames = rng.integers(0, 256, (t, 32, 32, 3), dtype=np.uint8)
+  return VideoRecord(vid, vid, 0, frames, np.zeros((t, 32, 32), np.uint8),
+                     np.full((1, t, 4), np.nan, np.float32), np.zeros(t, bool), (0, t))
+
+
+def test_scorer_scores_every_frame_independently_of_batching(setup):
+  config, model, variables, _ = setup
+  records = [_record("a", 21, 0), _record("b", 5, 1), _record("c", 40, 2)]
+  key = jax.random.PRNGKey(3)
+  s1 = uncertainty.Scorer(model, variables, config, batch_size=1).score_videos(
+      records, [0, 1, 2], key)
+  s3 = uncertainty.Scorer(model, variables, config, batch_size=3).score_videos(
+      records, [0, 1, 2], key)
+  alone = uncertainty.Scorer(model, variables, config, batch_size=2).score_videos(
+      records[2:], [2], key)
+  assert [s.video_id for s in s3] == ["a", "b", "c"]
+  for a, b in zip(s1, s3):
+    assert a.frame_scores.shape == (4, 1, len(a.entropy))
+    np.testing.assert_allclose(a.frame_scores, b.frame_scores, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(a.latent, b.latent, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(alone[0].frame_scores, s3[2].frame_scores, rtol=1e-5, atol=1e-5)
+  # skip2 reference layout: one clip per 16 frames, each output repeated for the skipped frame.
+  t = s3[0].frame_scores
+  np.testing.assert_array_equal(t[..., 0::2][..., :10], t[..., 1::2][..., :10])
+
+
+_SHARDED = r"""
+import os, sys
+import jax, numpy as np
+sys.path.insert(0, {root!r})
+sys.path.insert(0, {tests!r})
+from test_uncertainty import tiny_config, _record
+from claus_jax import models, uncertainty, parallel
+assert jax.device_count() == 4, jax.devices()
+config = tiny_config()
+model = models.build_model(config)
+x = np.zeros((1, 8, 32, 32, 3), np.uint8)
+variables = model.init({{"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(0)}},
+                       models.preprocess(x), train=False)
+records = [_record("a", 21, 0), _record("b", 5, 1), _record("c", 40, 2)]
+key = jax.random.PRNGKey(3)
+one = uncertainty.Scorer(model, variables, config, batch_size=4,
+                         mesh=parallel.make_mesh(jax.devices()[:1])).score_videos(records, [0, 1, 2], key)
+four = uncertainty.Scorer(model, variables, config, batch_size=4).score_videos(records, [0, 1, 2], key)
+for a, b in zip(one, four):
+  np.testing.assert_allclose(a.frame_scores, b.frame_scores, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(a.latent, b.latent, rtol=1e-5, atol=1e-6)
+print("SHARDED_OK")
+"""
+
+
+def test_sharded_scoring_on_four_fake_devices_equals_one_device():
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", _SHARDED.format(root=root, tests=os.path.join(root, "tests"))], env=env,
+                        capture_output=True, text=True, timeout=600, cwd=root)
+  assert "SHARDED_OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]
