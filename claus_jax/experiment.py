@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 import jax
@@ -378,17 +379,22 @@ class Experiment:
       pct = pool.percentages()
       self.say(f"round {r}: {pool.num_labelled_videos} labelled videos ({pct['videos_pct']:.1f}%), "
                f"{pool.num_labelled_frames} frames ({pct['frames_pct']:.2f}%), cost {pool.cost:g}")
+      t0 = time.time()
       state = self._train(r, pool)
+      t1 = time.time()
       result = self._evaluate(r, state)
-      self.say(f"round {r} eval: " + ", ".join(
+      self.say(f"round {r} eval ({time.time() - t1:.0f} s; train {t1 - t0:.0f} s): " + ", ".join(
           f"{k}={result[k]:.3f}" for k in reporting.HEADLINE if result.get(k) is not None))
       reporting.write_reports(self.workdir, self.dataset, quiet=True)
       if r == last_round:
         break
+      t0 = time.time()
       scores = self._score(r, state)
+      t1 = time.time()
       chosen = self._select(r, state, pool, scores)
-      self.say(f"round {r} selection ({chosen.strategy}): {chosen.num_new_videos} new videos, "
-               f"{chosen.num_new_frames} frames, cost {chosen.cost:g}")
+      self.say(f"round {r} selection ({chosen.strategy}; scoring {t1 - t0:.0f} s): "
+               f"{chosen.num_new_videos} new videos, {chosen.num_new_frames} frames, "
+               f"cost {chosen.cost:g}")
       self._answer(chosen, pool, r + 1)
       r += 1
     summary = reporting.write_reports(self.workdir, self.dataset, quiet=False)

@@ -39,7 +39,7 @@ def get_config(arg=None):
     c.uncertainty.passes = 4
     c.budget.initial_videos_pct = 25.0
     c.budget.initial_frames_pct = 5.0
-    c.budget.schedule = ((8.0, 40.0), (12.0, 60.0))
+    c.budget.schedule = ((8.0, 40.0),)  # Round 0 and one selection round.
     c.cluster.k = 2
     c.cluster.n_init = 4
   elif arg:

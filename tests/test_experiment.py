@@ -1,0 +1,280 @@
+"""The active-learning driver end to end on the smoke config: outputs, budgets, resume, oracles."""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from claus_jax import experiment
+from claus_jax import oracle as oracle_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def smoke_config(**overrides):
+  spec = importlib.util.spec_from_file_location("synthetic_cfg",
+                                                os.path.join(ROOT, "configs", "synthetic.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config("smoke")
+  c.quiet = True
+  for key, value in overrides.items():
+    section, field = key.split(".")
+    setattr(getattr(c, section), field, value)
+  return c
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("tfds"))
+  old = os.environ.get("CLAUS_TFDS_DIR")
+  os.environ["CLAUS_TFDS_DIR"] = path
+  yield path
+  if old is None:
+    os.environ.pop("CLAUS_TFDS_DIR")
+  else:
+    os.environ["CLAUS_TFDS_DIR"] = old
+
+
+@pytest.fixture(scope="module")
+def reference_run(tfds_dir, tmp_path_factory):
+  """One uninterrupted smoke run; other tests compare against it."""
+  workdir = str(tmp_path_factory.mktemp("reference"))
+  experiment.run(smoke_config(), workdir)
+  return workdir
+
+
+def _read(path):
+  with open(path) as f:
+    return f.read()
+
+
+def _outcome(workdir):
+  """What must be identical between runs: every pool state, selection and metric."""
+  out = {"metrics": _read(os.path.join(workdir, "metrics.jsonl"))}
+  for name in sorted(os.listdir(workdir)):
+    if name.startswith("round_"):
+      for f in ("pool.json", "selection.json", "eval.json"):
+        p = os.path.join(workdir, name, f)
+        if os.path.exists(p):
+          out[f"{name}/{f}"] = _read(p)
+  return out
+
+
+def test_smoke_run_outputs_budgets_and_costs(reference_run):
+  w = reference_run
+  for f in ("config.json", "dataset.json", "metrics.jsonl", "summary.md", "cost_vs_map.png",
+            "selection_pca.png", "per_class.png"):
+    assert os.path.exists(os.path.join(w, f)), f
+  for f in ("pool.json", "train.json", "eval.json", "eval.md", "selection.json"):
+    assert os.path.exists(os.path.join(w, "round_000", f)), f
+  for f in ("pool.json", "train.json", "eval.json"):
+    assert os.path.exists(os.path.join(w, "round_001", f)), f
+  assert not os.path.exists(os.path.join(w, "round_001", "selection.json"))  # last round
+  rows = [json.loads(line) for line in _read(os.path.join(w, "metrics.jsonl")).splitlines()]
+  assert [r["round"] for r in rows] == [0, 1]
+  with open(os.path.join(w, "round_000", "selection.json")) as f:
+    sel = json.load(f)
+  with open(os.path.join(w, "round_000", "pool.json")) as f:
+    pool0 = json.load(f)
+  with open(os.path.join(w, "round_001", "pool.json")) as f:
+    pool1 = json.load(f)
+  # Costs add up: the new pool's cost is the old cost plus the selection's cost.
+  assert pool1["summary"]["cost"] == pytest.approx(pool0["summary"]["cost"] + sel["cost"])
+  assert rows[1]["cost"] == pytest.approx(pool1["summary"]["cost"])
+  # The selection fits the round's budget and buys exactly what it reports.
+  budget = sel["budget"]
+  assert sel["num_new_videos"] * 1.0 <= budget["budget_video"] + 1e-9
+  assert sel["num_new_frames"] * 1.0 <= budget["budget_frame"] + 1e-9
+  assert sel["num_new_frames"] == sum(len(p["frames"]) for p in sel["picks"])
+  assert (pool1["summary"]["labelled_frames"] - pool0["summary"]["labelled_frames"]
+          == sel["num_new_frames"])
+  assert (pool1["summary"]["labelled_videos"] - pool0["summary"]["labelled_videos"]
+          == sel["num_new_videos"])
+  # No labelled frame is bought twice.
+  for p in sel["picks"]:
+    assert not set(p["frames"]) & set(map(int, pool0["frames"].get(p["video_id"], {})))
+  summary = _read(os.path.join(w, "summary.md"))
+  assert "| 1 | 40.0 |" in summary  # round 1 reaches the schedule's 40% of videos
+
+
+class _Crash(RuntimeError):
+  pass
+
+
+def _crash_once(monkeypatch, target, name, when=lambda *a, **k: True):
+  original = getattr(target, name)
+  state = {"done": False}
+
+  def wrapper(*args, **kwargs):
+    if not state["done"] and when(*args, **kwargs):
+      state["done"] = True
+      raise _Crash(f"simulated crash in {name}")
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(target, name, wrapper)
+
+
+@pytest.mark.parametrize("point", [pytest.param("after_training", marks=pytest.mark.slow),
+                                   "mid_scoring",
+                                   pytest.param("mid_selection", marks=pytest.mark.slow)])
+def test_resume_after_a_crash_equals_an_uninterrupted_run(point, reference_run, tmp_path,
+                                                          monkeypatch):
+  workdir = str(tmp_path / point)
+  with monkeypatch.context() as m:
+    if point == "after_training":
+      _crash_once(m, experiment.Experiment, "_evaluate")
+    elif point == "mid_scoring":
+      calls = {"n": 0}
+
+      def second_shard(*args, **kwargs):
+        calls["n"] += 1
+        return calls["n"] == 2
+
+      _crash_once(m, experiment, "_save_shard", second_shard)
+    else:
+      _crash_once(m, oracle_lib, "apply_selection")
+    with pytest.raises(_Crash):
+      experiment.run(smoke_config(), workdir)
+  if point == "mid_scoring":
+    shards = os.listdir(os.path.join(workdir, "round_000", "scores"))
+    assert shards == ["shard_0000.npz"]  # the first shard survived, the second was never written
+  experiment.run(smoke_config(), workdir)
+  assert _outcome(workdir) == _outcome(reference_run)
+
+
+@pytest.mark.slow
+def test_sigkill_during_training_then_rerun_finishes_identically(reference_run, tfds_dir,
+                                                                 tmp_path):
+  workdir = str(tmp_path / "killed")
+  cmd = [sys.executable, "-m", "claus_jax.main", "--config=configs/synthetic.py:smoke",
+         f"--workdir={workdir}", "--quiet"]
+  env = dict(os.environ, CLAUS_TFDS_DIR=tfds_dir)
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  ckpt = os.path.join(workdir, "round_001", "checkpoints", "10")
+  deadline = time.time() + 300
+  while not os.path.exists(ckpt) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  assert proc.poll() is None, "the run ended before the kill point"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not os.path.exists(os.path.join(workdir, "round_001", "train.json"))
+  done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "| 1 | 40.0 |" in done.stdout  # the summary table is printed at the end
+  assert _outcome(workdir) == _outcome(reference_run)
+
+
+def test_a_different_config_is_refused(reference_run):
+  c = smoke_config(**{"train.steps": 21, "selection.strategy": "random"})
+  with pytest.raises(experiment.WorkdirMismatchError) as e:
+    experiment.check_or_write_config(c, reference_run)
+  assert "selection.strategy: workdir has 'claus', this run has 'random'" in str(e.value)
+  assert "train.steps: workdir has 20, this run has 21" in str(e.value)
+  # A result-neutral field (progress bars) may differ.
+  c = smoke_config()
+  c.quiet = False
+  experiment.check_or_write_config(c, reference_run)
+
+
+def _answer_from_ground_truth(round_dir, dataset):
+  """Plays the annotator: answers every request with the ground truth, as mask PNGs."""
+  with open(os.path.join(round_dir, "requests.json")) as f:
+    requests = json.load(f)
+  pos = {v: i for i, v in enumerate(dataset.train_index.video_ids)}
+  os.makedirs(os.path.join(round_dir, "masks"), exist_ok=True)
+  videos = {}
+  for req in requests["videos"]:
+    record = dataset.train[pos[req["video_id"]]]
+    frames = {}
+    for f in req["frames"]:
+      if record.has_gt[f]:
+        name = f"masks/{req['video_id']}_{f}.png"
+        Image.fromarray(record.masks[f] * 255).save(os.path.join(round_dir, name))
+        frames[str(f)] = {"mask": name}
+      else:
+        frames[str(f)] = {"empty": True}
+    entry = {"frames": frames}
+    if req["needs_label"]:
+      entry["label"] = dataset.class_names[record.label]
+    videos[req["video_id"]] = entry
+  with open(os.path.join(round_dir, "answers.json"), "w") as f:
+    json.dump({"videos": videos}, f)
+
+
+def test_files_oracle_round_trip_matches_the_simulated_oracle(reference_run, tmp_path, capsys):
+  from claus_jax import data as data_lib
+
+  config = smoke_config(**{"oracle.kind": "files"})
+  workdir = str(tmp_path / "files")
+  dataset = data_lib.get_dataset(config)
+  assert experiment.run(config, workdir) == {"awaiting_answers": True}
+  assert "round_000/requests.json" in capsys.readouterr().out
+  assert os.path.exists(os.path.join(workdir, "round_000", "requests.csv"))
+  _answer_from_ground_truth(os.path.join(workdir, "round_000"), dataset)
+  assert experiment.run(config, workdir) == {"awaiting_answers": True}  # round 1's requests
+  _answer_from_ground_truth(os.path.join(workdir, "round_001"), dataset)
+  experiment.run(config, workdir)
+  # Exact ground-truth answers must give exactly the simulated run's labels and metrics.
+  ours, ref = _outcome(workdir), _outcome(reference_run)
+  assert ours == ref
+
+
+def _write_requests(round_dir, class_names=("a", "b")):
+  os.makedirs(round_dir, exist_ok=True)
+  requests = {"round": 1, "class_names": list(class_names), "videos": [
+      {"video_id": "v1", "frames": [2, 5], "needs_label": True, "num_frames": 8, "score": 0.5,
+       "cluster": 0},
+      {"video_id": "v2", "frames": [0], "needs_label": False, "num_frames": 4, "score": None,
+       "cluster": 1}]}
+  with open(os.path.join(round_dir, "requests.json"), "w") as f:
+    json.dump(requests, f)
+
+
+def _answers(round_dir, videos):
+  with open(os.path.join(round_dir, "answers.json"), "w") as f:
+    json.dump({"videos": videos}, f)
+
+
+def test_answers_are_validated_against_the_requests(tmp_path):
+  rd = str(tmp_path)
+  _write_requests(rd)
+  Image.fromarray(np.zeros((4, 4), np.uint8)).save(os.path.join(rd, "small.png"))
+  good = {"v1": {"label": "b", "frames": {"2": {"box": [0, 0, 3, 3]}, "5": {"empty": True}}},
+          "v2": {"frames": {"0": {"box": [1, 2, 5, 6]}}}}
+  _answers(rd, good)
+  out = oracle_lib.load_answers(rd, (16, 16), ("a", "b"))
+  assert out["v1"]["label"] == 1 and out["v2"]["label"] is None
+  assert out["v1"]["frames"][2][0].sum() == 16 and out["v1"]["frames"][5][0].sum() == 0
+  assert out["v2"]["frames"][0][0][2:7, 1:6].all() and out["v2"]["frames"][0][0].sum() == 25
+
+  bad = {"v1": {"label": "zebra", "frames": {"2": {"mask": "small.png"}, "9": {"empty": True},
+                                             "3": {"empty": True}}},
+         "v3": {"frames": {}}}
+  _answers(rd, bad)
+  with pytest.raises(oracle_lib.AnswersError) as e:
+    oracle_lib.load_answers(rd, (16, 16), ("a", "b"))
+  msg = str(e.value)
+  for expected in ("videos['v3']: extra video", "videos['v2']: missing",
+                   "videos['v1'].label: 'zebra' is not a class name",
+                   "videos['v1'].frames['9']: out of range [0, 8)",
+                   "videos['v1'].frames['3']: extra frame, not requested",
+                   "videos['v1'].frames['5']: missing",
+                   "small.png has shape (4, 4), expected (16, 16)"):
+    assert expected in msg, (expected, msg)
+  _answers(rd, {"v1": {"frames": {"2": {"empty": True}, "5": {"box": [3, 0, 1, 2]}}},
+                "v2": {"frames": {"0": {"box": [0, 0, 1, 1], "empty": True}}}})
+  with pytest.raises(oracle_lib.AnswersError) as e:
+    oracle_lib.load_answers(rd, (16, 16), ("a", "b"))
+  msg = str(e.value)
+  assert "videos['v1'].label: missing" in msg
+  assert "must be [x1, y1, x2, y2] with x1 <= x2" in msg
+  assert "videos['v2'].frames['0']: give exactly one of" in msg
