@@ -104,7 +104,7 @@ def train_step(state: TrainState, batch: dict, epoch: jax.Array, config) -> tupl
       state.centres, state.counts, jax.lax.stop_gradient(latent), cluster,
       cluster >= 0)
   state = state.replace(centres=centres, counts=counts)
-  metrics = {**parts, "grad_norm": optax.global_norm(grads)}
+  metrics = {**parts, "grad_norm": optax.tree.norm(grads)}
   return state, metrics
 
 
