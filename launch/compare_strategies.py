@@ -1,0 +1,136 @@
+"""Compares selection strategies over seeds at equal annotation cost (like the paper's Fig. 7).
+
+Runs the main job once per (strategy, seed), each in its own resumable workdir, then writes a table of
+mean +- std per round and a plot of performance against cumulative cost.
+
+  python launch/compare_strategies.py --config=configs/synthetic.py \
+      --strategies=claus,random,uncertainty --seeds=0,1,2 --workdir=runs/compare
+
+Extra ``--config.x=y`` style overrides go after ``--``, e.g. ``-- --config.train.steps=100``.
+Runs are sequential by default; ``--parallel=N`` starts N at a time (each is a separate process, so
+on a multi-GPU host pin them with CUDA_VISIBLE_DEVICES yourself). Re-running the same command
+resumes unfinished runs and only re-aggregates finished ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from concurrent import futures
+
+import numpy as np
+
+METRICS = ("capsule/v-mAP@0.5", "capsule/f-mAP@0.5", "detection/v-mAP@0.5",
+           "detection/f-mAP@0.5", "accuracy")
+
+
+def run_one(config: str, strategy: str, seed: int, workdir: str, extra: list[str]) -> int:
+  cmd = [sys.executable, "-m", "claus_jax.main", f"--config={config}", f"--workdir={workdir}",
+         f"--config.selection.strategy={strategy}", f"--config.seed={seed}", "--quiet", *extra]
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "stdout.log"), "a") as log:
+    return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+
+
+def load_rows(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def aggregate(results: dict[str, dict[int, list[dict]]], metric: str) -> dict:
+  """{strategy: [(round, cost mean, metric mean, metric std, n)]} over the seeds with that round."""
+  out = {}
+  for strategy, per_seed in results.items():
+    rounds = sorted({r["round"] for rows in per_seed.values() for r in rows})
+    series = []
+    for rnd in rounds:
+      rows = [r for rows in per_seed.values() for r in rows if r["round"] == rnd]
+      vals = np.array([np.nan if r.get(metric) is None else r[metric] for r in rows], float)
+      cost = np.array([r["cost"] for r in rows], float)
+      series.append((rnd, float(cost.mean()), float(np.nanmean(vals)) if len(vals) else np.nan,
+                     float(np.nanstd(vals)) if len(vals) else np.nan, len(rows)))
+    out[strategy] = series
+  return out
+
+
+def markdown(results: dict, metrics=METRICS) -> str:
+  lines = []
+  for metric in metrics:
+    agg = aggregate(results, metric)
+    rounds = sorted({s[0] for series in agg.values() for s in series})
+    lines += [f"### {metric} (%, mean +- std over seeds)", "",
+              "| strategy | " + " | ".join(f"round {r}" for r in rounds) + " |",
+              "|---|" + "---|" * len(rounds)]
+    for strategy, series in agg.items():
+      cells = {s[0]: f"{100 * s[2]:.1f} +- {100 * s[3]:.1f} (n={s[4]}, cost {s[1]:.0f})"
+               for s in series}
+      lines.append(f"| {strategy} | " + " | ".join(cells.get(r, "-") for r in rounds) + " |")
+    lines.append("")
+  return "\n".join(lines)
+
+
+def plot(results: dict, metric: str, path: str) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for strategy, series in aggregate(results, metric).items():
+    cost = [s[1] for s in series]
+    mean = np.array([100 * s[2] for s in series])
+    std = np.array([100 * s[3] for s in series])
+    ax.plot(cost, mean, "o-", label=strategy)
+    ax.fill_between(cost, mean - std, mean + std, alpha=0.15)
+  ax.set_xlabel("cumulative annotation cost")
+  ax.set_ylabel(f"{metric} (%)")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", required=True)
+  parser.add_argument("--strategies", default="claus,random,uncertainty")
+  parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument("--workdir", default="runs/compare")
+  parser.add_argument("--parallel", type=int, default=1)
+  parser.add_argument("--metric", default="capsule/v-mAP@0.5", choices=METRICS)
+  args, extra = parser.parse_known_args(argv)
+  extra = [e for e in extra if e != "--"]
+  strategies = [s for s in args.strategies.split(",") if s]
+  seeds = [int(s) for s in args.seeds.split(",") if s]
+  jobs = {(s, k): os.path.join(args.workdir, f"{s}_seed{k}") for s in strategies for k in seeds}
+  failed = []
+  with futures.ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+    running = {pool.submit(run_one, args.config, s, k, wd, extra): (s, k)
+               for (s, k), wd in jobs.items()}
+    for fut in futures.as_completed(running):
+      s, k = running[fut]
+      code = fut.result()
+      print(f"{s} seed {k}: {'done' if code == 0 else f'failed (exit {code})'} -> {jobs[(s, k)]}",
+            flush=True)
+      if code != 0:
+        failed.append((s, k))
+  results = {s: {k: load_rows(jobs[(s, k)]) for k in seeds} for s in strategies}
+  table = markdown(results)
+  with open(os.path.join(args.workdir, "comparison.md"), "w") as f:
+    f.write(table)
+  plot(results, args.metric, os.path.join(args.workdir, "comparison.png"))
+  print(table)
+  if failed:
+    print(f"failed runs (see their stdout.log): {failed}", file=sys.stderr)
+  return 1 if failed else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,36 @@
+"""launch/compare_strategies.py: mean +- std per round over seeds, by hand."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+spec = importlib.util.spec_from_file_location(
+    "compare_strategies", os.path.join(ROOT, "launch", "compare_strategies.py"))
+compare = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(compare)
+
+M = "capsule/v-mAP@0.5"
+
+
+def test_aggregate_mean_and_std_per_round():
+  results = {"claus": {0: [{"round": 0, "cost": 10, M: 0.2}, {"round": 1, "cost": 20, M: 0.4}],
+                       1: [{"round": 0, "cost": 12, M: 0.4}, {"round": 1, "cost": 22, M: 0.8}]},
+             "random": {0: [{"round": 0, "cost": 10, M: 0.1}], 1: [{"round": 0, "cost": 12, M: None}]}}
+  agg = compare.aggregate(results, M)
+  # claus round 0: mean(0.2, 0.4) = 0.3, population std = 0.1, mean cost 11.
+  assert agg["claus"][0] == (0, 11.0, pytest.approx(0.3), pytest.approx(0.1), 2)
+  assert agg["claus"][1] == (1, 21.0, pytest.approx(0.6), pytest.approx(0.2), 2)
+  # A missing metric (None) is left out of the mean.
+  assert agg["random"][0][2] == pytest.approx(0.1)
+  table = compare.markdown(results, metrics=(M,))
+  assert "| claus | 30.0 +- 10.0 (n=2, cost 11) | 60.0 +- 20.0 (n=2, cost 21) |" in table
+  assert "| random | 10.0 +- 0.0 (n=2, cost 11) | - |" in table
+
+
+def test_load_rows_reads_metrics_jsonl(tmp_path):
+  (tmp_path / "metrics.jsonl").write_text(json.dumps({"round": 0, "cost": 1}) + "\n")
+  assert compare.load_rows(str(tmp_path)) == [{"round": 0, "cost": 1}]
+  assert compare.load_rows(str(tmp_path / "absent")) == []
