@@ -4,6 +4,18 @@ Run:
   python -m claus_jax.bench model --config=configs/synthetic.py
   python -m claus_jax.bench model --config=configs/synthetic.py --config.data.frame_size=224 \\
       --config.model.width=1.0 --batch=1
+  python -m claus_jax.bench train --config=configs/synthetic.py
+  python -m claus_jax.bench uncertainty --config=configs/synthetic.py
+  python -m claus_jax.bench uncertainty --config=configs/synthetic.py --config.data.frame_size=224 \\
+      --config.model.width=1.0 --batch=1
+
+Subcommands:
+  model        forward / forward+backward time, FLOPs and size of the detector.
+  train        train-step time, the clips/s the input pipeline delivers (ClipSampler on the config's
+               real dataset, prefetching workers on) and end-to-end training clips/s.
+  uncertainty  R sequential full MC-dropout passes (the authors' way) against the shared-encoder,
+               vmapped scorer; encoder/head times; peak memory of scoring a 1x and a 10x pool, each
+               in its own child process (peak RSS on CPU, device peak bytes on an accelerator).
 
 Add a benchmark by writing ``def bench_x(config) -> dict`` and registering it with
 ``@register('x')``; it runs as ``python -m claus_jax.bench x --config=...``. Flags a benchmark needs
@@ -12,23 +24,36 @@ are defined here at module level.
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import pickle
+import resource
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
 from claus_jax import configlib
+from claus_jax import models
 from claus_jax.models import build_model, count_params
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variant]).")
 _BATCH = flags.DEFINE_integer("batch", 0, "Clips per call; 0 = config.train.batch_size.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls after one warm-up; the median is used.")
+_STEPS = flags.DEFINE_integer("steps", 20, "train: batches drawn from the pipeline and training steps "
+                              "run end to end.")
+_POOL_VIDEOS = flags.DEFINE_integer("pool_videos", 4, "uncertainty: videos in the 1x scoring pool "
+                                    "(the 10x pool has ten times as many); 0 = skip the memory runs.")
 
 BENCHMARKS: dict[str, Callable[[ml_collections.ConfigDict], dict]] = {}
 
@@ -110,6 +135,332 @@ def bench_model(config: ml_collections.ConfigDict) -> dict:
   return result
 
 
+def _median_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+  """Median wall time of each zero-argument ``fn`` (which must block until its result is ready).
+
+  The functions are timed round-robin (a, b, a, b, ...) after one warm-up call each, so load from
+  other processes on a shared machine hits them alike and their ratio stays meaningful.
+  """
+  for fn in fns.values():
+    fn()
+  times: dict[str, list[float]] = {name: [] for name in fns}
+  for _ in range(max(1, repeats)):
+    for name, fn in fns.items():
+      t0 = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - t0)
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
+# ------------------------------------------------------------------------------------------ train
+
+
+def _round0_sampler(config: ml_collections.ConfigDict, batch: int):
+  """The config's real train split and a ClipSampler over its round-0 labelled set (as a run has)."""
+  from claus_jax import data as data_lib
+  from claus_jax import pool as pool_lib
+  from claus_jax.data import clips as clips_lib
+
+  dataset = data_lib.get_dataset(config)
+  index = dataset.train_index
+  pool = pool_lib.initial_pool(
+      index.video_ids, index.num_frames, configlib.initial_video_count(config, len(index)),
+      configlib.initial_frame_count(config, int(index.num_frames.sum())), seed=config.seed)
+  position = {v: i for i, v in enumerate(index.video_ids)}
+  items = [(position[v], pool.labelled_frames(v)) for v in pool.labelled_video_ids()]
+  sampler = clips_lib.ClipSampler(dataset.train, items, config, seed=config.seed, round_index=0,
+                                  batch_size=batch)
+  return dataset, sampler
+
+
+@register("train")
+def bench_train(config: ml_collections.ConfigDict) -> dict:
+  """Train-step time, input-pipeline clips/s and end-to-end training clips/s at the config's size.
+
+  * pipeline: :func:`claus_jax.data.clips.measure_throughput` of a ClipSampler over the config's real
+    train split (round-0 labelled set), with ``train.data_workers`` prefetching threads, drained by a
+    consumer that never waits;
+  * step: the jitted, donated :func:`claus_jax.train.train_step` on a batch already on the device
+    (median of ``--repeats``);
+  * train: ``--steps`` steps fed by the prefetching pipeline, fetching the metrics every step as
+    :func:`claus_jax.train.fit` does (no checkpoints): what a run gets.
+  """
+  from claus_jax import train as train_lib
+  from claus_jax.data import clips as clips_lib
+
+  batch = _BATCH.value or config.train.batch_size
+  steps = max(1, _STEPS.value)
+  dataset, sampler = _round0_sampler(config, batch)
+  pipe = clips_lib.measure_throughput(sampler, num_batches=steps)
+
+  model = build_model(config)
+  state = train_lib.create_state(config, model, jax.random.key_data(jax.random.key(config.seed)),
+                                 len(dataset.train_index))
+  step_fn = jax.jit(functools.partial(train_lib.train_step, config=config), donate_argnums=(0,))
+  epoch = jnp.asarray(0.0, jnp.float32)
+  device_batch = jax.device_put(sampler.batch_at(0))
+  t0 = time.perf_counter()
+  state, metrics = step_fn(state, device_batch, epoch)
+  jax.block_until_ready(metrics)
+  compile_s = time.perf_counter() - t0
+  times = []
+  for _ in range(max(1, _REPEATS.value)):
+    t0 = time.perf_counter()
+    state, metrics = step_fn(state, device_batch, epoch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t0)
+  step_s = statistics.median(times)
+
+  t0 = time.perf_counter()
+  for batch_np in sampler.iterate(1, steps):
+    state, metrics = step_fn(state, batch_np, epoch)
+    jax.device_get(metrics)
+  train_s = time.perf_counter() - t0
+
+  step_clips = batch / step_s
+  result = {"bench": "train", "backend": jax.default_backend(),
+            "device": str(jax.devices()[0].device_kind), "frame_size": config.data.frame_size,
+            "width": config.model.width, "batch": batch, "steps": steps,
+            "data_workers": config.train.data_workers, "prefetch": config.train.prefetch,
+            "labelled_clips": sampler.num_clips,
+            "step_s": step_s, "step_compile_s": compile_s, "step_clips_per_s": step_clips,
+            "pipeline_clips_per_s": pipe["clips_per_s"],
+            "pipeline_first_batch_s": pipe["first_batch_s"],
+            "pipeline_ratio": pipe["clips_per_s"] / step_clips,
+            "train_clips_per_s": steps * batch / train_s}
+  print(f"train: {config.data.frame_size}x{config.data.frame_size} clips, batch {batch}, width "
+        f"{config.model.width}, {sampler.num_clips} labelled clips, {result['device']}")
+  print(f"  train step       {step_s * 1e3:9.1f} ms/step  {step_clips:8.1f} clips/s  "
+        f"(compile {compile_s:.1f} s)")
+  print(f"  input pipeline   {pipe['clips_per_s']:8.1f} clips/s with {config.train.data_workers} "
+        f"workers (first batch {pipe['first_batch_s']:.2f} s)")
+  print(f"  pipeline / step  {result['pipeline_ratio']:8.2f}x  (target >= 3x)")
+  print(f"  training         {result['train_clips_per_s']:8.1f} clips/s over {steps} steps")
+  return result
+
+
+# ------------------------------------------------------------------------------------ uncertainty
+
+
+def synthetic_records(config: ml_collections.ConfigDict, num_videos: int, seed: int = 0):
+  """Yields ``num_videos`` VideoRecords of the synthetic dataset's size (random pixels, no labels).
+
+  Lengths are drawn from ``[data.synthetic.min_frames, max_frames]``, frames are
+  ``(T, frame_size, frame_size, 3) uint8``; made one at a time so the pool never sits in memory.
+  """
+  from claus_jax.data.record import VideoRecord
+
+  syn = config.data.synthetic
+  size = config.data.frame_size
+  rng = np.random.default_rng(seed)
+  for i in range(num_videos):
+    t = int(rng.integers(syn.min_frames, syn.max_frames + 1))
+    frames = rng.integers(0, 256, (t, size, size, 3), dtype=np.uint8)
+    yield VideoRecord(f"v{i:05d}", f"g{i:05d}", 0, frames, np.zeros((t, size, size), np.uint8),
+                      np.full((1, t, 4), np.nan, np.float32), np.zeros(t, bool), (0, t))
+
+
+def _init_variables(model, config, batch: int = 1):
+  size = config.data.frame_size
+  dummy = jnp.zeros((batch, config.model.clip_length, size, size, 3), jnp.float32)
+  return jax.jit(lambda k: model.init({"params": k, "dropout": k}, dummy, train=False))(
+      jax.random.key(config.seed))
+
+
+def peak_rss_mb() -> float:
+  """This process's peak resident set size in MB.
+
+  ``/proc/self/status`` VmHWM where there is one: it belongs to the process image, whereas Linux
+  carries ``getrusage(RUSAGE_SELF).ru_maxrss`` over ``exec`` from the forked parent, so a child's
+  ru_maxrss would report the parent's size.
+  """
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) / 1024.0
+  except OSError:
+    pass
+  per_mb = 2.0**20 if sys.platform == "darwin" else 1024.0  # ru_maxrss: bytes on macOS, KiB elsewhere
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / per_mb
+
+
+def pool_memory(config: ml_collections.ConfigDict, num_videos: int, batch: int) -> dict:
+  """Scores a pool of ``num_videos`` synthetic-size videos with :class:`uncertainty.Scorer`.
+
+  Meant to run alone in a child process (see :func:`run_pool_memory`), so its peak memory is that of
+  this pool only. One extra video is scored first (compiling, or loading the program from the
+  persistent cache), so ``seconds`` is steady state.
+
+  Returns:
+    {'videos', 'clips', 'seconds', 'peak_rss_mb' (this process), 'device_peak_mb' (accelerator
+    peak bytes in use; None where the backend does not report it)}.
+  """
+  from claus_jax import uncertainty
+
+  model = build_model(config)
+  variables = _init_variables(model, config)
+  scorer = uncertainty.Scorer(model, variables, config, batch_size=batch)
+  key = jax.random.key_data(jax.random.key(1))
+  scorer.score_videos(synthetic_records(config, 1, seed=1), [0], key)  # Compile.
+  t0 = time.perf_counter()
+  results = scorer.score_videos(synthetic_records(config, num_videos), range(num_videos), key)
+  seconds = time.perf_counter() - t0
+  try:
+    stats = jax.devices()[0].memory_stats() or {}
+  except Exception:  # pylint: disable=broad-except  (CPU backends may not implement it)
+    stats = {}
+  peak = stats.get("peak_bytes_in_use")
+  return {"videos": len(results),
+          "clips": int(sum(scorer.layout(len(r.entropy)).num_clips for r in results)),
+          "seconds": seconds, "peak_rss_mb": peak_rss_mb(),
+          "device_peak_mb": None if peak is None else peak / 2**20}
+
+
+def _pool_memory_child() -> None:
+  """Child entry: ``python -c '...' CONFIG_PICKLE NUM_VIDEOS BATCH``; prints one JSON line."""
+  from claus_jax import experiment
+
+  experiment.quiet_library_logs()
+  experiment.enable_compilation_cache()  # The parent compiled the scorer into it.
+  path, num_videos, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+  with open(path, "rb") as f:
+    config = pickle.load(f)
+  print(json.dumps(pool_memory(config, num_videos, batch)))
+
+
+def run_pool_memory(config: ml_collections.ConfigDict, num_videos: int, batch: int) -> dict:
+  """Runs :func:`pool_memory` in a fresh Python process and returns its result."""
+  with tempfile.TemporaryDirectory() as tmp:
+    path = os.path.join(tmp, "config.pkl")
+    with open(path, "wb") as f:
+      pickle.dump(config, f)
+    cmd = [sys.executable, "-c", "from claus_jax import bench; bench._pool_memory_child()",
+           path, str(num_videos), str(batch)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  if proc.returncode != 0:
+    raise RuntimeError(f"pool-memory child ({num_videos} videos) failed with exit code "
+                       f"{proc.returncode}:\n{proc.stderr[-4000:]}")
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@register("uncertainty")
+def bench_uncertainty(config: ml_collections.ConfigDict) -> dict:
+  """Sequential full MC passes (a) against the shared-encoder vmapped scorer (b), in one process.
+
+  (a) is the authors' way: R jitted full forward passes (encoder + stochastic head) of the batch,
+  one pass at a time, each followed by a jitted update of the running per-pixel means, then the
+  frame scores at R passes. (b) is ``uncertainty.make_score_fn`` jitted: one encoder pass, R head
+  passes vmapped in chunks of ``uncertainty.pass_chunk``, and every R' <= R and every threshold of
+  the sweep on top. E and H are the jitted encoder and one stochastic head pass, per clip. The ideal
+  ratio R(E + H) / (E + R H) assumes (b) saves exactly the R - 1 encoder passes and nothing more;
+  batching the passes can beat it where small per-clip ops leave the CPU idle.
+  """
+  from claus_jax import uncertainty
+
+  model = build_model(config)
+  passes = config.uncertainty.passes
+  batch = _BATCH.value or config.uncertainty.clip_chunk
+  size = config.data.frame_size
+  video = jax.random.randint(jax.random.key(2), (batch, config.model.clip_length, size, size, 3),
+                             0, 256).astype(jnp.uint8)
+  variables = _init_variables(model, config)
+  thresholds = (config.uncertainty.bg_threshold,) + tuple(
+      t for t in config.uncertainty.sweep_thresholds if t != config.uncertainty.bg_threshold)
+  keys = jnp.asarray(uncertainty.clip_keys(jax.random.key_data(jax.random.key(3)), 0,
+                                           np.arange(batch)))
+  key = jax.random.key_data(jax.random.key(4))
+  thr = jnp.asarray([config.uncertainty.bg_threshold], jnp.float32)
+  form = config.uncertainty.form
+
+  # (a) the authors' way.
+  def one_pass(v, x, k):
+    out = model.apply(v, models.preprocess(x), rngs={"dropout": k}, method=uncertainty.mc_forward)
+    return jax.nn.sigmoid(out["seg_logits"])
+
+  def accumulate(sums, p):
+    return sums[0] + p, sums[1] - jnp.log(jnp.clip(p, 1e-6, 1.0))
+
+  def finish(sums):
+    return uncertainty.frame_scores_from_means(sums[0] / passes, sums[1] / passes, thr, form)
+
+  pass_fn, acc_fn, finish_fn = jax.jit(one_pass), jax.jit(accumulate), jax.jit(finish)
+  frame_shape = video.shape[:4]
+
+  def sequential():
+    sums = (jnp.zeros(frame_shape), jnp.zeros(frame_shape))
+    for r in range(passes):
+      sums = acc_fn(sums, pass_fn(variables, video, jax.random.fold_in(key, r)))
+    return jax.block_until_ready(finish_fn(sums))
+
+  # (b) the shared-encoder vmapped scorer.
+  score_fn = jax.jit(uncertainty.make_score_fn(model, config, thresholds))
+
+  def vmapped():
+    return jax.block_until_ready(score_fn(variables, video, keys))
+
+  # E and H.
+  encode_fn = jax.jit(lambda v, x: model.apply(v, models.preprocess(x), train=False,
+                                               method="encode"))
+  head_fn = jax.jit(lambda v, f, k: model.apply(v, f, train=True, rngs={"dropout": k},
+                                                method="head"))
+  feats = jax.block_until_ready(encode_fn(variables, video))
+
+  t0 = time.perf_counter()
+  sequential()  # Compiles (a) (also its warm-up in _median_times).
+  vmapped()
+  compile_s = time.perf_counter() - t0
+  seconds = _median_times({
+      "sequential": sequential, "vmapped": vmapped,
+      "encoder": lambda: jax.block_until_ready(encode_fn(variables, video)),
+      "head": lambda: jax.block_until_ready(head_fn(variables, feats, key)),
+  }, _REPEATS.value)
+  e, h = seconds["encoder"] / batch, seconds["head"] / batch
+  seq_clips = batch / seconds["sequential"]
+  vm_clips = batch / seconds["vmapped"]
+  result = {"bench": "uncertainty", "backend": jax.default_backend(),
+            "device": str(jax.devices()[0].device_kind), "frame_size": size,
+            "width": config.model.width, "batch": batch, "passes": passes,
+            "pass_chunk": uncertainty.pass_chunk_size(passes, config.uncertainty.pass_chunk),
+            "clip_chunk": config.uncertainty.clip_chunk, "thresholds": len(thresholds),
+            "encoder_s_per_clip": e, "head_s_per_clip": h,
+            "sequential_clips_per_s": seq_clips, "vmapped_clips_per_s": vm_clips,
+            "speedup": vm_clips / seq_clips,
+            "ideal_speedup": passes * (e + h) / (e + passes * h), "compile_s": compile_s}
+  print(f"uncertainty: R={passes}, {size}x{size} clips, batch {batch}, width {config.model.width}, "
+        f"pass_chunk {result['pass_chunk']}, {result['device']}")
+  print(f"  encoder E {e * 1e3:9.2f} ms/clip   head H {h * 1e3:9.2f} ms/clip")
+  print(f"  (a) sequential full passes {seq_clips:9.2f} clips/s")
+  print(f"  (b) shared-encoder vmapped {vm_clips:9.2f} clips/s")
+  print(f"  speedup (b)/(a) {result['speedup']:.2f}x, ideal R(E+H)/(E+RH) "
+        f"{result['ideal_speedup']:.2f}x")
+
+  if _POOL_VIDEOS.value > 0:
+    # Compile the scorer here, so that with the persistent compilation cache on (the default) both
+    # children load the same program instead of compiling it: the compiler's own peak is not part
+    # of scoring and would otherwise hide the pool-size effect under a constant.
+    uncertainty.Scorer(model, variables, config, batch_size=batch).score_videos(
+        synthetic_records(config, 1, seed=1), [0], key)
+    mem = {}
+    for scale in (1, 10):
+      mem[scale] = run_pool_memory(config, scale * _POOL_VIDEOS.value, batch)
+      peak = mem[scale]["device_peak_mb"] or mem[scale]["peak_rss_mb"]
+      result[f"peak_mem_mb_{scale}x"] = peak
+      result[f"peak_rss_mb_{scale}x"] = mem[scale]["peak_rss_mb"]
+      result[f"pool_clips_{scale}x"] = mem[scale]["clips"]
+      result[f"pool_clips_per_s_{scale}x"] = mem[scale]["clips"] / max(mem[scale]["seconds"], 1e-9)
+    result["peak_mem_kind"] = "device" if mem[1]["device_peak_mb"] else "rss"
+    result["peak_mem_ratio"] = result["peak_mem_mb_10x"] / result["peak_mem_mb_1x"]
+    for scale in (1, 10):
+      print(f"  pool {scale:2d}x: {mem[scale]['videos']:4d} videos, {mem[scale]['clips']:5d} clips, "
+            f"peak {result['peak_mem_kind']} {result[f'peak_mem_mb_{scale}x']:8.1f} MB, "
+            f"{result[f'pool_clips_per_s_{scale}x']:.2f} clips/s")
+    print(f"  peak memory 10x / 1x: {result['peak_mem_ratio']:.3f} (target <= 1.2)")
+  else:
+    result["peak_mem_mb_1x"] = result["peak_mem_mb_10x"] = None
+  return result
+
+
 def main(argv):
   if len(argv) != 2 or argv[1] not in BENCHMARKS:
     raise app.UsageError(f"usage: python -m claus_jax.bench {{{','.join(BENCHMARKS)}}} "
@@ -117,6 +468,9 @@ def main(argv):
   if _CONFIG.value is None:
     raise app.UsageError("--config is required, e.g. --config=configs/synthetic.py")
   config = configlib.validate(_CONFIG.value)
+  from claus_jax import experiment  # A run's setup: persistent compilation cache, quiet libraries.
+  experiment.quiet_library_logs()
+  experiment.enable_compilation_cache()
   result = BENCHMARKS[argv[1]](config)
   print(json.dumps(result, sort_keys=True))
 

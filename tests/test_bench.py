@@ -1,0 +1,91 @@
+"""Benchmarks run at the smoke size and end with one JSON line holding the documented keys.
+
+The first run of this file compiles the smoke detector's training step (about a minute on a loaded
+2-core CPU); later runs load it from the persistent compilation cache set up in conftest.py.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+  tfds = tmp_path_factory.mktemp("bench_tfds")
+  return dict(os.environ, CLAUS_TFDS_DIR=str(tfds))
+
+
+def run_bench(env, name, *flags):
+  cmd = [sys.executable, "-m", "claus_jax.bench", name, "--config=configs/synthetic.py:smoke",
+         "--repeats=1", *flags]
+  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = proc.stdout.strip().splitlines()
+  return json.loads(lines[-1]), lines[:-1]
+
+
+def test_uncertainty_bench(env):
+  result, lines = run_bench(env, "uncertainty", "--batch=2", "--pool_videos=1",
+                            "--config.uncertainty.passes=3")
+  for key in ("speedup", "ideal_speedup", "peak_mem_mb_1x", "peak_mem_mb_10x",
+              "sequential_clips_per_s", "vmapped_clips_per_s", "encoder_s_per_clip",
+              "head_s_per_clip", "pool_clips_1x", "pool_clips_10x"):
+    assert key in result, key
+  assert result["bench"] == "uncertainty" and result["passes"] == 3 and result["batch"] == 2
+  e, h, r = result["encoder_s_per_clip"], result["head_s_per_clip"], 3
+  assert e > 0 and h > 0
+  np.testing.assert_allclose(result["ideal_speedup"], r * (e + h) / (e + r * h), rtol=1e-9)
+  np.testing.assert_allclose(result["speedup"],
+                             result["vmapped_clips_per_s"] / result["sequential_clips_per_s"],
+                             rtol=1e-9)
+  # The 10x pool holds about ten times the clips of the 1x pool, each scored in its own process.
+  assert result["pool_clips_10x"] >= 5 * result["pool_clips_1x"] > 0
+  assert result["peak_mem_mb_1x"] > 50 and result["peak_mem_mb_10x"] > 50
+  assert any("speedup" in line for line in lines)
+
+
+def test_train_bench(env):
+  result, lines = run_bench(env, "train", "--steps=2", "--batch=2")
+  for key in ("step_s", "step_clips_per_s", "pipeline_clips_per_s", "pipeline_ratio",
+              "train_clips_per_s"):
+    assert result[key] > 0, key
+  assert result["bench"] == "train" and result["batch"] == 2 and result["steps"] == 2
+  np.testing.assert_allclose(result["step_clips_per_s"], 2 / result["step_s"], rtol=1e-9)
+  np.testing.assert_allclose(result["pipeline_ratio"],
+                             result["pipeline_clips_per_s"] / result["step_clips_per_s"], rtol=1e-9)
+  assert any("pipeline / step" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_model_bench(env):
+  result, _ = run_bench(env, "model", "--batch=1")
+  assert result["bench"] == "model" and result["fwd_s_per_clip"] > 0
+  assert result["fwd_bwd_s_per_clip"] > 0 and result["params"] > 0
+
+
+def test_unknown_subcommand_is_a_usage_error(env):
+  proc = subprocess.run([sys.executable, "-m", "claus_jax.bench", "nope",
+                         "--config=configs/synthetic.py:smoke"], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  assert "uncertainty" in proc.stderr and "train" in proc.stderr
+
+
+def test_child_peak_rss_is_its_own():
+  """A child's peak RSS excludes the parent's memory (Linux ru_maxrss would include it) and grows
+  with what the child allocates."""
+  ballast = np.ones(80_000_000)  # 610 MiB in this process, touched.
+  code = ("import numpy as np; from claus_jax.bench import peak_rss_mb; a = peak_rss_mb(); "
+          "x = np.ones(25_000_000); b = peak_rss_mb(); print(a, b)")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                        timeout=300, check=True)
+  before, after = map(float, proc.stdout.split())
+  del ballast
+  assert before < 400  # jax + numpy imports (~170 MiB), not the parent's 610 MiB ballast
+  np.testing.assert_allclose(after - before, 25_000_000 * 8 / 2**20, rtol=0.1)
