@@ -171,6 +171,40 @@ def geometry(frame_size: int, clip_length: int = 8) -> dict:
 
   The encoder reduces by 8 (1a: /2, 2a pool: /2, 3a pool: /2); the primary capsules use a VALID
   kernel, chosen so the grid is 20 at 224 (kernel 9), and scaled for smaller inputs.
+def paper_config(dataset: str, num_classes: int, schedule, steps: int, arg=None):
+  """The paper's settings for a real dataset (REFERENCE.md; Table 1 schedule), or its 'tiny' variant.
+
+  'tiny' keeps the dataset but shrinks frames, model and schedule so the whole path from the official
+  files to a summary table runs on a CPU in seconds (used with the fixture datasets in the tests).
+  """
+  c = base_config()
+  c.dataset = dataset
+  c.data.root = os.environ.get("CLAUS_DATA_DIR", "")
+  c.data.frame_size = 224
+  c.model.num_classes = num_classes
+  c.model.width = 1.0
+  c.train.steps = steps
+  c.train.batch_size = 8
+  c.train.learning_rate = 5e-4
+  c.uncertainty.passes = 10
+  c.cluster.k = 5
+  c.budget.initial_frames_pct, c.budget.initial_videos_pct = schedule[0]
+  c.budget.schedule = tuple(schedule[1:])
+  if arg == "tiny":
+    c.data.frame_size = 32
+    c.model.width = 0.125
+    c.model.primary_caps = 8
+    c.train.steps = 10
+    c.train.batch_size = 2
+    c.uncertainty.passes = 2
+    c.cluster.k = 1
+    c.budget.initial_videos_pct, c.budget.initial_frames_pct = 50.0, 10.0
+    c.budget.schedule = ((20.0, 75.0),)
+  elif arg:
+    raise ValueError(f"configs/{dataset}.py: unknown variant {arg!r}; use '' or 'tiny'.")
+  return c
+
+
   """
   if frame_size % 16 != 0:
     raise ConfigError(f"config.data.frame_size={frame_size}: must be a multiple of 16 (the encoder "

@@ -4,38 +4,13 @@ Run (GPU):
   python -m claus_jax.data.prepare --config=configs/jhmdb.py --config.data.root=/data/jhmdb
   python -m claus_jax.main --config=configs/jhmdb.py --config.data.root=/data/jhmdb
 Variants: '' (paper), 'tiny' (small frames and model, for fixtures and CPU checks).
+Fields: see claus_jax/configlib.py (base_config and paper_config).
 """
-
-import os
 
 from claus_jax import configlib
 
 
 def get_config(arg=None):
-  c = configlib.base_config()
-  c.dataset = "jhmdb"
-  c.data.root = os.environ.get("CLAUS_DATA_DIR", "")
-  c.data.frame_size = 224
-  c.data.split = 1
-  c.model.num_classes = 21
-  c.model.width = 1.0
-  c.train.steps = 6000
-  c.train.batch_size = 8
-  c.train.learning_rate = 5e-4
-  c.uncertainty.passes = 10
-  c.cluster.k = 5
-  c.budget.initial_frames_pct, c.budget.initial_videos_pct = configlib.JHMDB_SCHEDULE[0]
-  c.budget.schedule = configlib.JHMDB_SCHEDULE[1:]
-  if arg == "tiny":
-    c.data.frame_size = 32
-    c.model.width = 0.125
-    c.model.primary_caps = 8
-    c.train.steps = 10
-    c.train.batch_size = 2
-    c.uncertainty.passes = 2
-    c.cluster.k = 1
-    c.budget.initial_videos_pct, c.budget.initial_frames_pct = 50.0, 10.0
-    c.budget.schedule = ((20.0, 75.0),)
-  elif arg:
-    raise ValueError(f"configs/jhmdb.py: unknown variant {arg!r}; use '' or 'tiny'.")
+  c = configlib.paper_config("jhmdb", 21, configlib.JHMDB_SCHEDULE, steps=6000, arg=arg)
+  c.data.split = 1  # J-HMDB split 1 of 3, as in the paper.
   return c
