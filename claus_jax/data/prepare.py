@@ -15,14 +15,12 @@ import json
 from collections.abc import Sequence
 
 from absl import app
+from absl import flags
 from ml_collections import config_flags
 import tensorflow_datasets as tfds
 
 from claus_jax import configlib
 from claus_jax.data import jhmdb, official, tfds_store, ucf24
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/jhmdb.py.",
-                                          lock_config=True)
 
 READERS = {"jhmdb": jhmdb, "ucf101_24": ucf24}
 
@@ -66,7 +64,7 @@ def format_report(result: dict) -> str:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  config = _CONFIG.value
+  config = flags.FLAGS.config
   if config is None:
     raise app.UsageError("pass --config=configs/jhmdb.py or --config=configs/ucf101_24.py")
   tfds.disable_progress_bar()  # Our bar counts videos; tfds' would count the same examples again.
@@ -79,4 +77,7 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  # Flags are defined only when run as a program, so importing run() defines none.
+  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/jhmdb.py.",
+                                  lock_config=True)
   app.run(main)
