@@ -203,7 +203,8 @@ class Scorer:
     self.variables = parallel.replicate(variables, self.mesh)
     fn = make_score_fn(model, config, self.thresholds)
     sharded = parallel.batch_sharding(self.mesh)
-    self._fn = jax.jit(fn, in_shardings=(parallel.replicated(self.mesh), sharded, sharded))
+    self._fn = jax.jit(fn, in_shardings=(parallel.replicated(self.mesh), sharded, sharded),
+                       out_shardings=sharded)  # Every output leads with the clip axis.
     self.layout_name = config.uncertainty.tiling
     self.clip_length = config.model.clip_length
 
@@ -214,16 +215,102 @@ class Scorer:
 
   def score_videos(self, records, uids: Sequence[int], key: jax.Array,
                    progress: Callable[[int], None] | None = None) -> list[VideoScores]:
-    """Scores ``records`` (an iterable of VideoRecord); ``uids`` are stable ids for their keys."""
+    """Scores ``records`` (an iterable of VideoRecord); ``uids`` are stable ids for their keys.
+
+    Every process scores the records it is given; in a multi-process run use :meth:`score_pool`.
+    """
+    def call(video, keys):
+      return jax.device_get(self._fn(self.variables, video, keys))
+    return self._score_stream(records, uids, key, progress, self.batch_size, call)
+
+  def score_pool(self, source, video_ids: Sequence[str], num_frames: Sequence[int], key: jax.Array,
+                 uids: Sequence[int] | None = None,
+                 progress: Callable[[int], None] | None = None) -> list[VideoScores]:
+    """Scores a whole pool over all processes; every process returns every video, in pool order.
+
+    Process p reads only ``source[i]`` for ``i`` in ``parallel.process_slice(n, p)`` and feeds its
+    clips as its rows of each global batch (``batch_size / process_count`` per call), on the global
+    mesh. Processes whose videos have fewer clips make padding calls, so that all make the same
+    number of device calls (computed from ``num_frames`` on every process, without communication).
+    The per-video results are then all-gathered. With one process this is :meth:`score_videos`.
+
+    Args:
+      source: random access ``source[i] -> VideoRecord``, i in [0, n).
+      video_ids: ``(n,)`` the ids of ``source[i]`` (known without decoding).
+      num_frames: ``(n,)`` their frame counts.
+      uids: stable per-video ids for the dropout keys; default ``range(n)``.
+    """
+    n = len(video_ids)
+    uids = list(range(n) if uids is None else uids)
+    if jax.process_count() == 1:
+      return self.score_videos((source[i] for i in range(n)), uids, key, progress)
+    pc = jax.process_count()
+    if self.batch_size % pc:
+      raise ValueError(f"scoring batch {self.batch_size} does not split over {pc} processes.")
+    local_batch = self.batch_size // pc
+
+    def calls_of(p):
+      sl = parallel.process_slice(n, p)
+      clips = sum(self.layout(int(num_frames[i])).num_clips for i in range(sl.start, sl.stop))
+      return -(-clips // local_batch)
+
+    calls = max(calls_of(p) for p in range(pc))
+    mine = parallel.process_slice(n)
+
+    def call(video, keys):
+      out = self._fn(self.variables, parallel.shard_batch(video, self.mesh),
+                     parallel.shard_batch(keys, self.mesh))
+      return jax.tree.map(parallel.local_part, out)
+
+    local = self._score_stream((source[i] for i in range(mine.start, mine.stop)),
+                               uids[mine], key, progress, local_batch, call, min_calls=calls)
+    for res, i in zip(local, range(mine.start, mine.stop)):
+      if res.video_id != video_ids[i]:
+        raise ValueError(f"source[{i}] is {res.video_id!r}, video_ids[{i}] is {video_ids[i]!r}.")
+    return self._allgather_videos(local, video_ids, num_frames)
+
+  def _allgather_videos(self, local: list[VideoScores], video_ids, num_frames) -> list[VideoScores]:
+    """Every process's VideoScores, padded to the longest video, gathered in process order."""
+    t_max = max(int(t) for t in num_frames)
+    n_thr, passes = len(self.thresholds), self.config.uncertainty.passes
+    d, c = self.config.model.num_classes * 17, self.config.model.num_classes
+    m = len(local)
+    packed = {"frame_scores": np.zeros((m, passes, n_thr, t_max), np.float32),
+              "entropy": np.zeros((m, t_max), np.float32),
+              "mean_prob": np.zeros((m, t_max), np.float32),
+              "latent": np.zeros((m, d), np.float32), "class_probs": np.zeros((m, c), np.float32)}
+    for j, res in enumerate(local):
+      t = res.entropy.shape[0]
+      packed["frame_scores"][j, ..., :t] = res.frame_scores
+      packed["entropy"][j, :t] = res.entropy
+      packed["mean_prob"][j, :t] = res.mean_prob
+      packed["latent"][j] = res.latent
+      packed["class_probs"][j] = res.class_probs
+    every = parallel.allgather_rows(packed)
+    out = []
+    for i, vid in enumerate(video_ids):
+      t = int(num_frames[i])
+      out.append(VideoScores(video_id=vid, frame_scores=every["frame_scores"][i, ..., :t],
+                             entropy=every["entropy"][i, :t], mean_prob=every["mean_prob"][i, :t],
+                             latent=every["latent"][i], class_probs=every["class_probs"][i]))
+    return out
+
+  def _score_stream(self, records, uids, key, progress, batch_size: int, call,
+                    min_calls: int = 0) -> list[VideoScores]:
+    """Packs the clips of ``records`` into batches of ``batch_size``; ``call(video, keys)`` runs
+    one batch and returns its host outputs. At least ``min_calls`` calls are made (padding ones at
+    the end), so that processes stay in step."""
     results: list[VideoScores] = []
+    made = [0]
+    frame_shape = [None]
     pending: list = []  # (video slot, clip ids, frames, keys)
     outputs: dict[int, list] = {}
     meta: list = []
 
     def flush(final=False):
-      while pending and (final or sum(len(p[1]) for p in pending) >= self.batch_size):
-        take, clips, keys, owners = [], [], [], []
-        room = self.batch_size
+      while pending and (final or sum(len(p[1]) for p in pending) >= batch_size):
+        clips, keys, owners = [], [], []
+        room = batch_size
         while pending and room:
           slot, ids, frames, kk = pending[0]
           n = min(room, len(ids))
@@ -236,10 +323,11 @@ class Scorer:
         video = np.concatenate(clips)
         kk = np.concatenate(keys)
         real = video.shape[0]
-        if real < self.batch_size:
-          video = tiling.pad_batch(video, self.batch_size)
-          kk = tiling.pad_batch(kk, self.batch_size)
-        out = jax.device_get(self._fn(self.variables, video, kk))
+        if real < batch_size:
+          video = tiling.pad_batch(video, batch_size)
+          kk = tiling.pad_batch(kk, batch_size)
+        out = call(video, kk)
+        made[0] += 1
         start = 0
         for slot, n in owners:
           outputs.setdefault(slot, []).append(jax.tree.map(
@@ -265,8 +353,16 @@ class Scorer:
       meta.append((slot, record, layout))
       pending.append((slot, ids, tiling.gather_clips(record.frames, layout),
                       clip_keys(key, int(uid), ids)))
+      frame_shape[0] = record.frames.shape[1:]
       flush()
     flush(final=True)
+    if made[0] < min_calls:
+      size = int(self.config.data.frame_size)
+      shape = frame_shape[0] or (size, size, 3)
+      video = np.zeros((batch_size, self.clip_length) + tuple(shape), np.uint8)
+      kk = np.zeros((batch_size, 2), np.uint32)
+      for _ in range(min_calls - made[0]):
+        call(video, kk)  # Keeps this process in step with the others' collective calls.
     return results
 
   def _to_video(self, record, layout, out) -> VideoScores:

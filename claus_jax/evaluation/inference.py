@@ -91,7 +91,8 @@ def make_predict_fn(model, variables, devices=None) -> PredictFn:
   ``model.apply(variables, video, train=False)`` must return a dict with ``seg_logits (B, 8, H, W)``
   and ``class_probs (B, C)``. With several local devices the batch is sharded over a 1-D 'data'
   mesh (variables replicated) and padded to a multiple of the device count; the outputs are cut
-  back to the caller's batch.
+  back to the caller's batch. In a multi-process run the mesh holds this process's devices only (no
+  collective), so processes may evaluate different videos; global variables are copied locally.
 
   Args:
     model: the Flax module.
@@ -108,6 +109,11 @@ def make_predict_fn(model, variables, devices=None) -> PredictFn:
 
   devices = list(jax.local_devices() if devices is None else devices)
   num_devices = len(devices)
+  if any(isinstance(x, jax.Array) and not x.is_fully_addressable
+         for x in jax.tree.leaves(variables)):
+    # A multi-process run's global (replicated) state: each process evaluates on its own devices.
+    from claus_jax import parallel  # pylint: disable=g-import-not-at-top
+    variables = parallel.host_local_copy(variables)
 
   def forward(variables, video):
     out = model.apply(variables, _preprocess(video), train=False)

@@ -1,0 +1,305 @@
+"""Scale-out checks: bf16 numerics, the sharded train step, and two real processes on localhost.
+
+The multi-device and multi-process checks run in child processes: the fake CPU device count
+(``--xla_force_host_platform_device_count``) and ``jax.distributed.initialize`` must be set before
+JAX starts. This file is also the child's program (``python tests/test_parallel.py <mode> ...``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(dtype: str = "float32"):
+  from claus_jax import configlib
+  c = configlib.base_config()
+  c.data.frame_size = 32
+  c.model.num_classes = c.data.synthetic.num_classes = 3
+  c.model.width = 0.125
+  c.model.primary_caps = 4
+  c.model.dtype = dtype
+  c.train.batch_size = 4
+  return c
+
+
+def fixed_batch(config, batch: int = 4, seed: int = 0) -> dict:
+  """A training batch with the ClipSampler's fields (random content, fixed by ``seed``)."""
+  rng = np.random.default_rng(seed)
+  s, length = config.data.frame_size, config.model.clip_length
+  pseudo = np.zeros((batch, length, s, s), np.float32)
+  pseudo[:, :, s // 4:3 * s // 4, s // 3:2 * s // 3] = 1.0  # A box-shaped actor.
+  return {
+      "video": rng.integers(0, 256, (batch, length, s, s, 3), dtype=np.uint8),
+      "pseudo_mask": pseudo,
+      "weight": rng.uniform(0.2, 1.0, (batch, length, s, s)).astype(np.float32),
+      "labelled": np.ones((batch, length), bool),
+      "label": (np.arange(batch) % config.model.num_classes).astype(np.int32),
+      "video_index": np.arange(batch, dtype=np.int32),
+  }
+
+
+def _run_child(args: list[str], env_extra: dict) -> subprocess.Popen:
+  env = {**os.environ, **env_extra, "PYTHONPATH": ROOT}
+  return subprocess.Popen([sys.executable, os.path.abspath(__file__)] + args, env=env, cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait(proc: subprocess.Popen, timeout: float = 600.0) -> str:
+  try:
+    out, _ = proc.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    out, _ = proc.communicate()
+    raise AssertionError(f"child timed out after {timeout} s:\n{out[-4000:]}")
+  assert proc.returncode == 0, f"child failed (rc {proc.returncode}):\n{out[-6000:]}"
+  return out
+
+
+# ------------------------------------------------------------------------------------ bf16
+
+
+def test_bfloat16_loss_within_2_percent_and_params_stay_float32():
+  import jax
+  import jax.numpy as jnp
+
+  from claus_jax import losses, models, train
+
+  c32, c16 = tiny_config("float32"), tiny_config("bfloat16")
+  m32, m16 = models.build_model(c32), models.build_model(c16)
+  batch = fixed_batch(c32)
+  video = models.preprocess(jnp.asarray(batch["video"]))
+  keys = {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}
+  variables = jax.jit(lambda x: m32.init(keys, x, train=False))(video[:1])
+  vars16 = jax.jit(lambda x: m16.init(keys, x, train=False))(video[:1])
+  # bf16 is a compute dtype only: the bf16 model's own parameters are float32 too.
+  assert {x.dtype for x in jax.tree.leaves(vars16)} == {jnp.dtype(jnp.float32)}
+  lbatch = {**batch, "cluster": np.full((4,), -1, np.int32)}
+
+  def loss(model):
+    def f(v, x):
+      out = model.apply(v, x, train=False)
+      return losses.loss_fn(out, lbatch, None, None, jnp.float32(1.0), c32)
+    return jax.jit(f)(variables, video)
+
+  (t32, p32), (t16, p16) = loss(m32), loss(m16)
+  t32, t16 = float(t32), float(t16)
+  assert np.isfinite(t16) and t32 > 0
+  assert abs(t16 - t32) / t32 < 0.02, (t32, t16)
+  for part in ("bce", "dice", "classification"):
+    assert abs(float(p16[part]) - float(p32[part])) <= 0.02 * abs(float(p32[part])) + 1e-4, part
+
+  # One bf16 train step: parameters, gradients' moments and batch statistics stay float32.
+  state = train.create_state(c16, m16, jax.random.PRNGKey(0), num_videos=4, variables=variables)
+  step = jax.jit(lambda s, b: train.train_step(s, b, jnp.float32(0.0), c16))
+  new_state, metrics = step(state, batch)
+  assert np.isfinite(float(metrics["total"]))
+  for tree in (new_state.params, new_state.opt_state, new_state.batch_stats):
+    dtypes = {x.dtype for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)}
+    assert dtypes == {jnp.dtype(jnp.float32)}, dtypes
+  moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), new_state.params, state.params)
+  assert max(jax.tree.leaves(moved)) > 0  # The bf16 step did update the float32 parameters.
+
+
+# ------------------------------------------------------------------- sharded train step (4 dev)
+
+
+def _child_sharded_step() -> None:
+  import jax
+  import jax.numpy as jnp
+
+  from claus_jax import models, parallel, train
+
+  assert jax.device_count() == 4, jax.devices()
+  config = tiny_config()
+  model = models.build_model(config)
+  state0 = train.create_state(config, model, jax.random.PRNGKey(0), num_videos=8)
+  batches = [fixed_batch(config, 4, seed) for seed in (1, 2)]
+
+  def step(s, b):
+    return train.train_step(s, b, jnp.float32(0.5), config)
+
+  single = jax.jit(step)  # Inputs on one device: a one-device computation.
+  s1 = jax.device_put(state0, jax.devices()[0])
+  losses1 = []
+  for b in batches:
+    s1, m = single(s1, jax.device_put(b, jax.devices()[0]))
+    losses1.append(float(m["total"]))
+
+  mesh = parallel.make_mesh()
+  sharded = jax.jit(step)
+  s4 = parallel.replicate(state0, mesh)
+  losses4 = []
+  for b in batches:
+    gb = parallel.shard_batch(b, mesh)
+    assert gb["video"].sharding.spec == parallel.batch_sharding(mesh).spec
+    assert len(gb["video"].addressable_shards) == 4
+    s4, m = sharded(s4, gb)
+    losses4.append(float(m["total"]))
+  diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
+                       (s1.params, s1.batch_stats, s1.opt_state),
+                       (s4.params, s4.batch_stats, s4.opt_state))
+  print(json.dumps({"losses1": losses1, "losses4": losses4,
+                    "max_state_diff": max(jax.tree.leaves(diffs)),
+                    "param_sharding": str(jax.tree.leaves(s4.params)[0].sharding.spec)}))
+
+
+def test_sharded_train_step_equals_single_device():
+  out = _wait(_run_child(["sharded_step"], {
+      "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}))
+  res = json.loads(out.strip().splitlines()[-1])
+  np.testing.assert_allclose(res["losses4"], res["losses1"], rtol=1e-5, atol=1e-6)
+  assert res["max_state_diff"] < 1e-5, res
+  assert res["param_sharding"] == "PartitionSpec()"  # Parameters replicated.
+
+
+# -------------------------------------------------------------------------- two processes
+
+
+def smoke_config():
+  spec = importlib.util.spec_from_file_location("synthetic_cfg",
+                                                os.path.join(ROOT, "configs", "synthetic.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config("smoke")
+  c.quiet = True
+  c.train.steps = 4
+  c.train.checkpoint_every = 2
+  c.train.log_every = 1
+  c.train.data_workers = 0
+  c.train.data_parallel = True
+  return c
+
+
+def _child_round(mode: str, out_dir: str, port: int = 0, process_id: int = 0) -> None:
+  """Smoke round 0 on a 2-device mesh: fit (orbax, collective), score_pool, CLAUS selection."""
+  import jax
+
+  if mode == "mp":
+    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
+                               process_id=process_id, initialization_timeout=120)
+  assert jax.device_count() == 2 and jax.process_count() == (2 if mode == "mp" else 1)
+
+  from claus_jax import configlib, data, models, parallel, train, uncertainty
+  from claus_jax import pool as pool_lib
+  from claus_jax import selection as selection_lib
+  from claus_jax.data import clips as clips_lib
+
+  config = smoke_config()
+  dataset = data.get_dataset(config)
+  index = dataset.train_index
+  mesh = parallel.make_mesh()
+  model = models.build_model(config)
+  pool = pool_lib.initial_pool(
+      index.video_ids, index.num_frames, configlib.initial_video_count(config, len(index)),
+      configlib.initial_frame_count(config, int(index.num_frames.sum())), seed=config.seed)
+  position = {v: i for i, v in enumerate(index.video_ids)}
+  items = [(position[v], pool.labelled_frames(v)) for v in pool.labelled_video_ids()]
+  sampler = clips_lib.ClipSampler(dataset.train, items, config, seed=config.seed, round_index=0)
+  state = train.create_state(config, model, jax.random.PRNGKey(0), len(index))
+  ckpt = os.path.join(out_dir, "checkpoints")
+  # train.restore_latest opens a CheckpointManager (a collective in orbax) only when the folder
+  # exists: it must exist for every process before fit, or the processes' barriers diverge.
+  os.makedirs(ckpt, exist_ok=True)
+  parallel.sync("checkpoint folder")
+  result = train.fit(config, state, parallel.ProcessLocalSampler(sampler, mesh), ckpt,
+                     sampler.steps_per_epoch, mesh=mesh)
+  variables = {"params": result.state.params, "batch_stats": result.state.batch_stats}
+  scorer = uncertainty.Scorer(model, variables, config, mesh=mesh)
+  scores = scorer.score_pool(dataset.train, index.video_ids, index.num_frames,
+                             jax.random.PRNGKey(7))
+  candidates = [selection_lib.VideoCandidate(
+      video_id=s.video_id, num_frames=int(n), frame_scores=s.scores(), entropy_scores=s.entropy,
+      labelled_frames=pool.labelled_frames(s.video_id), video_labelled=pool.is_labelled(s.video_id),
+      cluster=-1, gt_span=None) for s, n in zip(scores, index.num_frames)]
+  budget = selection_lib.round_budget(config, 1, len(index), pool.total_frames,
+                                      pool.num_labelled_videos, pool.num_labelled_frames)
+  chosen = selection_lib.select(candidates, budget, config, np.random.default_rng([config.seed, 0]))
+  digest = parallel.assert_same_across_processes(chosen.to_json(), "selection")
+  params = parallel.gather_to_host(result.state.params)
+  with open(os.path.join(out_dir, f"result_{mode}_{process_id}.json"), "w") as f:
+    json.dump({"history": result.history, "selection": chosen.to_json(), "digest": digest,
+               "params": [float(np.sum(np.abs(x), dtype=np.float64)) for x in jax.tree.leaves(params)],
+               "scores": np.concatenate([s.frame_scores.reshape(-1) for s in scores]).tolist(),
+               "latest_step": train.restore_latest(ckpt, jax.eval_shape(lambda s: s, state),
+                                                   config) is not None}, f)
+  if mode == "mp":
+    jax.distributed.shutdown()
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_equal_one_process_with_two_devices(tmp_path):
+  from claus_jax import data
+
+  tfds_dir = str(tmp_path / "tfds")
+  env = {"CLAUS_TFDS_DIR": tfds_dir, "JAX_PLATFORMS": "cpu"}
+  old = os.environ.get("CLAUS_TFDS_DIR")
+  os.environ["CLAUS_TFDS_DIR"] = tfds_dir
+  try:
+    data.get_dataset(smoke_config())  # Prepare the store once; the children only read it.
+  finally:
+    if old is None:
+      os.environ.pop("CLAUS_TFDS_DIR")
+    else:
+      os.environ["CLAUS_TFDS_DIR"] = old
+  t0 = time.time()
+  single_dir, mp_dir = tmp_path / "single", tmp_path / "mp"
+  single_dir.mkdir()
+  mp_dir.mkdir()
+  port = _free_port()
+  procs = [_run_child(["round", "mp", str(mp_dir), str(port), str(i)],
+                      {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
+           for i in range(2)]
+  for p in procs:
+    _wait(p)
+  _wait(_run_child(["round", "single", str(single_dir)],
+                   {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}))
+  print(f"two-process round + single-process reference: {time.time() - t0:.0f} s")
+  results = []
+  for path in (mp_dir / "result_mp_0.json", mp_dir / "result_mp_1.json",
+               single_dir / "result_single_0.json"):
+    with open(path) as f:
+      results.append(json.load(f))
+  ref = results[2]
+  assert ref["latest_step"] and len(ref["history"]) == 4
+  assert ref["selection"]["picks"], "the selection must pick something"
+  for res in results[:2]:
+    assert res["latest_step"]  # The collective orbax checkpoint restores.
+    assert res["digest"] == ref["digest"]
+    assert res["selection"] == ref["selection"]
+    np.testing.assert_allclose([h["total"] for h in res["history"]],
+                               [h["total"] for h in ref["history"]], rtol=1e-5)
+    np.testing.assert_allclose(res["params"], ref["params"], rtol=1e-5)
+    np.testing.assert_allclose(res["scores"], ref["scores"], rtol=1e-4, atol=1e-5)
+
+
+if __name__ == "__main__":
+  import faulthandler
+
+  import jax
+  if os.environ.get("CHILD_TRACE_AFTER_S"):  # Debugging a hung child: dump every thread's stack.
+    faulthandler.dump_traceback_later(float(os.environ["CHILD_TRACE_AFTER_S"]), exit=True)
+  if os.environ.get("CLAUS_JAX_CACHE"):  # The test session's compilation cache (conftest.py).
+    jax.config.update("jax_compilation_cache_dir", os.environ["CLAUS_JAX_CACHE"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  if sys.argv[1] == "sharded_step":
+    _child_sharded_step()
+  elif sys.argv[1] == "round":
+    mode, out = sys.argv[2], sys.argv[3]
+    _child_round(mode, out, *(int(x) for x in sys.argv[4:]))
+  else:
+    raise SystemExit(f"unknown child mode {sys.argv[1]!r}")
