@@ -158,6 +158,14 @@ def base_config() -> ml_collections.ConfigDict:
   )
 
   c.quiet = False  # Turn off progress bars.
+
+  # Multi-process runs (parallel.initialize_from_config). TPU pods and SLURM need none of these:
+  # JAX detects them. Set them for other clusters (e.g. several GPU hosts without SLURM).
+  c.distributed = _cd(
+      coordinator_address="",  # 'host:port' of process 0; '' = detect from the cluster, else 1 process.
+      num_processes=0,  # With coordinator_address: how many processes take part.
+      process_id=-1,  # With coordinator_address: this process's rank in [0, num_processes).
+  )
   c.lock()
   return c
 
