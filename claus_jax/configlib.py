@@ -71,6 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
       dropout=0.5,  # Channel (Dropout3d-style) dropout rate at both MC-dropout sites.
       dtype="float32",  # Compute dtype: 'float32' or 'bfloat16' (parameters stay float32).
       encoder_init="",  # Orbax dir of imported I3D weights (tools.import_i3d); '' = random init.
+      conv_impl="auto",  # 3-D conv/max-pool lowering: 'native', 'frames' (2-D convs; fast on CPU), 'auto' = per backend.
   )
 
   c.train = _cd(

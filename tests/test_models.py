@@ -120,9 +120,10 @@ def test_tf_same_padding(size, k, s, want):
   assert i3d.tf_same_padding([size], [k], [s]) == [want]
 
 
-def test_max_pool_same_matches_numpy():
+@pytest.mark.parametrize("impl", ["native", "frames"])
+def test_max_pool_same_matches_numpy(impl):
   x = jax.random.normal(jax.random.key(0), (1, 3, 5, 4, 2))
-  got = np.asarray(i3d.max_pool_same(x, (3, 3, 3), (2, 2, 1)))
+  got = np.asarray(i3d.max_pool_same(x, (3, 3, 3), (2, 2, 1), impl))
   xn = np.asarray(x)
   pads = i3d.tf_same_padding(x.shape[1:4], (3, 3, 3), (2, 2, 1))
   padded = np.pad(xn, [(0, 0), *pads, (0, 0)], constant_values=-np.inf)
@@ -247,10 +248,11 @@ def test_tiny_backward_is_finite(tiny):
         assert any(np.abs(g).max() > 0 for g in leaves), name
 
 
-def test_upconv_matches_a_direct_transposed_convolution():
+@pytest.mark.parametrize("impl", ["native", "frames"])
+def test_upconv_matches_a_direct_transposed_convolution(impl):
   """UpConv3d == PyTorch ConvTranspose3d(k=3, s=2, p=1, output_padding=1), by scatter-add in NumPy."""
   from claus_jax.models.detector import UpConv3d
-  layer = UpConv3d(3)
+  layer = UpConv3d(3, impl=impl)
   x = jax.random.normal(jax.random.key(0), (1, 2, 3, 2, 2))
   variables = layer.init(jax.random.key(1), x)
   variables = jax.tree_util.tree_map(lambda a: a + 0.1, variables)  # Non-zero bias.
@@ -267,20 +269,22 @@ def test_upconv_matches_a_direct_transposed_convolution():
   np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-5)
 
 
-def test_conv_to_one_matches_flax_conv():
+@pytest.mark.parametrize("impl", ["native", "frames"])
+def test_conv_to_one_matches_flax_conv(impl):
   from claus_jax.models.detector import ConvToOne3d
   x = jax.random.normal(jax.random.key(0), (2, 3, 4, 5, 6))
-  layer = ConvToOne3d()
+  layer = ConvToOne3d(impl=impl)
   variables = jax.tree_util.tree_map(lambda a: a + 0.2, layer.init(jax.random.key(1), x))
   want = flax_linen.Conv(1, (3, 3, 3), padding="SAME").apply(variables, x)
   np.testing.assert_allclose(np.asarray(layer.apply(variables, x)), np.asarray(want), rtol=1e-5,
                              atol=1e-5)
 
 
+@pytest.mark.parametrize("impl", ["native", "frames"])
 @pytest.mark.parametrize("shape,kernel", [((1, 8, 12, 10, 3), (7, 7, 7)), ((2, 5, 7, 6, 2), (3, 4, 1))])
-def test_space_to_depth_conv_matches_strided_conv(shape, kernel):
+def test_space_to_depth_conv_matches_strided_conv(shape, kernel, impl):
   x = jax.random.normal(jax.random.key(0), shape)
-  layer = i3d.SpaceToDepthConv(4, kernel)
+  layer = i3d.SpaceToDepthConv(4, kernel, impl=impl)
   variables = layer.init(jax.random.key(1), x)
   pads = i3d.tf_same_padding(shape[1:4], kernel, (2, 2, 2))
   want = jax.lax.conv_general_dilated(x, variables["params"]["kernel"], (2, 2, 2), pads,
@@ -288,3 +292,88 @@ def test_space_to_depth_conv_matches_strided_conv(shape, kernel):
   got = layer.apply(variables, x)
   assert got.shape == want.shape
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+# ---- the 'frames' lowering (2-D convs over frames; fast on XLA's CPU) against the native 3-D ops ----
+
+def _numpy_conv3d(x, kernel, strides, pads):
+  """Direct NumPy cross-correlation: (B, T, H, W, C) x (kt, kh, kw, C, O) with zero padding."""
+  x = np.pad(np.asarray(x, np.float64), [(0, 0), *pads, (0, 0)])
+  kernel = np.asarray(kernel, np.float64)
+  out_sizes = [(n - k) // s + 1 for n, k, s in zip(x.shape[1:4], kernel.shape[:3], strides)]
+  out = np.zeros((x.shape[0], *out_sizes, kernel.shape[-1]))
+  for t, h, w in np.ndindex(*out_sizes):
+    win = x[:, t * strides[0]:t * strides[0] + kernel.shape[0],
+            h * strides[1]:h * strides[1] + kernel.shape[1],
+            w * strides[2]:w * strides[2] + kernel.shape[2]]
+    out[:, t, h, w] = np.einsum("bijkc,ijkco->bo", win, kernel)
+  return out
+
+
+@pytest.mark.parametrize("impl", ["native", "frames"])
+@pytest.mark.parametrize("kernel,strides,pads", [
+    ((3, 3, 3), (1, 1, 1), ((1, 1), (1, 1), (1, 1))),
+    ((3, 3, 3), (2, 1, 1), ((0, 1), (1, 1), (1, 1))),
+    ((1, 1, 1), (1, 1, 1), ((0, 0), (0, 0), (0, 0))),
+    ((1, 3, 3), (1, 1, 1), ((0, 0), (1, 1), (1, 1))),
+    ((2, 3, 1), (1, 2, 1), ((1, 0), (0, 1), (0, 0)))])
+def test_conv3d_lowerings_match_numpy(impl, kernel, strides, pads):
+  x = jax.random.normal(jax.random.key(0), (2, 5, 6, 4, 3))
+  k = jax.random.normal(jax.random.key(1), (*kernel, 3, 4))
+  got = np.asarray(i3d.conv3d(x, k, strides, pads, impl))
+  np.testing.assert_allclose(got, _numpy_conv3d(x, k, strides, pads), rtol=1e-5, atol=1e-5)
+
+
+def test_frames_lowering_gradients_match_native():
+  """Same gradients (input and kernel) of the conv, the upconv, the 1-channel conv and the pool."""
+  from claus_jax.models.detector import ConvToOne3d, UpConv3d
+  x = jax.random.normal(jax.random.key(0), (2, 4, 6, 6, 3))
+  k = jax.random.normal(jax.random.key(1), (3, 3, 3, 3, 5))
+  target = jax.random.normal(jax.random.key(2), (2, 4, 6, 6, 5))
+
+  def conv_loss(x, k, impl):
+    return jnp.sum(jnp.sin(i3d.conv3d(x, k, (1, 1, 1), [(1, 1)] * 3, impl)) * target)
+
+  def pool_loss(x, impl):  # Random normal input: no ties inside a window.
+    return jnp.sum(jnp.sin(i3d.max_pool_same(x, (3, 3, 3), (2, 1, 1), impl)) * target[:, :2, :, :, :3])
+
+  pairs = [(jax.grad(conv_loss, (0, 1))(x, k, "native"), jax.grad(conv_loss, (0, 1))(x, k, "frames")),
+           (jax.grad(pool_loss)(x, "native"), jax.grad(pool_loss)(x, "frames"))]
+  for layer_cls, args in ((UpConv3d, (5,)), (ConvToOne3d, ())):
+    variables = layer_cls(*args, impl="native").init(jax.random.key(3), x)
+    def layer_loss(v, x, impl, layer_cls=layer_cls, args=args):
+      return jnp.sum(jnp.sin(layer_cls(*args, impl=impl).apply(v, x)))
+    pairs.append((jax.grad(layer_loss, (0, 1))(variables, x, "native"),
+                  jax.grad(layer_loss, (0, 1))(variables, x, "frames")))
+  for want, got in pairs:  # Values are O(1); float32 sums of up to 81 products.
+    for a, b in zip(jax.tree_util.tree_leaves(want), jax.tree_util.tree_leaves(got)):
+      np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=5e-5)
+
+
+def test_detector_lowerings_share_parameters_and_outputs():
+  video = jax.random.uniform(jax.random.key(7), (2, 8, 32, 32, 3), minval=-1.0, maxval=1.0)
+  results = {}
+  for impl in ("native", "frames"):  # One jit each for init and apply (compiles dominate).
+    model = build_model(_config(32, width=0.125, num_classes=8, primary_caps=8, conv_impl=impl))
+
+    def init_apply(key, model=model):
+      variables = model.init({"params": key, "dropout": key}, video)
+      return variables, model.apply(variables, video, train=True,
+                                    rngs={"dropout": jax.random.key(1)}, mutable=["batch_stats"])
+    results[impl] = jax.jit(init_apply)(jax.random.key(0))
+  (va, (oa, sa)), (vb, (ob, sb)) = results["native"], results["frames"]
+  assert jax.tree_util.tree_structure(va) == jax.tree_util.tree_structure(vb)
+  for a, b in zip(jax.tree_util.tree_leaves(va), jax.tree_util.tree_leaves(vb)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # Same names, shapes and init.
+  # Float rounding differs between the lowerings and EM routing amplifies it a little.
+  for key in oa:
+    np.testing.assert_allclose(np.asarray(ob[key]), np.asarray(oa[key]), rtol=1e-3, atol=1e-4)
+  for a, b in zip(jax.tree_util.tree_leaves(sa), jax.tree_util.tree_leaves(sb)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-5)
+
+
+def test_conv_impl_auto_and_config_error():
+  want = "frames" if jax.default_backend() == "cpu" else "native"
+  assert i3d.resolve_conv_impl("auto") == want
+  with pytest.raises(configlib.ConfigError, match="conv_impl"):
+    build_model(_config(32, conv_impl="cudnn"))

@@ -22,7 +22,7 @@ import numpy as np
 from claus_jax import configlib
 from claus_jax.models.capsules import ConvCapsules, PrimaryCapsules, em_routing
 from claus_jax.models.detector import CLAUSDetector, Decoder
-from claus_jax.models.i3d import InceptionI3d
+from claus_jax.models.i3d import CONV_IMPLS, InceptionI3d
 
 __all__ = ["build_model", "preprocess", "load_encoder_init", "save_encoder_variables",
            "count_params", "primary_kernel", "CLAUSDetector", "InceptionI3d", "ConvCapsules",
@@ -52,10 +52,13 @@ def build_model(config: ml_collections.ConfigDict) -> CLAUSDetector:
         "keep one frame for the 2-D capsules); 'standard' is only for InceptionI3d used on its own.")
   if m.dtype not in _DTYPES:
     raise configlib.ConfigError(f"config.model.dtype={m.dtype!r}: use 'float32' or 'bfloat16'.")
+  if m.conv_impl not in CONV_IMPLS:
+    raise configlib.ConfigError(f"config.model.conv_impl={m.conv_impl!r}: use one of {CONV_IMPLS}.")
   return CLAUSDetector(num_classes=m.num_classes, primary_kernel=primary_kernel(config),
                        width=m.width, strides=m.strides, primary_caps=m.primary_caps,
                        routing_iters=m.routing_iters, coord_add=m.coord_add,
-                       routing_lambda=m.routing_lambda, dropout=m.dropout, dtype=_DTYPES[m.dtype])
+                       routing_lambda=m.routing_lambda, dropout=m.dropout, dtype=_DTYPES[m.dtype],
+                       conv_impl=m.conv_impl)
 
 
 def preprocess(video: jax.Array | np.ndarray) -> jax.Array:

@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from claus_jax.models import capsules
-from claus_jax.models.i3d import DEFAULT_KERNEL_INIT, InceptionI3d, scaled_channels
+from claus_jax.models.i3d import (DEFAULT_KERNEL_INIT, Conv3d, InceptionI3d, resolve_conv_impl,
+                                   scaled_channels)
 
 Dtype = Any
 
@@ -53,10 +54,16 @@ class UpConv3d(nn.Module):
   (parity of t, h, w) is an ordinary conv of the input with a 1- or 2-tap sub-kernel per axis (27
   taps in all, no multiplications by inserted zeros), and the phases are interleaved. Why: XLA's
   CPU backend runs the input-dilated convolution of a direct transposed conv ~30x slower.
+
+  ``impl='frames'`` (see i3d.conv3d) runs the two temporal phases as two 2-D convs over the B * T
+  frames: the input is the phase's temporal taps side by side on channels, and the kernel is 2x2 with
+  the four spatial phases side by side on output channels (the one-tap spatial phase gets zeros in
+  its unused taps). Same function; XLA's CPU 3-D convs and their gradients are slow.
   """
 
   features: int
   dtype: Dtype = jnp.float32
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -66,6 +73,8 @@ class UpConv3d(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
     x = x.astype(self.dtype)
     kernel = kernel.astype(self.dtype)
+    if resolve_conv_impl(self.impl) == "frames":
+      return self._frames(x, kernel) + bias.astype(self.dtype)
     phases = []
     for taps_t in _PHASE_TAPS:
       for taps_h in _PHASE_TAPS:
@@ -78,15 +87,49 @@ class UpConv3d(nn.Module):
     y = y.transpose(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, 2 * t, 2 * h, 2 * w, self.features)
     return y + bias.astype(self.dtype)
 
+  def _frames(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """The 'frames' lowering: x (B, T, H, W, C_in), kernel (3, 3, 3, C_in, F) -> (B, 2T, 2H, 2W, F)."""
+    b, t, h, w, cin = x.shape
+    f = self.features
+    zero = jnp.zeros((cin, f), kernel.dtype)
+
+    def spatial_kernel(k2):  # (3, 3, C_in, F) -> (2, 2, C_in, 4F): [dh, dw, :, (rh, rw, F)].
+      rows = []
+      for dh in range(2):
+        cols = []
+        for dw in range(2):
+          cols.append(jnp.stack([k2[_PHASE_TAPS[rh][dh], _PHASE_TAPS[rw][dw]]
+                                 if dh < len(_PHASE_TAPS[rh]) and dw < len(_PHASE_TAPS[rw]) else zero
+                                 for rh in range(2) for rw in range(2)], axis=1))
+        rows.append(jnp.stack(cols))
+      return jnp.stack(rows).reshape(2, 2, cin, 4 * f)
+
+    # Input frame t + dt, dt = 0 or 1 (zero past the end), for the temporal taps of each phase.
+    shifted = (x, jnp.pad(x[:, 1:], [(0, 0), (0, 1), (0, 0), (0, 0), (0, 0)]))
+    phases = []
+    for taps_t in _PHASE_TAPS:
+      inp = jnp.concatenate(shifted[:len(taps_t)], axis=-1).reshape(b * t, h, w, -1)
+      k = jnp.concatenate([spatial_kernel(kernel[i]) for i in taps_t], axis=2)
+      y = jax.lax.conv_general_dilated(inp, k, (1, 1), [(0, 1), (0, 1)],
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      phases.append(y.reshape(b, t, h, w, 2, 2, f))
+    y = jnp.stack(phases, axis=2)  # (B, T, rt, H, W, rh, rw, F)
+    return y.transpose(0, 1, 2, 3, 5, 4, 6, 7).reshape(b, 2 * t, 2 * h, 2 * w, f)
+
 
 class ConvToOne3d(nn.Module):
-  """3x3x3 SAME conv to a single channel (kernel (3, 3, 3, C_in, 1), bias), as taps-then-shifts.
+  """3x3x3 SAME conv to a single channel (kernel (3, 3, 3, C_in, 1), bias).
 
-  Computes the 27 per-tap projections with one matmul, then adds the 27 shifted maps. Same result as
-  ``nn.Conv(1, (3, 3, 3), padding='SAME')``; XLA's CPU conv with one output channel ran ~30x slower.
+  Same result as ``nn.Conv(1, (3, 3, 3), padding='SAME')``. ``impl='frames'`` (CPU) computes the 27
+  per-tap projections with one matmul, then sums the shifted maps: the 3x3 spatial shifts as a 2-D
+  conv with a fixed one-hot kernel (9 channels -> 1) over frames, the 3 temporal shifts as slices.
+  Why: XLA's CPU conv with one output channel ran ~30x slower, and the gradient of 27 slices of the
+  full tap tensor (each one padded back to full size) was slower still; the gradients of the matmul
+  and of the fixed-kernel 2-D conv are fast.
   """
 
   dtype: Dtype = jnp.float32
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -94,11 +137,20 @@ class ConvToOne3d(nn.Module):
     b, t, h, w, cin = x.shape
     kernel = self.param("kernel", DEFAULT_KERNEL_INIT, (3, 3, 3, cin, 1), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (1,), jnp.float32)
-    taps = jnp.einsum("bthwc,ijkc->bthwijk", x.astype(self.dtype),
-                      kernel[..., 0].astype(self.dtype))
-    taps = jnp.pad(taps, [(0, 0), (1, 1), (1, 1), (1, 1), (0, 0), (0, 0), (0, 0)])
-    out = sum(taps[:, i:i + t, j:j + h, k:k + w, i, j, k]
-              for i in range(3) for j in range(3) for k in range(3))
+    x = x.astype(self.dtype)
+    kernel = kernel.astype(self.dtype)
+    if resolve_conv_impl(self.impl) == "native":
+      out = jax.lax.conv_general_dilated(x, kernel, (1, 1, 1), [(1, 1)] * 3,
+                                         dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+      return out + bias.astype(self.dtype)
+    taps = jnp.einsum("bthwc,ijkc->ibthwjk", x, kernel[..., 0])  # (3, B, T, H, W, 3, 3)
+    # out_i[h, w] = sum_jk taps[i, h + j - 1, w + k - 1, j, k]: a 2-D conv with a one-hot kernel.
+    shift = jnp.eye(9, dtype=self.dtype).reshape(3, 3, 9, 1)
+    per_tap = jax.lax.conv_general_dilated(taps.reshape(3 * b * t, h, w, 9), shift, (1, 1),
+                                           [(1, 1), (1, 1)],
+                                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    per_tap = jnp.pad(per_tap.reshape(3, b, t, h, w), [(0, 0), (0, 0), (1, 1), (0, 0), (0, 0)])
+    out = per_tap[0, :, 0:t] + per_tap[1, :, 1:t + 1] + per_tap[2, :, 2:t + 2]
     return (out + bias[0].astype(self.dtype))[..., None]
 
 
@@ -109,6 +161,7 @@ class Decoder(nn.Module):
   width: float = 1.0
   dropout: float = 0.5
   dtype: Dtype = jnp.float32
+  conv_impl: str = "auto"  # Lowering of the 3-D convs (i3d.conv3d); same parameters and results.
 
   @nn.compact
   def __call__(self, class_poses: jax.Array, features: dict[str, jax.Array],
@@ -131,16 +184,19 @@ class Decoder(nn.Module):
     x = nn.Conv(ch(64), (k, k), padding=[(k - 1, k - 1)] * 2, name="up28", **kw)(class_poses)
     x = nn.relu(x)[:, None]  # (B, 1, f, f, 64w)
     mixed = features["Mixed_4f"]
-    skip = nn.relu(nn.Conv(ch(64), (1, 3, 3), padding="SAME", name="conv28", **kw)(mixed))
+    impl = resolve_conv_impl(self.conv_impl)
+    # Stride-1 SAME with odd kernels pads (k - 1) / 2 on both sides, as nn.Conv's 'SAME' does.
+    conv = lambda k, name: Conv3d(ch(64), k, padding=[((n - 1) // 2, (n - 1) // 2) for n in k],
+                                  dtype=self.dtype, impl=impl, name=name)
+    skip = nn.relu(conv((1, 3, 3), "conv28")(mixed))
     x = jnp.concatenate([x, skip.astype(x.dtype)], axis=-1)
     for size, cross in (("56", "cross56"), ("112", "cross112")):
-      x = nn.relu(UpConv3d(ch(64), self.dtype, name=f"up{size}")(x))
-      skip = nn.relu(nn.Conv(ch(64), (3, 3, 3), padding="SAME", name=f"conv{size}",
-                             **kw)(features[cross]))
+      x = nn.relu(UpConv3d(ch(64), self.dtype, impl, name=f"up{size}")(x))
+      skip = nn.relu(conv((3, 3, 3), f"conv{size}")(features[cross]))
       x = jnp.concatenate([x, skip.astype(x.dtype)], axis=-1)
-    x = UpConv3d(ch(128), self.dtype, name="up224")(x)
+    x = UpConv3d(ch(128), self.dtype, impl, name="up224")(x)
     x = channel_dropout(self.dropout, "dropout")(x, deterministic=not train)
-    logits = ConvToOne3d(self.dtype, name="smooth")(x)
+    logits = ConvToOne3d(self.dtype, impl, name="smooth")(x)
     return logits[..., 0].astype(jnp.float32)
 
 
@@ -158,6 +214,7 @@ class CLAUSDetector(nn.Module):
     routing_lambda: inverse temperature of the class-capsule activation sigmoid.
     dropout: rate of both channel-dropout sites.
     dtype: compute dtype (float32 or bfloat16); parameters and outputs are float32.
+    conv_impl: lowering of the 3-D convs and max-pools (i3d.CONV_IMPLS); same parameters and results.
   """
 
   num_classes: int
@@ -170,14 +227,16 @@ class CLAUSDetector(nn.Module):
   routing_lambda: float = 1.0
   dropout: float = 0.5
   dtype: Dtype = jnp.float32
+  conv_impl: str = "auto"
 
   def setup(self):
-    self.encoder = InceptionI3d("Mixed_4f", self.strides, self.width, self.dtype)
+    self.encoder = InceptionI3d("Mixed_4f", self.strides, self.width, self.dtype, self.conv_impl)
     self.feature_dropout = channel_dropout(self.dropout, "feature_dropout")
     self.primary = capsules.PrimaryCapsules(self.primary_caps, self.primary_kernel, self.dtype)
     self.class_caps = capsules.ConvCapsules(self.num_classes, 1, self.routing_iters, self.coord_add,
                                             self.routing_lambda)
-    self.decoder = Decoder(self.primary_kernel, self.width, self.dropout, self.dtype)
+    self.decoder = Decoder(self.primary_kernel, self.width, self.dropout, self.dtype,
+                           self.conv_impl)
 
   def encode(self, video: jax.Array, train: bool = False) -> dict[str, jax.Array]:
     """Deterministic encoder pass.

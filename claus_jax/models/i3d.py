@@ -8,6 +8,17 @@ Numerics that must match ``pytorch_i3d`` for imported weights to behave the same
     pads asymmetrically; XLA's ``'SAME'`` is not guaranteed to split the same way), for convs and
     max-pools alike;
   * no conv bias, BatchNorm eps 1e-3 and PyTorch momentum 0.01 (Flax momentum 0.99), ReLU.
+
+3-D window ops have two lowerings with the same parameters and results (``conv_impl``):
+  * ``'native'``: ``lax.conv_general_dilated`` on NDHWC and ``nn.max_pool`` (fast on GPU and TPU);
+  * ``'frames'``: a 3-D conv as ONE 2-D conv over the (B * T') output frames whose input channels are
+    the kt temporal taps side by side, and a max-pool as a running ``maximum`` over shifted slices.
+    Why: XLA's CPU backend has no fast 3-D convolution (its 3-D convs, and above all their gradients,
+    ran 4-5x slower than the equivalent 2-D conv here) and its max-pool gradient (select-and-scatter)
+    is slow, while the gradient of ``maximum`` is an elementwise select.
+  * ``'auto'`` picks 'frames' on CPU and 'native' elsewhere (:func:`resolve_conv_impl`).
+The max-pool forms agree exactly; their gradients differ only at ties inside a window (the native
+one routes to one element, ``maximum`` splits); ties after a ReLU are zeros, whose gradient is 0.
 """
 
 from __future__ import annotations
@@ -61,6 +72,10 @@ STRIDES = {
     "claus": {"Conv3d_2c_3x3": (2, 1, 1), "MaxPool3d_4a_3x3": (2, 1, 1)},
 }
 
+CONV_IMPLS = ("auto", "native", "frames")
+_DN3 = ("NDHWC", "DHWIO", "NDHWC")
+_DN2 = ("NHWC", "HWIO", "NHWC")
+
 BN_EPSILON = 1e-3
 BN_MOMENTUM = 0.99  # Flax convention: 1 - PyTorch momentum (0.01).
 
@@ -107,14 +122,113 @@ def tf_same_padding(sizes: Sequence[int], kernel: Sequence[int],
   return pads
 
 
-def max_pool_same(x: jax.Array, kernel: Sequence[int], strides: Sequence[int]) -> jax.Array:
+def resolve_conv_impl(impl: str) -> str:
+  """'auto' -> 'frames' on the CPU backend, 'native' on GPU/TPU; other values are checked and kept."""
+  if impl not in CONV_IMPLS:
+    raise ValueError(f"conv_impl {impl!r}: use one of {CONV_IMPLS} (config.model.conv_impl).")
+  if impl == "auto":
+    return "frames" if jax.default_backend() == "cpu" else "native"
+  return impl
+
+
+def conv3d(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1, 1),
+           padding: Sequence[tuple[int, int]] = ((0, 0),) * 3, impl: str = "auto") -> jax.Array:
+  """3-D convolution (cross-correlation, no bias) in either lowering; see the module docstring.
+
+  Args:
+    x: (B, T, H, W, C_in).
+    kernel: (kt, kh, kw, C_in, C_out).
+    strides: (st, sh, sw).
+    padding: explicit zero padding [(front, back)] for T, H and W.
+    impl: 'auto', 'native' or 'frames'.
+
+  Returns:
+    (B, T', H', W', C_out) with T' = (T + pads - kt) // st + 1 (likewise H', W').
+  """
+  padding = [tuple(p) for p in padding]
+  if resolve_conv_impl(impl) == "native":
+    return jax.lax.conv_general_dilated(x, kernel, tuple(strides), padding, dimension_numbers=_DN3)
+  b, cin = x.shape[0], x.shape[-1]
+  kt, kh, kw, _, cout = kernel.shape
+  st = strides[0]
+  if padding[0] != (0, 0):
+    x = jnp.pad(x, [(0, 0), padding[0], (0, 0), (0, 0), (0, 0)])
+  t_out = (x.shape[1] - kt) // st + 1
+  # Temporal tap i of output frame j reads padded frame i + st * j: kt strided slices, on channels.
+  taps = [jax.lax.slice_in_dim(x, i, i + st * (t_out - 1) + 1, st, axis=1) for i in range(kt)]
+  x = taps[0] if kt == 1 else jnp.concatenate(taps, axis=-1)
+  x = x.reshape(b * t_out, *x.shape[2:4], kt * cin)
+  kernel = kernel.transpose(1, 2, 0, 3, 4).reshape(kh, kw, kt * cin, cout)  # (kh, kw, tap-major C)
+  if (kh, kw) == (1, 1) and tuple(strides[1:]) == (1, 1) and padding[1:] == [(0, 0), (0, 0)]:
+    y = jnp.einsum("nhwc,co->nhwo", x, kernel[0, 0])  # A pointwise conv is a matmul.
+  else:
+    y = jax.lax.conv_general_dilated(x, kernel, tuple(strides[1:]), padding[1:],
+                                     dimension_numbers=_DN2)
+  return y.reshape(b, t_out, *y.shape[1:3], cout)
+
+
+def _window_max(x: jax.Array, axis: int, k: int, s: int, pad: tuple[int, int]) -> jax.Array:
+  """Max over windows of k cells at stride s along one axis, padded with -inf."""
+  if k == 1 and s == 1:
+    return x
+  if pad != (0, 0):
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = pad
+    x = jnp.pad(x, widths, constant_values=-jnp.inf)
+  n_out = (x.shape[axis] - k) // s + 1
+  out = None
+  for i in range(k):
+    part = jax.lax.slice_in_dim(x, i, i + s * (n_out - 1) + 1, s, axis=axis)
+    out = part if out is None else jnp.maximum(out, part)
+  return out
+
+
+def max_pool_same(x: jax.Array, kernel: Sequence[int], strides: Sequence[int],
+                  impl: str = "native") -> jax.Array:
   """3-D max-pool with TF SAME padding on (B, T, H, W, C).
 
   Padded cells are -inf (TensorFlow semantics). pytorch_i3d pads with zeros instead; every I3D
-  max-pool follows a ReLU, so its inputs are >= 0 and the two agree.
+  max-pool follows a ReLU, so its inputs are >= 0 and the two agree. ``impl`` as in :func:`conv3d`
+  ('frames': separable running maxima over shifted slices, one axis at a time).
   """
   pads = tf_same_padding(x.shape[1:4], kernel, strides)
-  return nn.max_pool(x, tuple(kernel), tuple(strides), padding=pads)
+  if resolve_conv_impl(impl) == "native":
+    return nn.max_pool(x, tuple(kernel), tuple(strides), padding=pads)
+  for axis in range(3):
+    x = _window_max(x, axis + 1, kernel[axis], strides[axis], pads[axis])
+  return x
+
+
+class Conv3d(nn.Module):
+  """3-D conv with explicit padding, optional bias, lowered by :func:`conv3d`.
+
+  Same parameters (``kernel`` (kt, kh, kw, C_in, C_out), ``bias`` (C_out,)) and initialisers as
+  ``nn.Conv`` with the same arguments, so checkpoints and imported weights map one to one.
+  """
+
+  features: int
+  kernel: Sequence[int]
+  strides: Sequence[int] = (1, 1, 1)
+  padding: Sequence[tuple[int, int]] | str = "SAME"  # explicit pairs, or 'SAME' = TF SAME.
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+  impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x: (B, T, H, W, C_in) -> (B, T', H', W', features)."""
+    kernel = self.param("kernel", DEFAULT_KERNEL_INIT, (*self.kernel, x.shape[-1], self.features),
+                        jnp.float32)
+    pads = self.padding
+    if isinstance(pads, str):
+      if pads != "SAME":
+        raise ValueError(f"Conv3d: padding {pads!r}: use 'SAME' or explicit pairs.")
+      pads = tf_same_padding(x.shape[1:4], self.kernel, self.strides)
+    y = conv3d(x.astype(self.dtype), kernel.astype(self.dtype), self.strides, pads, self.impl)
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(
+          self.dtype)
+    return y
 
 
 class SpaceToDepthConv(nn.Module):
@@ -128,6 +242,7 @@ class SpaceToDepthConv(nn.Module):
   features: int
   kernel: Sequence[int]
   dtype: Dtype = jnp.float32
+  impl: str = "auto"  # Lowering of the stride-1 conv (see conv3d).
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -148,8 +263,7 @@ class SpaceToDepthConv(nn.Module):
     k = jnp.pad(kernel, [(0, 2 * nb - kk) for nb, kk in zip(blocks, self.kernel)] + [(0, 0)] * 2)
     k = k.reshape(blocks[0], 2, blocks[1], 2, blocks[2], 2, cin, self.features)
     k = k.transpose(0, 2, 4, 1, 3, 5, 6, 7).reshape(*blocks, 8 * cin, self.features)
-    return jax.lax.conv_general_dilated(x.astype(self.dtype), k.astype(self.dtype), (1, 1, 1),
-                                        "VALID", dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+    return conv3d(x.astype(self.dtype), k.astype(self.dtype), (1, 1, 1), ((0, 0),) * 3, self.impl)
 
 
 class Unit3D(nn.Module):
@@ -159,17 +273,17 @@ class Unit3D(nn.Module):
   kernel: Sequence[int] = (1, 1, 1)
   strides: Sequence[int] = (1, 1, 1)
   dtype: Dtype = jnp.float32
+  impl: str = "auto"  # Lowering of the conv (see conv3d).
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     """x: (B, T, H, W, C_in) -> (B, ceil(T/st), ceil(H/sh), ceil(W/sw), features)."""
     if tuple(self.strides) == (2, 2, 2):
-      x = SpaceToDepthConv(self.features, tuple(self.kernel), self.dtype, name="conv3d")(x)
+      x = SpaceToDepthConv(self.features, tuple(self.kernel), self.dtype, self.impl,
+                           name="conv3d")(x)
     else:
-      pads = tf_same_padding(x.shape[1:4], self.kernel, self.strides)
-      x = nn.Conv(self.features, tuple(self.kernel), tuple(self.strides), padding=pads,
-                  use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-                  kernel_init=DEFAULT_KERNEL_INIT, name="conv3d")(x)
+      x = Conv3d(self.features, tuple(self.kernel), tuple(self.strides), "SAME", use_bias=False,
+                 dtype=self.dtype, impl=self.impl, name="conv3d")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
                      dtype=self.dtype, param_dtype=jnp.float32, name="bn")(x)
     return nn.relu(x)
@@ -180,16 +294,17 @@ class InceptionModule(nn.Module):
 
   channels: Sequence[int]  # (b0, b1a, b1b, b2a, b2b, b3b), already width-scaled.
   dtype: Dtype = jnp.float32
+  impl: str = "auto"  # Lowering of convs and max-pools (see conv3d).
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     """x: (B, T, H, W, C_in) -> (B, T, H, W, b0 + b1b + b2b + b3b)."""
     c = dict(zip(BRANCH_NAMES, self.channels))
-    unit = lambda name, k: Unit3D(c[name], k, dtype=self.dtype, name=name)
+    unit = lambda name, k: Unit3D(c[name], k, dtype=self.dtype, impl=self.impl, name=name)
     b0 = unit("b0", (1, 1, 1))(x, train)
     b1 = unit("b1b", (3, 3, 3))(unit("b1a", (1, 1, 1))(x, train), train)
     b2 = unit("b2b", (3, 3, 3))(unit("b2a", (1, 1, 1))(x, train), train)
-    b3 = unit("b3b", (1, 1, 1))(max_pool_same(x, (3, 3, 3), (1, 1, 1)), train)
+    b3 = unit("b3b", (1, 1, 1))(max_pool_same(x, (3, 3, 3), (1, 1, 1), self.impl), train)
     return jnp.concatenate([b0, b1, b2, b3], axis=-1)
 
 
@@ -201,12 +316,14 @@ class InceptionI3d(nn.Module):
     strides: 'claus' or 'standard' (see STRIDES).
     width: channel multiplier (1.0 = I3D); channels are rounded and at least 1.
     dtype: compute dtype; parameters are always float32.
+    conv_impl: lowering of 3-D convs and max-pools, one of CONV_IMPLS (same parameters and results).
   """
 
   final_endpoint: str = "Mixed_4f"
   strides: str = "claus"
   width: float = 1.0
   dtype: Dtype = jnp.float32
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, video: jax.Array, train: bool = False) -> dict[str, jax.Array]:
@@ -227,25 +344,27 @@ class InceptionI3d(nn.Module):
     if self.strides not in STRIDES:
       raise ValueError(f"InceptionI3d: strides {self.strides!r}: use one of {tuple(STRIDES)}.")
     strided = STRIDES[self.strides]
+    impl = resolve_conv_impl(self.conv_impl)
     ch = lambda c: scaled_channels(c, self.width)
+    unit = lambda c, k, s, name: Unit3D(ch(c), k, s, dtype=self.dtype, impl=impl, name=name)
     x = video.astype(self.dtype)
     out = {}
     for name in VALID_ENDPOINTS:
       if name == "Conv3d_1a_7x7":
-        x = Unit3D(ch(64), (7, 7, 7), (2, 2, 2), dtype=self.dtype, name=name)(x, train)
+        x = unit(64, (7, 7, 7), (2, 2, 2), name)(x, train)
       elif name == "Conv3d_2b_1x1":
-        x = Unit3D(ch(64), (1, 1, 1), dtype=self.dtype, name=name)(x, train)
+        x = unit(64, (1, 1, 1), (1, 1, 1), name)(x, train)
       elif name == "Conv3d_2c_3x3":
-        x = Unit3D(ch(192), (3, 3, 3), strided[name], dtype=self.dtype, name=name)(x, train)
+        x = unit(192, (3, 3, 3), strided[name], name)(x, train)
       elif name in ("MaxPool3d_2a_3x3", "MaxPool3d_3a_3x3"):
-        x = max_pool_same(x, (1, 3, 3), (1, 2, 2))
+        x = max_pool_same(x, (1, 3, 3), (1, 2, 2), impl)
       elif name == "MaxPool3d_4a_3x3":
-        x = max_pool_same(x, (3, 3, 3), strided[name])
+        x = max_pool_same(x, (3, 3, 3), strided[name], impl)
       elif name == "MaxPool3d_5a_2x2":
-        x = max_pool_same(x, (2, 2, 2), (2, 2, 2))
+        x = max_pool_same(x, (2, 2, 2), (2, 2, 2), impl)
       else:
         x = InceptionModule(tuple(ch(c) for c in INCEPTION_CHANNELS[name]), dtype=self.dtype,
-                            name=name)(x, train)
+                            impl=impl, name=name)(x, train)
       out[name] = x
       if name == self.final_endpoint:
         break
