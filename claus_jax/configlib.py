@@ -123,8 +123,10 @@ def base_config() -> ml_collections.ConfigDict:
       sweep_passes=(),  # Extra R values (<= passes) scored from the same passes by `claus_jax.score`.
       sweep_thresholds=(),  # Extra background thresholds scored at no extra passes.
       tiling="skip2",  # 'skip2' (reference layout, 8 frames at skip 2) or 'dense' (skip 1).
-      pass_chunk=10,  # MC passes vmapped at once (memory is bounded by the chunk).
-      clip_chunk=4,  # Clips per scoring batch.
+      # Chunks: `python -m claus_jax.bench chunks` at 224 px, width 1, R=10, 1 clip, 2-core CPU: pass
+      # chunk 1/2/10 ran 36/46/53 s per clip with 0.42/0.81/3.9 GB XLA scratch. Raise on accelerators.
+      pass_chunk=1,  # MC passes vmapped at once (memory is bounded by the chunk).
+      clip_chunk=1,  # Clips per scoring batch (padded up to a multiple of the device count).
   )
 
   c.selection = _cd(
