@@ -72,6 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
       dtype="float32",  # Compute dtype: 'float32' or 'bfloat16' (parameters stay float32).
       encoder_init="",  # Orbax dir of imported I3D weights (tools.import_i3d); '' = random init.
       conv_impl="auto",  # 3-D conv/max-pool lowering: 'native', 'frames' (2-D convs; fast on CPU), 'auto' = per backend.
+      seg_prior=0.5,  # Initial foreground probability of the mask output (last bias = logit); 0.5 = bias 0 (paper).
   )
 
   c.train = _cd(

@@ -377,3 +377,17 @@ def test_conv_impl_auto_and_config_error():
   assert i3d.resolve_conv_impl("auto") == want
   with pytest.raises(configlib.ConfigError, match="conv_impl"):
     build_model(_config(32, conv_impl="cudnn"))
+
+
+def test_seg_prior_sets_the_last_bias_and_is_checked():
+  from claus_jax.models.detector import ConvToOne3d
+  x = jnp.zeros((1, 2, 3, 3, 4))
+  prior = 0.02
+  layer = ConvToOne3d(bias_init=float(np.log(prior / (1 - prior))))
+  variables = layer.init(jax.random.key(0), x)
+  # A zero input leaves only the bias: sigmoid(output) is the prior everywhere.
+  np.testing.assert_allclose(np.asarray(jax.nn.sigmoid(layer.apply(variables, x))), prior, rtol=1e-5)
+  model = build_model(_config(32, width=0.125, num_classes=8, primary_caps=8, seg_prior=prior))
+  assert model.seg_prior == prior
+  with pytest.raises(configlib.ConfigError, match="seg_prior"):
+    build_model(_config(32, seg_prior=1.0))

@@ -130,13 +130,14 @@ class ConvToOne3d(nn.Module):
 
   dtype: Dtype = jnp.float32
   impl: str = "auto"
+  bias_init: float = 0.0  # Initial bias, e.g. logit of a foreground prior.
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: (B, T, H, W, C_in) -> (B, T, H, W, 1)."""
     b, t, h, w, cin = x.shape
     kernel = self.param("kernel", DEFAULT_KERNEL_INIT, (3, 3, 3, cin, 1), jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros, (1,), jnp.float32)
+    bias = self.param("bias", nn.initializers.constant(self.bias_init), (1,), jnp.float32)
     x = x.astype(self.dtype)
     kernel = kernel.astype(self.dtype)
     if resolve_conv_impl(self.impl) == "native":
@@ -162,6 +163,7 @@ class Decoder(nn.Module):
   dropout: float = 0.5
   dtype: Dtype = jnp.float32
   conv_impl: str = "auto"  # Lowering of the 3-D convs (i3d.conv3d); same parameters and results.
+  seg_prior: float = 0.5  # Initial foreground probability of every pixel (0.5 = bias 0).
 
   @nn.compact
   def __call__(self, class_poses: jax.Array, features: dict[str, jax.Array],
@@ -196,7 +198,10 @@ class Decoder(nn.Module):
       x = jnp.concatenate([x, skip.astype(x.dtype)], axis=-1)
     x = UpConv3d(ch(128), self.dtype, impl, name="up224")(x)
     x = channel_dropout(self.dropout, "dropout")(x, deterministic=not train)
-    logits = ConvToOne3d(self.dtype, impl, name="smooth")(x)
+    # A foreground prior on the last bias (as focal-loss detectors do): small actors cover a few
+    # percent of the pixels, and starting every pixel at 0.5 spends the first steps unlearning it.
+    prior_logit = float(np.log(self.seg_prior) - np.log1p(-self.seg_prior))
+    logits = ConvToOne3d(self.dtype, impl, prior_logit, name="smooth")(x)
     return logits[..., 0].astype(jnp.float32)
 
 
@@ -215,6 +220,7 @@ class CLAUSDetector(nn.Module):
     dropout: rate of both channel-dropout sites.
     dtype: compute dtype (float32 or bfloat16); parameters and outputs are float32.
     conv_impl: lowering of the 3-D convs and max-pools (i3d.CONV_IMPLS); same parameters and results.
+    seg_prior: initial foreground probability of the segmentation output (its last bias).
   """
 
   num_classes: int
@@ -228,6 +234,7 @@ class CLAUSDetector(nn.Module):
   dropout: float = 0.5
   dtype: Dtype = jnp.float32
   conv_impl: str = "auto"
+  seg_prior: float = 0.5
 
   def setup(self):
     self.encoder = InceptionI3d("Mixed_4f", self.strides, self.width, self.dtype, self.conv_impl)
@@ -236,7 +243,7 @@ class CLAUSDetector(nn.Module):
     self.class_caps = capsules.ConvCapsules(self.num_classes, 1, self.routing_iters, self.coord_add,
                                             self.routing_lambda)
     self.decoder = Decoder(self.primary_kernel, self.width, self.dropout, self.dtype,
-                           self.conv_impl)
+                           self.conv_impl, self.seg_prior)
 
   def encode(self, video: jax.Array, train: bool = False) -> dict[str, jax.Array]:
     """Deterministic encoder pass.
