@@ -16,6 +16,8 @@ Subcommands:
   uncertainty  R sequential full MC-dropout passes (the authors' way) against the shared-encoder,
                vmapped scorer; encoder/head times; peak memory of scoring a 1x and a 10x pool, each
                in its own child process (peak RSS on CPU, device peak bytes on an accelerator).
+  chunks       scorer clips/s and XLA scratch memory over a grid of uncertainty.pass_chunk and
+               uncertainty.clip_chunk values (how their defaults were chosen).
 
 Add a benchmark by writing ``def bench_x(config) -> dict`` and registering it with
 ``@register('x')``; it runs as ``python -m claus_jax.bench x --config=...``. Flags a benchmark needs
@@ -52,6 +54,10 @@ _BATCH = flags.DEFINE_integer("batch", 0, "Clips per call; 0 = config.train.batc
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls after one warm-up; the median is used.")
 _STEPS = flags.DEFINE_integer("steps", 20, "train: batches drawn from the pipeline and training steps "
                               "run end to end.")
+_PASS_CHUNKS = flags.DEFINE_list("pass_chunks", ["1", "2", "5", "10"],
+                                 "chunks: uncertainty.pass_chunk values to try.")
+_CLIP_CHUNKS = flags.DEFINE_list("clip_chunks", ["1", "4", "8", "16"],
+                                 "chunks: uncertainty.clip_chunk values (clips per batch) to try.")
 _POOL_VIDEOS = flags.DEFINE_integer("pool_videos", 4, "uncertainty: videos in the 1x scoring pool "
                                     "(the 10x pool has ten times as many); 0 = skip the memory runs.")
 
@@ -430,8 +436,8 @@ def bench_uncertainty(config: ml_collections.ConfigDict) -> dict:
   print(f"uncertainty: R={passes}, {size}x{size} clips, batch {batch}, width {config.model.width}, "
         f"pass_chunk {result['pass_chunk']}, {result['device']}")
   print(f"  encoder E {e * 1e3:9.2f} ms/clip   head H {h * 1e3:9.2f} ms/clip")
-  print(f"  (a) sequential full passes {seq_clips:9.2f} clips/s")
-  print(f"  (b) shared-encoder vmapped {vm_clips:9.2f} clips/s")
+  print(f"  (a) sequential full passes {seq_clips:9.4g} clips/s")
+  print(f"  (b) shared-encoder vmapped {vm_clips:9.4g} clips/s")
   print(f"  speedup (b)/(a) {result['speedup']:.2f}x, ideal R(E+H)/(E+RH) "
         f"{result['ideal_speedup']:.2f}x")
 
@@ -459,6 +465,61 @@ def bench_uncertainty(config: ml_collections.ConfigDict) -> dict:
   else:
     result["peak_mem_mb_1x"] = result["peak_mem_mb_10x"] = None
   return result
+
+
+@register("chunks")
+def bench_chunks(config: ml_collections.ConfigDict) -> dict:
+  """Chooses ``uncertainty.pass_chunk`` and ``clip_chunk``: scorer clips/s and XLA scratch memory.
+
+  For every pair of ``--pass_chunks`` x ``--clip_chunks`` the jitted scorer of
+  ``uncertainty.make_score_fn`` is compiled for a batch of ``clip_chunk`` clips; XLA's memory
+  analysis gives the program's scratch (temp) bytes, which is what the chunk sizes bound, and the
+  programs are timed round-robin in this one process. Pass-chunk values that do not divide R are
+  rounded down to a divisor, as the scorer does.
+  """
+  from claus_jax import uncertainty
+
+  model = build_model(config)
+  passes = config.uncertainty.passes
+  size = config.data.frame_size
+  variables = _init_variables(model, config)
+  thresholds = (config.uncertainty.bg_threshold,) + tuple(
+      t for t in config.uncertainty.sweep_thresholds if t != config.uncertainty.bg_threshold)
+  pass_chunks = sorted({uncertainty.pass_chunk_size(passes, int(p)) for p in _PASS_CHUNKS.value})
+  clip_chunks = sorted({int(c) for c in _CLIP_CHUNKS.value})
+  fns, info = {}, {}
+  for pc in pass_chunks:
+    for cc in clip_chunks:
+      cfg = config.copy_and_resolve_references()
+      cfg.uncertainty.pass_chunk = pc
+      video = jax.random.randint(jax.random.key(2), (cc, config.model.clip_length, size, size, 3),
+                                 0, 256).astype(jnp.uint8)
+      keys = jnp.asarray(uncertainty.clip_keys(jax.random.key_data(jax.random.key(3)), 0,
+                                               np.arange(cc)))
+      t0 = time.perf_counter()
+      compiled = jax.jit(uncertainty.make_score_fn(model, cfg, thresholds)).lower(
+          variables, video, keys).compile()
+      compile_s = time.perf_counter() - t0
+      mem = compiled.memory_analysis()
+      temp = getattr(mem, "temp_size_in_bytes", 0) if mem is not None else 0
+      name = f"p{pc}_c{cc}"
+      info[name] = {"pass_chunk": pc, "clip_chunk": cc, "temp_mb": temp / 2**20,
+                    "compile_s": compile_s}
+      fns[name] = (lambda c=compiled, v=video, k=keys: jax.block_until_ready(c(variables, v, k)))
+  seconds = _median_times(fns, _REPEATS.value)
+  print(f"chunks: R={passes}, {size}x{size} clips, width {config.model.width}, "
+        f"{jax.devices()[0].device_kind}")
+  print("  pass_chunk clip_chunk   clips/s   scratch MB")
+  for name, row in info.items():
+    row["clips_per_s"] = row["clip_chunk"] / seconds[name]
+    print(f"  {row['pass_chunk']:10d} {row['clip_chunk']:10d} {row['clips_per_s']:9.4g} "
+          f"{row['temp_mb']:12.1f}")
+  best = max(info.values(), key=lambda r: r["clips_per_s"])
+  print(f"  fastest: pass_chunk {best['pass_chunk']}, clip_chunk {best['clip_chunk']}")
+  return {"bench": "chunks", "backend": jax.default_backend(),
+          "device": str(jax.devices()[0].device_kind), "frame_size": size,
+          "width": config.model.width, "passes": passes, "results": list(info.values()),
+          "fastest": {"pass_chunk": best["pass_chunk"], "clip_chunk": best["clip_chunk"]}}
 
 
 def main(argv):

@@ -62,6 +62,17 @@ def test_train_bench(env):
   assert any("pipeline / step" in line for line in lines)
 
 
+def test_chunks_bench(env):
+  result, _ = run_bench(env, "chunks", "--pass_chunks=1,3", "--clip_chunks=1,2",
+                        "--config.uncertainty.passes=4")
+  rows = {(r["pass_chunk"], r["clip_chunk"]): r for r in result["results"]}
+  assert set(rows) == {(1, 1), (1, 2), (2, 1), (2, 2)}  # pass chunk 3 -> divisor 2 of R=4
+  assert all(r["clips_per_s"] > 0 for r in rows.values())
+  # XLA scratch grows with the work in flight: more passes or more clips per call.
+  assert rows[(2, 2)]["temp_mb"] > rows[(1, 1)]["temp_mb"] > 0
+  assert (result["fastest"]["pass_chunk"], result["fastest"]["clip_chunk"]) in rows
+
+
 @pytest.mark.slow
 def test_model_bench(env):
   result, _ = run_bench(env, "model", "--batch=1")
