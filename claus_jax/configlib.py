@@ -174,15 +174,6 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _fail(field: str, message: str):
-  raise ConfigError(f"config.{field}: {message}")
-
-
-def geometry(frame_size: int, clip_length: int = 8) -> dict:
-  """Spatial sizes through the detector for a square input of ``frame_size`` pixels.
-
-  The encoder reduces by 8 (1a: /2, 2a pool: /2, 3a pool: /2); the primary capsules use a VALID
-  kernel, chosen so the grid is 20 at 224 (kernel 9), and scaled for smaller inputs.
 def paper_config(dataset: str, num_classes: int, schedule, steps: int, arg=None):
   """The paper's settings for a real dataset (REFERENCE.md; Table 1 schedule), or its 'tiny' variant.
 
@@ -217,6 +208,15 @@ def paper_config(dataset: str, num_classes: int, schedule, steps: int, arg=None)
   return c
 
 
+def _fail(field: str, message: str):
+  raise ConfigError(f"config.{field}: {message}")
+
+
+def geometry(frame_size: int, clip_length: int = 8) -> dict:
+  """Spatial sizes through the detector for a square input of ``frame_size`` pixels.
+
+  The encoder reduces by 8 (1a: /2, 2a pool: /2, 3a pool: /2); the primary capsules use a VALID
+  kernel, chosen so the grid is 20 at 224 (kernel 9), and scaled for smaller inputs.
   """
   if frame_size % 16 != 0:
     raise ConfigError(f"config.data.frame_size={frame_size}: must be a multiple of 16 (the encoder "
