@@ -44,7 +44,8 @@ from claus_jax import pool as pool_lib
 log = logging.getLogger(__name__)
 
 # Fields that do not change results: a resumed run may differ in them.
-_RESULT_NEUTRAL = ("quiet",)
+_RESULT_NEUTRAL = ("quiet", "distributed.coordinator_address", "distributed.num_processes",
+                   "distributed.process_id")
 # Videos per scoring shard file (the unit of resume inside the scoring stage).
 SCORE_SHARD = 16
 # Stream ids folded into the root key, one per use.

@@ -122,8 +122,9 @@ def _checkpoint_manager(directory: str, config) -> ocp.CheckpointManager:
 
 def restore_latest(directory: str, abstract_state: TrainState, config) -> TrainState | None:
   """The latest checkpoint in ``directory``, restored into the structure of ``abstract_state``."""
-  if not os.path.isdir(directory):
-    return None
+  # Every process opens the manager (orbax synchronises processes inside), so the folder is created
+  # rather than tested: a process that skipped the manager would leave the others waiting.
+  os.makedirs(directory, exist_ok=True)
   with _checkpoint_manager(directory, config) as mngr:
     step = mngr.latest_step()
     if step is None:
