@@ -210,10 +210,8 @@ def iter_videos(root: str, keys: list[VideoKey], split_name: str, frame_size: in
   """Reads ``keys`` in order, applying the ``on_bad_video`` policy (skips land in ``report``)."""
 
   def read_one(key: VideoKey) -> VideoRecord:
-    def warn(message: str) -> None:
-      if report is not None:
-        report.warnings.append((split_name, key.video_id, message))
-    return read_video(root, key, frame_size, truncate_to_shorter, warn)
+    return read_video(root, key, frame_size, truncate_to_shorter,
+                      official.warner(report, split_name, key.video_id))
 
   return official.read_all(keys, read_one, on_bad_video, split_name, report)
 

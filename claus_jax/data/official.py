@@ -88,6 +88,16 @@ def read_all(keys: Iterable[K], read_one: Callable[[K], VideoRecord], on_bad_vid
     yield record
 
 
+def warner(report: PrepareReport | None, split: str, video_id: str) -> Callable[[str], None]:
+  """A ``warn(message)`` that records a warning about one video in ``report`` (if any)."""
+
+  def warn(message: str) -> None:
+    if report is not None:
+      report.warnings.append((split, video_id, message))
+
+  return warn
+
+
 def require_dir(path: str, what: str, hint: str = "") -> str:
   """Returns ``path`` if it is a directory, else raises DatasetError naming what belongs there."""
   if not os.path.isdir(path):
