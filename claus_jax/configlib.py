@@ -55,6 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
           distractors=3,  # Static distractor shapes per video.
           occlusion=0.3,  # Probability that a video has an occluding bar crossing the actor.
           jitter=1.0,  # Camera jitter amplitude in pixels (at 64x64; scales with frame size).
+          actor_outline=True,  # Draw the actor's silhouette edge dark (class-free cue; see synthetic.py).
       ),
   )
 
@@ -68,6 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
       routing_iters=3,  # EM-routing iterations.
       coord_add=False,  # Coordinate addition in the class capsules.
       routing_lambda=1.0,  # Class-capsule activation inverse temperature (authors' code 1e-6; see capsules.py).
+      routing_cost_scale=0.0,  # 0: costs standardised over classes (REFERENCE.md); > 0: fixed scale (authors' effective form).
       dropout=0.5,  # Channel (Dropout3d-style) dropout rate at both MC-dropout sites.
       dtype="float32",  # Compute dtype: 'float32' or 'bfloat16' (parameters stay float32).
       encoder_init="",  # Orbax dir of imported I3D weights (tools.import_i3d); '' = random init.
@@ -88,6 +90,7 @@ def base_config() -> ml_collections.ConfigDict:
       warm_start=False,  # Start round k from round k-1's weights instead of the initial ones.
       checkpoint_every=500,  # Steps between orbax checkpoints (and one at the end).
       log_every=50,  # Steps between loss log lines.
+      bn_recalibration_batches=32,  # Precise BN: batches whose statistics replace the running ones at the end (0 = off).
       data_workers=2,  # Background threads producing batches.
       prefetch=4,  # Batches buffered ahead of the train step.
       data_parallel=False,  # Shard batches over all local devices on a 1-D 'data' mesh.

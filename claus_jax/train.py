@@ -29,6 +29,7 @@ from claus_jax import losses
 from claus_jax import models
 from claus_jax import parallel
 from claus_jax import pool as pool_lib
+from claus_jax.models import i3d as i3d_lib
 
 
 class TrainState(train_state.TrainState):
@@ -132,6 +133,50 @@ def restore_latest(directory: str, abstract_state: TrainState, config) -> TrainS
     return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
 
 
+def recalibrate_batch_stats(state: TrainState, batches, momentum: float | None = None,
+                            mesh=None) -> TrainState:
+  """Precise BatchNorm: replaces the running statistics by their average over ``batches``.
+
+  The running averages mix statistics of parameters from the last ~1 / (1 - momentum) steps; a
+  network trained from scratch at a high learning rate moves too fast for them, and eval-mode
+  outputs drift far from train-mode ones (measured: mask IoU 0.06 in eval mode against 0.83 in
+  train mode on the same clips). As PySlowFast's precise BN does, this recomputes each layer's
+  batch mean and variance with the final parameters, in training mode, and averages them.
+
+  A batch's statistics are read exactly from one Flax update of zeroed running statistics:
+  ``new = momentum * 0 + (1 - momentum) * batch_stat``.
+
+  Args:
+    state: the trained state.
+    batches: iterable of sampler batches (``video`` (B, T, H, W, 3) uint8 ...); empty = no change.
+    momentum: Flax BatchNorm momentum of the model (i3d.BN_MOMENTUM by default).
+    mesh: shard each batch over this ``data`` mesh (the statistics are then global).
+  """
+  momentum = i3d_lib.BN_MOMENTUM if momentum is None else momentum
+  if not jax.tree.leaves(state.batch_stats):
+    return state
+
+  @jax.jit
+  def stats_of(params, batch_stats, video):
+    zero = jax.tree.map(jnp.zeros_like, batch_stats)
+    _, updates = state.apply_fn({"params": params, "batch_stats": zero}, models.preprocess(video),
+                                train=True, rngs={"dropout": jax.random.PRNGKey(0)},
+                                mutable=["batch_stats"])
+    return jax.tree.map(lambda x: x / (1.0 - momentum), updates["batch_stats"])
+
+  total, count = None, 0
+  for batch in batches:
+    video = batch["video"]
+    if mesh is not None:
+      video = parallel.shard_batch({"video": video}, mesh)["video"]
+    stats = stats_of(state.params, state.batch_stats, video)
+    total = stats if total is None else jax.tree.map(jnp.add, total, stats)
+    count += 1
+  if count == 0:
+    return state
+  return state.replace(batch_stats=jax.tree.map(lambda x: x / count, total))
+
+
 def _check_finite(metrics: dict, step: int) -> None:
   bad = [k for k, v in metrics.items() if not np.isfinite(v)]
   if bad:
@@ -196,6 +241,9 @@ def fit(config: ml_collections.ConfigDict, state: TrainState, sampler, checkpoin
           pool_lib.atomic_write_json(history_path, history)
       if progress is not None:
         progress(done, metrics)
+      if done == total_steps:
+        n = int(config.train.bn_recalibration_batches)
+        state = recalibrate_batch_stats(state, (sampler.batch_at(i) for i in range(n)), mesh=mesh)
       mngr.save(done, args=ocp.args.StandardSave(state), force=(done == total_steps))
     mngr.wait_until_finished()
   return FitResult(state, history)
