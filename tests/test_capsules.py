@@ -10,8 +10,11 @@ import pytest
 from claus_jax.models import capsules
 
 
-def numpy_em_routing(votes, a_in, beta_u, beta_a, iters, lam, eps=1e-8):
-  """Loop-per-group float64 reference: REFERENCE.md's M-step (normalised cost) and E-step."""
+def numpy_em_routing(votes, a_in, beta_u, beta_a, iters, lam, eps=1e-8, cost_scale=0.0):
+  """Loop-per-group float64 reference: REFERENCE.md's M-step (normalised cost) and E-step.
+
+  ``cost_scale > 0``: the cost deviation is multiplied by it instead of divided by its std.
+  """
   n, num_in, num_out, dim = votes.shape
   poses = np.zeros((n, num_out, dim))
   acts = np.zeros((n, num_out))
@@ -29,8 +32,11 @@ def numpy_em_routing(votes, a_in, beta_u, beta_a, iters, lam, eps=1e-8):
         var[c] = (w[:, None] * (v[:, c] - mu[c]) ** 2).sum(0) + eps
       cost = np.array([((beta_u[c] + np.log(np.sqrt(var[c]))) * r_sum[c]).sum()
                        for c in range(num_out)])
-      std = math.sqrt(np.mean((cost - cost.mean()) ** 2) + eps)
-      a = 1.0 / (1.0 + np.exp(-lam * (beta_a - (cost.mean() - cost) / (std + eps))))
+      if cost_scale > 0:
+        z = (cost.mean() - cost) * cost_scale
+      else:
+        z = (cost.mean() - cost) / (math.sqrt(np.mean((cost - cost.mean()) ** 2) + eps) + eps)
+      a = 1.0 / (1.0 + np.exp(-lam * (beta_a - z)))
       if it < iters - 1:
         log_ap = np.zeros((num_in, num_out))
         for i in range(num_in):
@@ -44,8 +50,9 @@ def numpy_em_routing(votes, a_in, beta_u, beta_a, iters, lam, eps=1e-8):
   return poses, acts
 
 
-@pytest.mark.parametrize("iters,lam", [(1, 1.0), (3, 1.0), (3, 0.01), (2, 5.0)])
-def test_em_routing_matches_numpy(iters, lam):
+@pytest.mark.parametrize("iters,lam,scale", [(1, 1.0, 0.0), (3, 1.0, 0.0), (3, 0.01, 0.0),
+                                             (2, 5.0, 0.0), (3, 1.0, 0.01), (2, 1.0, 0.5)])
+def test_em_routing_matches_numpy(iters, lam, scale):
   rng = np.random.default_rng(iters)
   n, num_in, num_out, dim = 5, 6, 4, 16
   # Small vote spread, so the E-step's responsibilities are neither uniform nor one-hot.
@@ -53,14 +60,14 @@ def test_em_routing_matches_numpy(iters, lam):
   a_in = rng.uniform(0.05, 1.0, size=(n, num_in)).astype(np.float32)
   beta_u = rng.normal(size=(num_out, dim)).astype(np.float32)
   beta_a = rng.normal(size=(num_out,)).astype(np.float32)
-  want_p, want_a = numpy_em_routing(votes, a_in, beta_u, beta_a, iters, lam)
-  got_p, got_a = jax.jit(capsules.em_routing, static_argnums=(4, 5))(votes, a_in, beta_u, beta_a,
-                                                                       iters, lam)
+  want_p, want_a = numpy_em_routing(votes, a_in, beta_u, beta_a, iters, lam, cost_scale=scale)
+  routing = jax.jit(capsules.em_routing, static_argnums=(4, 5), static_argnames=("cost_scale",))
+  got_p, got_a = routing(votes, a_in, beta_u, beta_a, iters, lam, cost_scale=scale)
   assert got_p.shape == (n, num_out, dim) and got_a.shape == (n, num_out)
   np.testing.assert_allclose(np.asarray(got_p), want_p, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(np.asarray(got_a), want_a, rtol=1e-4, atol=1e-5)
   # The E-step matters at 3 iterations: one iteration must give a different answer there.
-  if iters == 3 and lam == 1.0:
+  if iters == 3 and lam == 1.0 and scale == 0.0:
     p1, _ = capsules.em_routing(votes, a_in, beta_u, beta_a, 1, lam)
     assert np.abs(np.asarray(p1) - want_p).max() > 1e-3
 

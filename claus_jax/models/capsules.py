@@ -44,7 +44,7 @@ _unit_normal = fast_init(nn.initializers.normal(1.0))  # As the authors' torch.r
 
 def em_routing(votes: jax.Array, a_in: jax.Array, beta_u: jax.Array, beta_a: jax.Array,
                iters: int = 3, inverse_temperature: float = 1.0,
-               eps: float = EPSILON) -> tuple[jax.Array, jax.Array]:
+               eps: float = EPSILON, cost_scale: float = 0.0) -> tuple[jax.Array, jax.Array]:
   """EM routing between I input and C output capsules, vectorised over N independent groups.
 
   Args:
@@ -55,6 +55,8 @@ def em_routing(votes: jax.Array, a_in: jax.Array, beta_u: jax.Array, beta_a: jax
     iters: EM iterations (M-steps); the E-step runs between them.
     inverse_temperature: lambda of the activation sigmoid.
     eps: numerical guard in every division, log and square root.
+    cost_scale: 0 = divide ``cost - mean`` by the standard deviation of the costs over the output
+      capsules (REFERENCE.md); > 0 = multiply it by this fixed scale instead.
 
   Returns:
     poses (N, C, D) = mu, activations (N, C) in [0, 1]; both float32.
@@ -72,9 +74,13 @@ def em_routing(votes: jax.Array, a_in: jax.Array, beta_u: jax.Array, beta_a: jax
     sigma_sq = jnp.einsum("nic,nicd->ncd", coeff, jnp.square(votes - mu[:, None])) + eps
     cost = jnp.sum((beta_u + 0.5 * jnp.log(sigma_sq)) * r_sum[..., None], axis=-1)  # (N, C)
     cost_mean = jnp.mean(cost, axis=-1, keepdims=True)
-    # eps inside the root: equal costs (e.g. an all-zero input) would give an infinite gradient.
-    cost_std = jnp.sqrt(jnp.mean(jnp.square(cost - cost_mean), axis=-1, keepdims=True) + eps)
-    a_out = jax.nn.sigmoid(inverse_temperature * (beta_a - (cost_mean - cost) / (cost_std + eps)))
+    if cost_scale > 0:
+      normalised = (cost_mean - cost) * cost_scale
+    else:
+      # eps inside the root: equal costs (e.g. an all-zero input) would give an infinite gradient.
+      cost_std = jnp.sqrt(jnp.mean(jnp.square(cost - cost_mean), axis=-1, keepdims=True) + eps)
+      normalised = (cost_mean - cost) / (cost_std + eps)
+    a_out = jax.nn.sigmoid(inverse_temperature * (beta_a - normalised))
     return mu, sigma_sq, a_out
 
   def e_step(mu, sigma_sq, a_out):
@@ -135,6 +141,7 @@ class ConvCapsules(nn.Module):
   iters: int = 3
   coord_add: bool = False
   inverse_temperature: float = 1.0
+  cost_scale: float = 0.0  # em_routing: 0 = standardise the costs, > 0 = this fixed scale.
 
   @nn.compact
   def __call__(self, poses: jax.Array, acts: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -164,5 +171,6 @@ class ConvCapsules(nn.Module):
       votes = votes + offset[None, :, :, None, None, :]
     out_poses, out_acts = em_routing(votes.reshape(b * oh * ow, k * k * i, c, POSE_DIM),
                                      acts.reshape(b * oh * ow, k * k * i), beta_u, beta_a,
-                                     self.iters, self.inverse_temperature)
+                                     self.iters, self.inverse_temperature,
+                                     cost_scale=self.cost_scale)
     return out_poses.reshape(b, oh, ow, c, POSE_DIM), out_acts.reshape(b, oh, ow, c)

@@ -221,6 +221,7 @@ class CLAUSDetector(nn.Module):
     dtype: compute dtype (float32 or bfloat16); parameters and outputs are float32.
     conv_impl: lowering of the 3-D convs and max-pools (i3d.CONV_IMPLS); same parameters and results.
     seg_prior: initial foreground probability of the segmentation output (its last bias).
+    routing_cost_scale: class-capsule cost normalisation (capsules.em_routing's cost_scale).
   """
 
   num_classes: int
@@ -235,13 +236,14 @@ class CLAUSDetector(nn.Module):
   dtype: Dtype = jnp.float32
   conv_impl: str = "auto"
   seg_prior: float = 0.5
+  routing_cost_scale: float = 0.0
 
   def setup(self):
     self.encoder = InceptionI3d("Mixed_4f", self.strides, self.width, self.dtype, self.conv_impl)
     self.feature_dropout = channel_dropout(self.dropout, "feature_dropout")
     self.primary = capsules.PrimaryCapsules(self.primary_caps, self.primary_kernel, self.dtype)
     self.class_caps = capsules.ConvCapsules(self.num_classes, 1, self.routing_iters, self.coord_add,
-                                            self.routing_lambda)
+                                            self.routing_lambda, self.routing_cost_scale)
     self.decoder = Decoder(self.primary_kernel, self.width, self.dropout, self.dtype,
                            self.conv_impl, self.seg_prior)
 
