@@ -58,6 +58,29 @@ def test_mask_is_exactly_the_visible_actor():
     assert np.isnan(with_actor.boxes[0, ~gt]).all()
 
 
+def test_actor_outline_darkens_the_silhouette_edge_only():
+  plain = dataclasses.replace(TINY, actor_outline=False, occlusion=0.0)
+  outlined = dataclasses.replace(plain, actor_outline=True)
+  for group in range(3):
+    a = S.generate_video(plain, "train", group, 0)
+    b = S.generate_video(outlined, "train", group, 0)
+    np.testing.assert_array_equal(a.masks, b.masks)  # Same ground truth: the edge is the actor's.
+    changed = np.any(a.frames != b.frames, axis=-1)
+    # Inside the span nothing outside the mask changes (idle frames draw the actor without a mask).
+    gt = b.has_gt
+    assert changed[gt].any() and not np.any(changed[gt] & ~b.masks[gt].astype(bool))
+    edge_in_gt = changed & b.masks.astype(bool)
+    # The edge by hand: mask pixels with a 4-neighbour outside the mask (frame border = outside).
+    p = np.pad(b.masks.astype(bool), [(0, 0), (1, 1), (1, 1)])
+    interior = p[:, 1:-1, 1:-1] & p[:, :-2, 1:-1] & p[:, 2:, 1:-1] & p[:, 1:-1, :-2] & p[:, 1:-1, 2:]
+    expected = b.masks.astype(bool) & ~interior
+    # Inside the span, the changed pixels are the mask's edge (a pixel whose colour already was
+    # near-black may not change).
+    assert not np.any(edge_in_gt & ~expected)
+    assert edge_in_gt.sum() >= 0.9 * expected.sum()
+    assert b.frames[expected].max() <= 12 + 3 * 3 * 2  # Near-black, up to the sensor noise.
+
+
 def test_occluder_removes_pixels_from_the_mask():
   clear = S.generate_video(dataclasses.replace(TINY, occlusion=0.0), "train", 2, 0)
   hidden = S.generate_video(dataclasses.replace(TINY, occlusion=1.0), "train", 2, 0)

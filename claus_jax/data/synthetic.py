@@ -6,6 +6,12 @@ jitter and, sometimes, an occluding bar that slides across the actor. The class 
 spiralling); shape, texture and colour are drawn independently of the class and from the same colour
 distribution as the background and the distractors, so no single frame tells the class.
 
+With ``actor_outline`` (the default) the actor's silhouette edge is drawn in near-black, the same in
+every class: the actor is recognisable in one frame, as a person is in real videos (where the paper's
+encoder comes pretrained), and only its motion tells the class. Without it the actor differs from the
+distractors only by moving, which a detector trained from scratch on a CPU budget did not learn
+(test mask IoU <= 0.15 after 500 fully labelled steps at the synthetic default).
+
 Videos come in groups, like UCF-101's g01-g25 cut from one recording: members of a group share the
 background, the distractors, the actor and its trajectory up to small perturbations (speed, a small
 shift, where the cut starts and where the action sits in it). Train and test use disjoint groups.
@@ -74,6 +80,7 @@ class GeneratorParams:
   distractors: int = 3
   occlusion: float = 0.3
   jitter: float = 1.0
+  actor_outline: bool = True
 
   @classmethod
   def from_config(cls, config) -> "GeneratorParams":
@@ -83,7 +90,8 @@ class GeneratorParams:
                test_groups=int(syn.test_groups), videos_per_group=int(syn.videos_per_group),
                min_frames=int(syn.min_frames), max_frames=int(syn.max_frames), mode=str(syn.mode),
                long_tail=float(syn.long_tail), distractors=int(syn.distractors),
-               occlusion=float(syn.occlusion), jitter=float(syn.jitter)).check()
+               occlusion=float(syn.occlusion), jitter=float(syn.jitter),
+               actor_outline=bool(syn.actor_outline)).check()
 
   def check(self) -> "GeneratorParams":
     """Raises ValueError naming the config field of a value the generator cannot use."""
@@ -457,6 +465,11 @@ def _render_video(params: GeneratorParams, split: str, group: int, video: int, g
 
   if draw_actor:
     frames = np.where(actor_mask[..., None], actor_color, frames)
+    if params.actor_outline:
+      # The actor's silhouette edge in near-black: what makes it an actor, in every class and
+      # colour (as a person is recognisable in any action); distractors have none.
+      inner = ndimage.binary_erosion(actor_mask, structure=_EDGE_4[None])
+      frames = np.where((actor_mask & ~inner)[..., None], np.float32(12.0), frames)
   if occluded:
     stripe = 0.5 + 0.5 * np.sin((ys if vertical else xs) * bar_look.tex_freq[0, 0])
     bar_color = bar_look.color_a + (bar_look.color_b - bar_look.color_a) * stripe[..., None]
@@ -474,6 +487,9 @@ def _render_video(params: GeneratorParams, split: str, group: int, video: int, g
   return VideoRecord(video_id=_video_id(params, split, group, video, grp.label),
                      group_id=_group_id(params, split, group), label=int(grp.label), frames=frames,
                      masks=masks, boxes=boxes, has_gt=has_gt, span=span, annotation="mask")
+
+
+_EDGE_4 = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)  # 4-neighbourhood, per frame.
 
 
 def masks_to_boxes(masks: np.ndarray) -> np.ndarray:

@@ -242,9 +242,17 @@ def prepare(builder: VideoRecordBuilder) -> bool:
   """Writes the dataset unless it is already prepared; returns True if it generated anything."""
   if builder.is_prepared():
     return False
-  builder.download_and_prepare(
-      download_dir=os.path.join(str(builder.data_dir_root), "downloads"),
-      file_format="array_record")
+  try:
+    builder.download_and_prepare(
+        download_dir=os.path.join(str(builder.data_dir_root), "downloads"),
+        file_format="array_record")
+  except FileExistsError:
+    # Another process (a second run, a test worker) prepared the same config at the same time and
+    # renamed its folder into place first; tfds writes the whole version folder atomically, so that
+    # copy is complete and identical (the data is a function of the config).
+    if not builder.is_prepared():
+      raise
+    return False
   return True
 
 
