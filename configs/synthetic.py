@@ -23,6 +23,20 @@ def get_config(arg=None):
   c.train.learning_rate = 1e-3
   c.model.dropout = 0.2
   c.model.seg_prior = 0.05
+  # Mirroring swaps move_left and move_right: a flipped clip would carry the wrong label.
+  c.train.flip = False
+  # Fixed-scale routing costs (the authors' effective form, capsules.em_routing): standardised costs
+  # gave the encoder a classification gradient ~2400x the localisation one at initialisation; with
+  # both changes, 500 fully labelled steps reached test mask IoU 0.150 against 0.053.
+  c.model.routing_cost_scale = 0.01
+  c.loss.cls_weight = 0.1
+  # Each round continues from the previous round's weights: on a CPU a round is 300 steps, too few
+  # to learn the benchmark from scratch every round (the paper retrains with a pretrained encoder).
+  c.train.warm_start = True
+  # 48 train groups of 2 (96 videos) rather than 24 of 4: with 3 recordings per class the classes
+  # did not generalise (500 fully labelled steps: train-split accuracy 0.67, test 0.26).
+  c.data.synthetic.train_groups, c.data.synthetic.test_groups = 48, 16
+  c.data.synthetic.videos_per_group = 2
   c.train.checkpoint_every = 100
   c.uncertainty.passes = 10
   # Chunks measured with `python -m claus_jax.bench chunks` (2-core CPU, R=10, 64 px, width 0.25):
@@ -43,6 +57,8 @@ def get_config(arg=None):
     c.model.primary_caps = 8
     c.train.steps = 20
     c.train.batch_size = 4
+    # The tiny model learns faster at 3e-3: 60 steps cut the loss on fixed clips by 16%, 8% at 1e-3.
+    c.train.learning_rate = 3e-3
     c.train.checkpoint_every = 10
     c.train.log_every = 10
     c.uncertainty.passes = 4
