@@ -17,6 +17,11 @@ Round layout in ``workdir``::
 
 Every stage writes its result atomically and is skipped when the result exists, so re-running the
 same command after any interruption (even SIGKILL) finishes with the results of an uninterrupted run.
+
+Multi-process runs (``jax.distributed``; launch/README.md) share one workdir: every process trains on
+its rows of each global batch, scores its share of the pool (``Scorer.score_pool``) and computes the
+selection from the gathered scores; the selection's hash is checked across processes; process 0
+alone writes the JSON, score shards and reports, and the others wait at a barrier before reading.
 """
 
 from __future__ import annotations
@@ -126,6 +131,11 @@ class Experiment:
     self.position = {v: i for i, v in enumerate(self.index.video_ids)}
     self.model = models.build_model(config)
     self.mesh = parallel.make_mesh()
+    self.multi = jax.process_count() > 1
+    if self.multi and not config.train.data_parallel:
+      raise ValueError(f"config.train.data_parallel: this run has {jax.process_count()} processes; "
+                       "set --config.train.data_parallel=True so that training uses every process's "
+                       "devices.")
     self.root_key = jax.random.PRNGKey(config.seed)
     self.quiet = bool(config.quiet)
     self.overlay = None
@@ -135,11 +145,18 @@ class Experiment:
 
   # -------------------------------------------------------------------------------- utilities
   def say(self, message: str) -> None:
-    print(message, flush=True)
+    if parallel.is_primary():
+      print(message, flush=True)
 
   def _bar(self, total: int, desc: str, unit: str):
-    return tqdm.tqdm(total=total, desc=desc, unit=unit, disable=self.quiet, leave=False,
-                     file=sys.stdout)
+    return tqdm.tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stdout,
+                     disable=self.quiet or not parallel.is_primary())
+
+  def _write(self, what: str, write) -> None:
+    """Process 0 runs ``write()`` (an atomic file write); then every process passes a barrier."""
+    if parallel.is_primary():
+      write()
+    parallel.sync(what)
 
   def _load_pool(self, round_index: int) -> pool_lib.PoolState:
     return pool_lib.PoolState.load(os.path.join(round_dir(self.workdir, round_index), "pool.json"),
@@ -150,19 +167,22 @@ class Experiment:
     """Asks the oracle for ``selection`` and writes the pool of ``target_round``."""
     rd = round_dir(self.workdir, target_round)
     out = os.path.join(rd, "pool.json")
-    if os.path.exists(out):
+    if parallel.exists_on_primary(out):
       return
     pool = pool_lib.PoolState.from_json(pool_before.to_json(), num_frames=self.num_frames)
     if self.config.oracle.kind == "files":
-      if not os.path.exists(os.path.join(rd, "answers.json")):
-        message = oracle_lib.write_requests(rd, selection, target_round, self.num_frames,
-                                            self.dataset.class_names)
+      if not parallel.exists_on_primary(os.path.join(rd, "answers.json")):
+        messages = []
+        self._write("oracle requests", lambda: messages.append(oracle_lib.write_requests(
+            rd, selection, target_round, self.num_frames, self.dataset.class_names)))
+        message = messages[0] if messages else f"round {target_round}: awaiting answers in {rd}"
         self.say(message)
         raise oracle_lib.AwaitingAnswers(message)
       answers = oracle_lib.load_answers(rd, self._frame_shape(), self.dataset.class_names)
       self.overlay.add(answers)
     oracle_lib.apply_selection(pool, selection, target_round)
-    pool.save(out)
+    parallel.assert_same_across_processes(pool.to_json(), f"pool of round {target_round}")
+    self._write("pool", lambda: pool.save(out))
 
   def _frame_shape(self) -> tuple[int, int]:
     s = int(self.config.data.frame_size)
@@ -215,7 +235,7 @@ class Experiment:
     state = state.replace(key=jax.random.fold_in(jax.random.fold_in(self.root_key, _TRAIN_STREAM), r))
     train_json = os.path.join(rd, "train.json")
     ckpt = os.path.join(rd, "checkpoints")
-    if os.path.exists(train_json):
+    if parallel.exists_on_primary(train_json):
       restored = train_lib.restore_latest(ckpt, jax.eval_shape(lambda s: s, state), cfg)
       if restored is None:
         raise FileNotFoundError(f"{train_json} exists but {ckpt} has no checkpoint; delete "
@@ -231,16 +251,18 @@ class Experiment:
         bar.set_postfix(loss=f"{metrics['total']:.4f}")
 
     mesh = self.mesh if cfg.train.data_parallel else None
-    result = train_lib.fit(cfg, state, sampler, ckpt, sampler.steps_per_epoch,
+    # Each process feeds its own rows of every global batch (the same global batch as one process).
+    fit_sampler = parallel.ProcessLocalSampler(sampler, mesh) if self.multi else sampler
+    history_path = os.path.join(rd, "train_history.json")
+    result = train_lib.fit(cfg, state, fit_sampler, ckpt, sampler.steps_per_epoch,
                            cluster_init=lambda s: self._cluster_init(s, sampler),
                            progress=progress, mesh=mesh,
-                           history_path=os.path.join(rd, "train_history.json"))
+                           history_path=history_path if parallel.is_primary() else None)
     bar.close()
-    with open(os.path.join(rd, "train_history.json")) as f:
-      history = json.load(f)
-    pool_lib.atomic_write_json(train_json, {"round": r, "steps": cfg.train.steps,
-                                            "labelled_clips": sampler.num_clips,
-                                            "history": history})
+    history = result.history
+    self._write("train.json", lambda: pool_lib.atomic_write_json(
+        train_json, {"round": r, "steps": cfg.train.steps, "labelled_clips": sampler.num_clips,
+                     "history": history}))
     last = history[-1] if history else {}
     self.say(f"round {r} train: {cfg.train.steps} steps on {sampler.num_clips} labelled clips, "
              f"final loss {last.get('total', float('nan')):.4f}")
@@ -263,7 +285,9 @@ class Experiment:
     from claus_jax import models
 
     cfg = self.config
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    # Replicated global arrays (multi-process) -> this process's local copy; every process then
+    # computes the same latents and the same k-means (seeded), with no communication.
+    variables = parallel.host_local_copy({"params": state.params, "batch_stats": state.batch_stats})
     clips = [(pos, int(c)) for pos, (_, frames) in enumerate(sampler.items) for c in frames]
     batch = max(1, int(cfg.eval.batch_size))
     forward = jax.jit(lambda v, x: self.model.apply(v, models.preprocess(x), train=False)["latent"])
@@ -287,7 +311,7 @@ class Experiment:
     from claus_jax import evaluation
 
     path = os.path.join(round_dir(self.workdir, r), "eval.json")
-    if os.path.exists(path):
+    if parallel.exists_on_primary(path):
       with open(path) as f:
         return json.load(f)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -295,8 +319,10 @@ class Experiment:
     result, markdown = evaluation.evaluate(predict_fn, self.dataset.test,
                                            self.dataset.num_classes, self.dataset.class_names,
                                            self.config.eval, progress=not self.quiet)
-    pool_lib.atomic_write_text(os.path.join(round_dir(self.workdir, r), "eval.md"), markdown)
-    pool_lib.atomic_write_json(path, result)
+    def write():
+      pool_lib.atomic_write_text(os.path.join(round_dir(self.workdir, r), "eval.md"), markdown)
+      pool_lib.atomic_write_json(path, result)
+    self._write("eval.json", write)
     return result
 
   # --------------------------------------------------------------------------------- scoring
@@ -305,20 +331,26 @@ class Experiment:
     from claus_jax import uncertainty
 
     folder = os.path.join(round_dir(self.workdir, r), "scores")
-    os.makedirs(folder, exist_ok=True)
+    self._write("scores folder", lambda: os.makedirs(folder, exist_ok=True))
     n = len(self.index)
     shards = [(s, min(n, s + SCORE_SHARD)) for s in range(0, n, SCORE_SHARD)]
     todo = [(i, s) for i, s in enumerate(shards)
-            if not os.path.exists(os.path.join(folder, f"shard_{i:04d}.npz"))]
+            if not parallel.exists_on_primary(os.path.join(folder, f"shard_{i:04d}.npz"))]
     if todo:
       variables = {"params": state.params, "batch_stats": state.batch_stats}
       scorer = uncertainty.Scorer(self.model, variables, self.config, mesh=self.mesh)
       key = jax.random.fold_in(jax.random.fold_in(self.root_key, _SCORE_STREAM), r)
       bar = self._bar(sum(b - a for _, (a, b) in todo), f"round {r} score", "video")
+      ids, frames = self.index.video_ids, self.index.num_frames
       for i, (a, b) in todo:
-        records = (self.train_source[j] for j in range(a, b))
-        results = scorer.score_videos(records, range(a, b), key, progress=bar.update)
-        _save_shard(os.path.join(folder, f"shard_{i:04d}.npz"), results)
+        if self.multi:  # Each process decodes and scores its share; all get every result.
+          results = scorer.score_pool(_Offset(self.train_source, a), ids[a:b], frames[a:b], key,
+                                      uids=range(a, b), progress=bar.update)
+        else:
+          records = (self.train_source[j] for j in range(a, b))
+          results = scorer.score_videos(records, range(a, b), key, progress=bar.update)
+        self._write("score shard", lambda: _save_shard(
+            os.path.join(folder, f"shard_{i:04d}.npz"), results))
       bar.close()
     scores = {}
     for i in range(len(shards)):
@@ -331,7 +363,7 @@ class Experiment:
 
     cfg = self.config
     path = os.path.join(round_dir(self.workdir, r), "selection.json")
-    if os.path.exists(path):
+    if parallel.exists_on_primary(path):
       with open(path) as f:
         return selection_lib.Selection.from_json(json.load(f))
     latents = np.stack([scores[v]["latent"] for v in self.index.video_ids])
@@ -357,8 +389,13 @@ class Experiment:
     record = chosen.to_json()
     record["budget"] = dataclasses.asdict(budget)
     record["clusters"] = {v: int(c) for v, c in zip(self.index.video_ids, clusters)}
-    pool_lib.atomic_write_json(path, record)
-    np.save(os.path.join(round_dir(self.workdir, r), "latents.npy"), latents)
+    # Every process selected on its own: a process that saw other data or scores stops the run here.
+    parallel.assert_same_across_processes(record, f"selection of round {r}")
+
+    def write():
+      pool_lib.atomic_write_json(path, record)
+      np.save(os.path.join(round_dir(self.workdir, r), "latents.npy"), latents)
+    self._write("selection.json", write)
     return chosen
 
   # ------------------------------------------------------------------------------------- run
@@ -369,7 +406,7 @@ class Experiment:
     cfg = self.config
     last_round = selection_lib.num_rounds(cfg)
     first = os.path.join(round_dir(self.workdir, 0), "pool.json")
-    if not os.path.exists(first):
+    if not parallel.exists_on_primary(first):
       initial = self.initial_selection()
       empty = pool_lib.PoolState(self.num_frames, cfg.budget.cost_video, cfg.budget.cost_frame)
       self._answer(initial, empty, 0)
@@ -386,7 +423,7 @@ class Experiment:
       result = self._evaluate(r, state)
       self.say(f"round {r} eval ({time.time() - t1:.0f} s; train {t1 - t0:.0f} s): " + ", ".join(
           f"{k}={result[k]:.3f}" for k in reporting.HEADLINE if result.get(k) is not None))
-      reporting.write_reports(self.workdir, self.dataset, quiet=True)
+      self._write("reports", lambda: reporting.write_reports(self.workdir, self.dataset, quiet=True))
       if r == last_round:
         break
       t0 = time.time()
@@ -398,8 +435,20 @@ class Experiment:
                f"cost {chosen.cost:g}")
       self._answer(chosen, pool, r + 1)
       r += 1
-    summary = reporting.write_reports(self.workdir, self.dataset, quiet=False)
-    return summary
+    summaries = []
+    self._write("final reports", lambda: summaries.append(
+        reporting.write_reports(self.workdir, self.dataset, quiet=False)))
+    return summaries[0] if summaries else {}
+
+
+class _Offset:
+  """``source[a + i]`` as ``[i]``: one score shard of the pool for ``Scorer.score_pool``."""
+
+  def __init__(self, source, offset: int):
+    self.source, self.offset = source, offset
+
+  def __getitem__(self, i):
+    return self.source[self.offset + i]
 
 
 def _save_shard(path: str, results: Sequence) -> None:
@@ -456,15 +505,26 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   quiet_library_logs()
   enable_compilation_cache()
   configlib.validate(config)
-  os.makedirs(workdir, exist_ok=True)
-  check_or_write_config(config, workdir)
-  dataset = data_lib.get_dataset(config)
+  primary = parallel.is_primary()
+  if primary:
+    os.makedirs(workdir, exist_ok=True)
+    check_or_write_config(config, workdir)
+  parallel.sync("config.json")
+  if not primary:
+    check_or_write_config(config, workdir)  # Reads it: every process must run the same config.
+  # Process 0 prepares the tfds store (a first run generates or converts the data); the others
+  # wait, then read it.
+  dataset = data_lib.get_dataset(config) if primary else None
+  parallel.sync("dataset prepared")
+  if dataset is None:
+    dataset = data_lib.get_dataset(config)
   index = dataset.train_index
   configlib.validate_against_data(config, len(index), int(index.num_frames.sum()),
                                   dataset.num_classes)
   summary = dataset.summary()
-  pool_lib.atomic_write_json(os.path.join(workdir, "dataset.json"), summary)
-  _print_dataset_summary(summary)
+  if primary:
+    pool_lib.atomic_write_json(os.path.join(workdir, "dataset.json"), summary)
+    _print_dataset_summary(summary)
   try:
     return Experiment(config, workdir, dataset).run()
   except oracle_lib.AwaitingAnswers:

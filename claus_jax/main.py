@@ -1,7 +1,8 @@
 """Entry point: ``python -m claus_jax.main --config=configs/synthetic.py [--workdir=DIR]``.
 
 A thin absl main, as in the Flax examples: it parses the config (with ``--config.x.y=value``
-overrides) and calls :func:`claus_jax.experiment.run`. Everything else is importable and tested.
+overrides), starts ``jax.distributed`` when the environment or config asks for several processes,
+and calls :func:`claus_jax.experiment.run`. Everything else is importable and tested.
 """
 
 from absl import app
@@ -21,8 +22,12 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from claus_jax import experiment  # Imported here so --help stays fast.
+  from claus_jax import parallel
 
   config = _CONFIG.value
+  # Multi-process (TPU pod slice, SLURM, --config.distributed.*): jax.distributed starts before any
+  # other JAX call; one process otherwise (launch/README.md).
+  parallel.initialize_from_config(config)
   if _QUIET.value:
     with config.unlocked():
       config.quiet = True

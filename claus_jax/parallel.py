@@ -263,6 +263,19 @@ def assert_same_across_processes(obj, what: str = "value") -> str:
   return h
 
 
+def exists_on_primary(path: str) -> bool:
+  """``os.path.exists(path)`` as process 0 sees it, on every process (collective).
+
+  Resumable stages skip work whose result file exists. Each process testing the file itself could
+  disagree (process 0 may already have written it), and a process that skipped a stage would miss
+  the stage's collectives; so process 0 decides for all.
+  """
+  here = os.path.exists(path)
+  if jax.process_count() == 1:
+    return here
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(here)))
+
+
 def sync(name: str) -> None:
   """A barrier over all processes (no-op with one), e.g. before reading files others wrote."""
   if jax.process_count() > 1:

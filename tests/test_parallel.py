@@ -318,6 +318,21 @@ def _child_round(mode: str, out_dir: str, port: int = 0, process_id: int = 0) ->
     jax.distributed.shutdown()
 
 
+def _child_driver(mode: str, workdir: str, port: int = 0, process_id: int = 0) -> None:
+  """The whole smoke run through ``experiment.run`` (the user's path), on 2 devices."""
+  import jax
+
+  if mode == "mp":
+    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
+                               process_id=process_id, initialization_timeout=120)
+  assert jax.device_count() == 2 and jax.process_count() == (2 if mode == "mp" else 1)
+  from claus_jax import experiment
+
+  experiment.run(smoke_config(), workdir)
+  if mode == "mp":
+    jax.distributed.shutdown()
+
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -371,6 +386,45 @@ def test_two_processes_equal_one_process_with_two_devices(tmp_path):
     np.testing.assert_allclose(res["scores"], ref["scores"], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # About 3 to 5 minutes on 2 CPU cores: CI runs it in its `-m slow` step.
+@pytest.mark.multiprocess
+def test_two_process_driver_run_equals_one_process_with_two_devices(tmp_path):
+  """``experiment.run`` in two processes sharing one workdir: same files as one process."""
+  tfds_dir = str(tmp_path / "tfds")
+  env = {"CLAUS_TFDS_DIR": tfds_dir, "JAX_PLATFORMS": "cpu"}
+  single_dir, mp_dir = tmp_path / "single", tmp_path / "mp"
+  port = _free_port()
+  # No store prepared beforehand: process 0 generates it while process 1 waits at the barrier.
+  procs = [_run_child(["driver", "mp", str(mp_dir), str(port), str(i)],
+                      {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
+           for i in range(2)]
+  outs = [_wait(p) for p in procs]
+  _wait(_run_child(["driver", "single", str(single_dir)],
+                   {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}))
+  assert "round 1 eval" in outs[0] and "round 1 eval" not in outs[1]  # Process 0 alone reports.
+
+  def read(folder, name):
+    with open(folder / name) as f:
+      return json.load(f)
+
+  for name in ("round_000/pool.json", "round_001/pool.json"):
+    assert read(mp_dir, name) == read(single_dir, name), name
+  sel_mp, sel_one = read(mp_dir, "round_000/selection.json"), read(single_dir,
+                                                                   "round_000/selection.json")
+  assert sel_mp["picks"] and [p["video_id"] for p in sel_mp["picks"]] == [
+      p["video_id"] for p in sel_one["picks"]]
+  assert [p["frames"] for p in sel_mp["picks"]] == [p["frames"] for p in sel_one["picks"]]
+  for r in ("round_000", "round_001"):
+    h_mp = read(mp_dir, f"{r}/train.json")["history"]
+    h_one = read(single_dir, f"{r}/train.json")["history"]
+    np.testing.assert_allclose([h["total"] for h in h_mp], [h["total"] for h in h_one], rtol=1e-5)
+    e_mp, e_one = read(mp_dir, f"{r}/eval.json"), read(single_dir, f"{r}/eval.json")
+    for key in ("accuracy", "capsule/f-mAP@0.5", "capsule/v-mAP@0.5"):
+      assert e_mp[key] == pytest.approx(e_one[key], abs=1e-6), (r, key)
+  assert os.path.exists(mp_dir / "summary.md")
+  assert not [f for f in os.listdir(mp_dir / "round_000") if f.endswith(".tmp")]
+
+
 if __name__ == "__main__":
   import faulthandler
 
@@ -384,6 +438,9 @@ if __name__ == "__main__":
     _child_sharded_step()
   elif sys.argv[1] == "helpers":
     _child_helpers(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+  elif sys.argv[1] == "driver":
+    mode, out = sys.argv[2], sys.argv[3]
+    _child_driver(mode, out, *(int(x) for x in sys.argv[4:]))
   elif sys.argv[1] == "round":
     mode, out = sys.argv[2], sys.argv[3]
     _child_round(mode, out, *(int(x) for x in sys.argv[4:]))
