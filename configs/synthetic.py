@@ -30,9 +30,6 @@ def get_config(arg=None):
   # both changes, 500 fully labelled steps reached test mask IoU 0.150 against 0.053.
   c.model.routing_cost_scale = 0.01
   c.loss.cls_weight = 0.1
-  # Each round continues from the previous round's weights: on a CPU a round is 300 steps, too few
-  # to learn the benchmark from scratch every round (the paper retrains with a pretrained encoder).
-  c.train.warm_start = True
   # 48 train groups of 2 (96 videos) rather than 24 of 4: with 3 recordings per class the classes
   # did not generalise (500 fully labelled steps: train-split accuracy 0.67, test 0.26).
   c.data.synthetic.train_groups, c.data.synthetic.test_groups = 48, 16
