@@ -31,7 +31,7 @@ def get_config(arg=None):
   c.model.routing_cost_scale = 0.01
   c.loss.cls_weight = 0.1
   # 48 train groups of 2 (96 videos) rather than 24 of 4: with 3 recordings per class the classes
-  # did not generalise (500 fully labelled steps: train-split accuracy 0.67, test 0.26).
+  # did not generalise (400 fully labelled steps: train-split accuracy 0.67, test 0.26).
   c.data.synthetic.train_groups, c.data.synthetic.test_groups = 48, 16
   c.data.synthetic.videos_per_group = 2
   c.train.checkpoint_every = 100

@@ -11,7 +11,6 @@ import numpy as np
 import optax
 import pytest
 
-from claus_jax import configlib
 from claus_jax import models
 from claus_jax import train as train_lib
 from claus_jax.models import i3d
