@@ -258,6 +258,12 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _fail("model.strides", f"{config.model.strides!r}: use 'claus' or 'standard'.")
   if not 0.0 <= config.model.dropout < 1.0:
     _fail("model.dropout", f"{config.model.dropout} must be in [0, 1).")
+  if config.model.routing_cost_scale < 0:
+    _fail("model.routing_cost_scale", f"{config.model.routing_cost_scale} must be >= 0 "
+          "(0 = costs standardised over classes).")
+  if config.train.bn_recalibration_batches < 0:
+    _fail("train.bn_recalibration_batches", f"{config.train.bn_recalibration_batches} must be >= 0 "
+          "(0 = keep the running statistics).")
   if config.dataset == "synthetic":
     syn = config.data.synthetic
     if config.model.num_classes != syn.num_classes:

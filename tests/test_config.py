@@ -89,6 +89,12 @@ def test_validation_errors_name_the_field(tmp_path, monkeypatch):
   c = load("synthetic")
   c.model.num_classes = 5
   _expect(c, "model.num_classes")
+  c = load("synthetic")
+  c.model.routing_cost_scale = -0.01
+  _expect(c, "model.routing_cost_scale")
+  c = load("synthetic")
+  c.train.bn_recalibration_batches = -1
+  _expect(c, "train.bn_recalibration_batches")
 
 
 def test_validation_against_data():
