@@ -92,7 +92,7 @@ def smoke(tmp_path_factory):
   return cfg, ds, sampler
 
 
-def _held_out_loss(state, batches, config):
+def _fixed_batches_loss(state, batches, config):
   """Mean total loss (and its localisation part) over fixed batches, in eval mode, no update."""
   from claus_jax import losses
 
@@ -116,7 +116,7 @@ def test_sixty_steps_of_the_tiny_model_reduce_the_loss_clearly(smoke):
   # The same 6 batches before and after (the per-step training loss moves with its batch).
   fixed = [sampler.batch_at(1000 + i) for i in range(6)]
   before_stats = train_lib.recalibrate_batch_stats(state, fixed)
-  before = _held_out_loss(before_stats, fixed, cfg)
+  before = _fixed_batches_loss(before_stats, fixed, cfg)
   step = jax.jit(functools.partial(train_lib.train_step, config=cfg))
   totals = []
   for s, batch in zip(range(cfg.train.steps), sampler.iterate(0)):
@@ -124,7 +124,7 @@ def test_sixty_steps_of_the_tiny_model_reduce_the_loss_clearly(smoke):
     totals.append(float(metrics["total"]))
   assert np.all(np.isfinite(totals))
   state = train_lib.recalibrate_batch_stats(state, fixed)
-  after = _held_out_loss(state, fixed, cfg)
+  after = _fixed_batches_loss(state, fixed, cfg)
   # Measured: total 1.098 -> 0.917, localisation 1.059 -> 0.896 (-16% both).
   assert after[0] < 0.9 * before[0], (before, after, np.round(totals, 3))
   assert after[1] < 0.9 * before[1], (before, after)
