@@ -1,21 +1,12 @@
 """Config files load, validate, and bad values give errors naming the field."""
 
-import importlib.util
 import os
 
 import pytest
 
 from claus_jax import configlib
 from claus_jax import experiment
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load(name, arg=None):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(arg)
+from tests.config_files import load_config as load
 
 
 @pytest.mark.parametrize("name,arg", [("synthetic", None), ("synthetic", "smoke")])

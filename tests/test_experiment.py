@@ -1,6 +1,5 @@
 """The active-learning driver end to end on the smoke config: outputs, budgets, resume, oracles."""
 
-import importlib.util
 import json
 import os
 import signal
@@ -14,16 +13,13 @@ from PIL import Image
 
 from claus_jax import experiment
 from claus_jax import oracle as oracle_lib
+from tests.config_files import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def smoke_config(**overrides):
-  spec = importlib.util.spec_from_file_location("synthetic_cfg",
-                                                os.path.join(ROOT, "configs", "synthetic.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config("smoke")
+  c = load_config("synthetic", "smoke")
   c.quiet = True
   for key, value in overrides.items():
     section, field = key.split(".")

@@ -7,7 +7,6 @@ JAX starts. This file is also the child's program (``python tests/test_parallel.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
@@ -17,6 +16,8 @@ import time
 
 import numpy as np
 import pytest
+
+from tests.config_files import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -248,11 +249,7 @@ def test_two_process_helpers(tmp_path):
 
 
 def smoke_config():
-  spec = importlib.util.spec_from_file_location("synthetic_cfg",
-                                                os.path.join(ROOT, "configs", "synthetic.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config("smoke")
+  c = load_config("synthetic", "smoke")
   c.quiet = True
   c.train.steps = 4
   c.train.checkpoint_every = 2

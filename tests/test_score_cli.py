@@ -1,6 +1,5 @@
 """The score CLI: restores a run's checkpoint, scores a split, writes every R and threshold."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from claus_jax import models
 from claus_jax import score
 from claus_jax import train as train_lib
 from claus_jax import uncertainty
+from tests.config_files import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(REPO, "configs", "synthetic.py")
@@ -27,10 +27,7 @@ OVERRIDES = ["--config.uncertainty.passes=4", "--config.uncertainty.sweep_passes
 
 
 def smoke_config():
-  spec = importlib.util.spec_from_file_location("synthetic_config", SMOKE)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config("smoke")
+  c = load_config("synthetic", "smoke")
   c.uncertainty.passes = 4
   c.uncertainty.sweep_passes = (2,)
   c.uncertainty.sweep_thresholds = (0.2, 0.6)

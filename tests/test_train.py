@@ -15,6 +15,7 @@ from claus_jax import models
 from claus_jax import train as train_lib
 from claus_jax.models import i3d
 
+from tests.config_files import load_config
 from tests.test_parallel import fixed_batch, tiny_config
 
 
@@ -58,17 +59,6 @@ def test_precise_bn_is_the_mean_of_per_batch_statistics():
   assert jax.tree.all(jax.tree.map(np.array_equal, same.batch_stats, state.batch_stats))
 
 
-def _smoke_config():
-  import importlib.util
-  import os
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-                      "synthetic.py")
-  spec = importlib.util.spec_from_file_location("synthetic_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config("smoke")
-
-
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
   """The smoke dataset (generated into a temporary tfds folder) and a sampler over half its frames."""
@@ -79,7 +69,7 @@ def smoke(tmp_path_factory):
   old = os.environ.get("CLAUS_TFDS_DIR")
   os.environ["CLAUS_TFDS_DIR"] = str(tmp_path_factory.mktemp("tfds"))
   try:
-    cfg = _smoke_config()
+    cfg = load_config("synthetic", "smoke")
     ds = data_lib.get_dataset(cfg)
   finally:
     if old is None:
