@@ -152,11 +152,14 @@ class Experiment:
     return tqdm.tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stdout,
                      disable=self.quiet or not parallel.is_primary())
 
-  def _write(self, what: str, write) -> None:
-    """Process 0 runs ``write()`` (an atomic file write); then every process passes a barrier."""
-    if parallel.is_primary():
-      write()
+  def _write(self, what: str, write):
+    """Process 0 runs ``write()`` (an atomic file write); then every process passes a barrier.
+
+    Returns what ``write()`` returned on process 0, None on the others.
+    """
+    result = write() if parallel.is_primary() else None
     parallel.sync(what)
+    return result
 
   def _load_pool(self, round_index: int) -> pool_lib.PoolState:
     return pool_lib.PoolState.load(os.path.join(round_dir(self.workdir, round_index), "pool.json"),
@@ -172,10 +175,9 @@ class Experiment:
     pool = pool_lib.PoolState.from_json(pool_before.to_json(), num_frames=self.num_frames)
     if self.config.oracle.kind == "files":
       if not parallel.exists_on_primary(os.path.join(rd, "answers.json")):
-        messages = []
-        self._write("oracle requests", lambda: messages.append(oracle_lib.write_requests(
-            rd, selection, target_round, self.num_frames, self.dataset.class_names)))
-        message = messages[0] if messages else f"round {target_round}: awaiting answers in {rd}"
+        message = self._write("oracle requests", lambda: oracle_lib.write_requests(
+            rd, selection, target_round, self.num_frames, self.dataset.class_names))
+        message = message or f"round {target_round}: awaiting answers in {rd}"
         self.say(message)
         raise oracle_lib.AwaitingAnswers(message)
       answers = oracle_lib.load_answers(rd, self._frame_shape(), self.dataset.class_names)
@@ -435,10 +437,9 @@ class Experiment:
                f"cost {chosen.cost:g}")
       self._answer(chosen, pool, r + 1)
       r += 1
-    summaries = []
-    self._write("final reports", lambda: summaries.append(
-        reporting.write_reports(self.workdir, self.dataset, quiet=False)))
-    return summaries[0] if summaries else {}
+    summary = self._write("final reports",
+                          lambda: reporting.write_reports(self.workdir, self.dataset, quiet=False))
+    return summary or {}
 
 
 class _Offset:
