@@ -52,9 +52,6 @@ def build_model(config: ml_collections.ConfigDict) -> CLAUSDetector:
         "keep one frame for the 2-D capsules); 'standard' is only for InceptionI3d used on its own.")
   if m.dtype not in _DTYPES:
     raise configlib.ConfigError(f"config.model.dtype={m.dtype!r}: use 'float32' or 'bfloat16'.")
-  if m.routing_cost_scale < 0:
-    raise configlib.ConfigError(f"config.model.routing_cost_scale={m.routing_cost_scale}: must be "
-                                ">= 0 (0 = standardised costs).")
   if not 0.0 < m.seg_prior < 1.0:
     raise configlib.ConfigError(f"config.model.seg_prior={m.seg_prior}: must be in (0, 1).")
   if m.conv_impl not in CONV_IMPLS:
