@@ -109,7 +109,9 @@ def main(argv=None) -> int:
   extra = [e for e in extra if e != "--"]
   strategies = [s for s in args.strategies.split(",") if s]
   seeds = [int(s) for s in args.seeds.split(",") if s]
-  jobs = {(s, k): os.path.join(args.workdir, f"{s}_seed{k}") for s in strategies for k in seeds}
+  # Seed-major order: with --parallel=len(strategies) the strategies of one seed run side by side,
+  # so a comparison stopped early still holds complete seeds, paired at equal cost.
+  jobs = {(s, k): os.path.join(args.workdir, f"{s}_seed{k}") for k in seeds for s in strategies}
   failed = []
   with futures.ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
     running = {pool.submit(run_one, args.config, s, k, wd, extra): (s, k)
