@@ -53,8 +53,8 @@ def test_full_size_shapes_and_parameter_count():
 
   feats = jax.eval_shape(lambda v, x: model.apply(v, x, method="encode"), variables, video)
   assert {k: v.shape for k, v in feats.items()} == {
-      "Mixed_4f": (1, 1, 28, 28, 832), "cross56": (1, 2, 56, 56, 192),
-      "cross112": (1, 4, 112, 112, 64)}
+      "Mixed_4f": (1, 1, 28, 28, 832), "skip56": (1, 2, 56, 56, 64),
+      "skip112": (1, 4, 112, 112, 64)}
   caps = jax.eval_shape(
       lambda v, f: model.apply(v, f, method=lambda m, f: m.primary(f["Mixed_4f"][:, 0])),
       variables, feats)

@@ -3,17 +3,19 @@
 Data flow for one 8-frame 224x224 clip (REFERENCE.md "Model"; channels-last):
 
   video (8, 224, 224, 3) -> InceptionI3d ('claus' strides) -> Mixed_4f (1, 28, 28, 832)
-                                                            cross56 = Conv3d_2c_3x3 (2, 56, 56, 192)
-                                                            cross112 = Conv3d_1a_7x7 (4, 112, 112, 64)
+                            cross56 = Conv3d_2c_3x3 (2, 56, 56, 192) -> skip56 = conv3x3x3 (2, 56, 56, 64)
+                          cross112 = Conv3d_1a_7x7 (4, 112, 112, 64) -> skip112 = conv3x3x3 (4, 112, 112, 64)
   ---- encode() ends here; head() starts: everything below is stochastic under MC dropout ----
   channel dropout -> primary capsules 9x9 VALID (20, 20, 32 x 17) -> class capsules 1x1 EM (20, 20, C x 17)
   class_probs = mean over the grid of class activations; latent = max over the grid of (poses, acts)
   decoder: class poses -> 9x9 transposed conv (28, 28, 64) ++ conv3x3(Mixed_4f) -> (1, 28, 28, 128)
-           -> up x2 (2, 56, 56, 64) ++ conv(cross56) -> up x2 (4, 112, 112, 64) ++ conv(cross112)
+           -> up x2 (2, 56, 56, 64) ++ skip56 -> up x2 (4, 112, 112, 64) ++ skip112
            -> up x2 (8, 224, 224, 128) -> channel dropout -> conv 3x3x3 -> logits (8, 224, 224)
 
-The head has no BatchNorm, so ``head(features, train=True)`` needs only a 'dropout' rng and no mutable
-collection: Monte-Carlo dropout runs the encoder once and vmaps the head over dropout keys.
+The two skip convs belong to the decoder's parameters but see no dropout, so encode() runs them: MC
+dropout computes them once per clip rather than once per pass. The head has no BatchNorm, so
+``head(features, train=True)`` needs only a 'dropout' rng and no mutable collection: Monte-Carlo
+dropout runs the encoder once and vmaps the head over dropout keys.
 Dropout is Dropout3d-like: one Bernoulli draw per (clip, channel), broadcast over T, H and W.
 """
 
@@ -32,10 +34,8 @@ from claus_jax.models.i3d import (DEFAULT_KERNEL_INIT, Conv3d, InceptionI3d, res
 
 Dtype = Any
 
-ENCODER_FEATURES = ("Mixed_4f", "cross56", "cross112")
 
-
-def channel_dropout(rate: float, name: str) -> nn.Dropout:
+def channel_dropout(rate: float, name: str | None = None) -> nn.Dropout:
   """Dropout3d on (B, T, H, W, C): whole feature maps dropped (mask broadcast over T, H, W)."""
   return nn.Dropout(rate, broadcast_dims=(1, 2, 3), name=name)
 
@@ -156,53 +156,65 @@ class ConvToOne3d(nn.Module):
 
 
 class Decoder(nn.Module):
-  """Transposed-conv decoder with two skip connections; convs + ReLU only (no BatchNorm)."""
+  """Transposed-conv decoder with two skip connections; convs + ReLU only (no BatchNorm).
+
+  Two entry points, so that Monte-Carlo dropout computes the deterministic part once per clip:
+  :meth:`skips` maps the encoder's cross56/cross112 features to the skip maps (they see no dropout),
+  and ``__call__`` decodes the (dropped-out) capsule poses and Mixed_4f with those skip maps.
+  """
 
   kernel: int  # The primary-capsule kernel: the first transposed conv undoes that VALID conv.
   width: float = 1.0
-  dropout: float = 0.5
+  rate: float = 0.5  # Channel-dropout rate before the last conv.
   dtype: Dtype = jnp.float32
   conv_impl: str = "auto"  # Lowering of the 3-D convs (i3d.conv3d); same parameters and results.
   seg_prior: float = 0.5  # Initial foreground probability of every pixel (0.5 = bias 0).
 
-  @nn.compact
-  def __call__(self, class_poses: jax.Array, features: dict[str, jax.Array],
+  def setup(self):
+    ch = lambda c: scaled_channels(c, self.width)
+    k = self.kernel
+    impl = resolve_conv_impl(self.conv_impl)
+    # A stride-1 VALID transposed conv is a conv with k - 1 zeros padded on each side.
+    self.up28 = nn.Conv(ch(64), (k, k), padding=[(k - 1, k - 1)] * 2, dtype=self.dtype,
+                        param_dtype=jnp.float32, kernel_init=DEFAULT_KERNEL_INIT)
+    # Stride-1 SAME with odd kernels pads (k - 1) / 2 on both sides, as nn.Conv's 'SAME' does.
+    conv = lambda k: Conv3d(ch(64), k, padding=[((n - 1) // 2, (n - 1) // 2) for n in k],
+                            dtype=self.dtype, impl=impl)
+    self.conv28, self.conv56, self.conv112 = conv((1, 3, 3)), conv((3, 3, 3)), conv((3, 3, 3))
+    self.up56 = UpConv3d(ch(64), self.dtype, impl)
+    self.up112 = UpConv3d(ch(64), self.dtype, impl)
+    self.up224 = UpConv3d(ch(128), self.dtype, impl)
+    self.dropout = channel_dropout(self.rate, None)
+    # A foreground prior on the last bias (as focal-loss detectors do): small actors cover a few
+    # percent of the pixels, and starting every pixel at 0.5 spends the first steps unlearning it.
+    prior_logit = float(np.log(self.seg_prior) - np.log1p(-self.seg_prior))
+    self.smooth = ConvToOne3d(self.dtype, impl, prior_logit)
+
+  def skips(self, cross56: jax.Array, cross112: jax.Array) -> dict[str, jax.Array]:
+    """The deterministic skip maps: cross56 (B, 2, 2f, 2f, 192w), cross112 (B, 4, 4f, 4f, 64w) ->
+    {'skip56': (B, 2, 2f, 2f, 64w), 'skip112': (B, 4, 4f, 4f, 64w)} after conv + ReLU."""
+    return {"skip56": nn.relu(self.conv56(cross56)), "skip112": nn.relu(self.conv112(cross112))}
+
+  def __call__(self, class_poses: jax.Array, mixed: jax.Array, skips: dict[str, jax.Array],
                train: bool) -> jax.Array:
     """Decodes segmentation logits.
 
     Args:
       class_poses: (B, g, g, C * 16) class-capsule poses on the capsule grid.
-      features: encoder outputs, Mixed_4f (B, 1, f, f, 832w), cross56 (B, 2, 2f, 2f, 192w),
-        cross112 (B, 4, 4f, 4f, 64w), with f = g + kernel - 1.
+      mixed: Mixed_4f (B, 1, f, f, 832w) as the head sees it (after its channel dropout), with
+        f = g + kernel - 1.
+      skips: the dict returned by :meth:`skips`.
       train: channel dropout before the last conv is on (needs a 'dropout' rng).
 
     Returns:
       (B, 8, 8f, 8f) float32 logits.
     """
-    ch = lambda c: scaled_channels(c, self.width)
-    kw = dict(dtype=self.dtype, param_dtype=jnp.float32, kernel_init=DEFAULT_KERNEL_INIT)
-    k = self.kernel
-    # A stride-1 VALID transposed conv is a conv with k - 1 zeros padded on each side.
-    x = nn.Conv(ch(64), (k, k), padding=[(k - 1, k - 1)] * 2, name="up28", **kw)(class_poses)
-    x = nn.relu(x)[:, None]  # (B, 1, f, f, 64w)
-    mixed = features["Mixed_4f"]
-    impl = resolve_conv_impl(self.conv_impl)
-    # Stride-1 SAME with odd kernels pads (k - 1) / 2 on both sides, as nn.Conv's 'SAME' does.
-    conv = lambda k, name: Conv3d(ch(64), k, padding=[((n - 1) // 2, (n - 1) // 2) for n in k],
-                                  dtype=self.dtype, impl=impl, name=name)
-    skip = nn.relu(conv((1, 3, 3), "conv28")(mixed))
-    x = jnp.concatenate([x, skip.astype(x.dtype)], axis=-1)
-    for size, cross in (("56", "cross56"), ("112", "cross112")):
-      x = nn.relu(UpConv3d(ch(64), self.dtype, impl, name=f"up{size}")(x))
-      skip = nn.relu(conv((3, 3, 3), f"conv{size}")(features[cross]))
-      x = jnp.concatenate([x, skip.astype(x.dtype)], axis=-1)
-    x = UpConv3d(ch(128), self.dtype, impl, name="up224")(x)
-    x = channel_dropout(self.dropout, "dropout")(x, deterministic=not train)
-    # A foreground prior on the last bias (as focal-loss detectors do): small actors cover a few
-    # percent of the pixels, and starting every pixel at 0.5 spends the first steps unlearning it.
-    prior_logit = float(np.log(self.seg_prior) - np.log1p(-self.seg_prior))
-    logits = ConvToOne3d(self.dtype, impl, prior_logit, name="smooth")(x)
-    return logits[..., 0].astype(jnp.float32)
+    x = nn.relu(self.up28(class_poses))[:, None]  # (B, 1, f, f, 64w)
+    x = jnp.concatenate([x, nn.relu(self.conv28(mixed)).astype(x.dtype)], axis=-1)
+    for up, skip in ((self.up56, skips["skip56"]), (self.up112, skips["skip112"])):
+      x = jnp.concatenate([nn.relu(up(x)), skip.astype(x.dtype)], axis=-1)
+    x = self.dropout(self.up224(x), deterministic=not train)
+    return self.smooth(x)[..., 0].astype(jnp.float32)
 
 
 class CLAUSDetector(nn.Module):
@@ -255,18 +267,18 @@ class CLAUSDetector(nn.Module):
       train: BatchNorm in training mode (batch statistics; ``batch_stats`` must be mutable).
 
     Returns:
-      {'Mixed_4f': (B, 1, H/8, W/8, 832w), 'cross56': (B, 2, H/4, W/4, 192w),
-       'cross112': (B, 4, H/2, W/2, 64w)} in the compute dtype.
+      {'Mixed_4f': (B, 1, H/8, W/8, 832w), 'skip56': (B, 2, H/4, W/4, 64w),
+       'skip112': (B, 4, H/2, W/2, 64w)} in the compute dtype: Mixed_4f and the decoder's
+      deterministic skip maps (Decoder.skips of Conv3d_2c_3x3 and Conv3d_1a_7x7).
     """
     if video.ndim != 5 or video.shape[-1] != 3:
       raise ValueError(f"CLAUSDetector: video must be (B, T, H, W, 3), got {video.shape}.")
     ends = self.encoder(video, train)
-    feats = {"Mixed_4f": ends["Mixed_4f"], "cross56": ends["Conv3d_2c_3x3"],
-             "cross112": ends["Conv3d_1a_7x7"]}
-    if feats["Mixed_4f"].shape[1] != 1:
-      raise ValueError(f"CLAUSDetector: Mixed_4f has {feats['Mixed_4f'].shape[1]} frames; the 2-D "
+    if ends["Mixed_4f"].shape[1] != 1:
+      raise ValueError(f"CLAUSDetector: Mixed_4f has {ends['Mixed_4f'].shape[1]} frames; the 2-D "
                        "capsules need exactly 1: use 8-frame clips and model.strides='claus'.")
-    return feats
+    return {"Mixed_4f": ends["Mixed_4f"],
+            **self.decoder.skips(ends["Conv3d_2c_3x3"], ends["Conv3d_1a_7x7"])}
 
   def head(self, features: dict[str, jax.Array], train: bool = False) -> dict[str, jax.Array]:
     """Everything from the first dropout on; stochastic iff ``train`` (needs a 'dropout' rng).
@@ -282,7 +294,6 @@ class CLAUSDetector(nn.Module):
       seg_logits (B, 8, H, W), class_probs (B, C) in [0, 1], latent (B, C * 17); all float32.
     """
     mixed = self.feature_dropout(features["Mixed_4f"], deterministic=not train)
-    feats = dict(features, Mixed_4f=mixed)
     poses, acts = self.primary(mixed[:, 0])
     class_poses, class_acts = self.class_caps(poses, acts)  # (B, g, g, C, 16), (B, g, g, C)
     b, g_h, g_w, c, d = class_poses.shape
@@ -290,7 +301,7 @@ class CLAUSDetector(nn.Module):
     caps = jnp.concatenate([flat_poses, class_acts], axis=-1)  # Poses then activations.
     latent = jnp.max(caps, axis=(1, 2))
     class_probs = jnp.mean(class_acts, axis=(1, 2))
-    seg_logits = self.decoder(flat_poses.astype(self.dtype), feats, train)
+    seg_logits = self.decoder(flat_poses.astype(self.dtype), mixed, features, train)
     return {"seg_logits": seg_logits.astype(jnp.float32),
             "class_probs": class_probs.astype(jnp.float32),
             "latent": latent.astype(jnp.float32)}
