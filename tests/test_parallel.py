@@ -122,63 +122,70 @@ def _child_sharded_step() -> None:
   from claus_jax import models, parallel, train
 
   assert jax.device_count() == 4, jax.devices()
-  config = tiny_config()
-  model = models.build_model(config)
-  state0 = train.create_state(config, model, jax.random.PRNGKey(0), num_videos=8)
+  mesh = parallel.make_mesh()
+  one = jax.devices()[0]
+  out = {}
   # SGD, not the run's Adam: Adam's first update is lr * g / (|g| + eps), about lr * sign(g), so a
   # gradient that is 0 up to summation order (1e-9) moves by +-lr depending on the reduction order
-  # of the device count, which no tolerance on parameters can absorb. SGD keeps the comparison
-  # continuous: equal gradients give equal parameters.
-  sgd = optax.sgd(1e-4)  # Small steps: the two runs stay in the linear regime.
-  state0 = state0.replace(tx=sgd, opt_state=sgd.init(state0.params))
-  batches = [fixed_batch(config, 4, seed) for seed in (1, 2)]
+  # of the device count, which no tolerance on parameters can absorb. With SGD at lr 1 the update
+  # is minus the gradient, so the updates below compare gradients.
+  sgd = optax.sgd(1.0)
+  for dropout in (0.5, 0.0):
+    config = tiny_config()
+    config.model.dropout = dropout
+    model = models.build_model(config)
+    state0 = train.create_state(config, model, jax.random.PRNGKey(0), num_videos=8)
+    state0 = state0.replace(tx=sgd, opt_state=sgd.init(state0.params))
+    batch = fixed_batch(config, 4, 1)
+    step = jax.jit(lambda s, b, config=config: train.train_step(s, b, jnp.float32(0.5), config))
 
-  def step(s, b):
-    return train.train_step(s, b, jnp.float32(0.5), config)
+    def update(s, state0=state0):
+      return np.concatenate([np.ravel(np.asarray(a) - np.asarray(b)) for a, b in
+                             zip(jax.tree.leaves(s.params), jax.tree.leaves(state0.params))])
 
-  single = jax.jit(step)  # Inputs on one device: a one-device computation.
-  s1 = jax.device_put(state0, jax.devices()[0])
-  losses1 = []
-  for b in batches:
-    s1, m = single(s1, jax.device_put(b, jax.devices()[0]))
-    losses1.append([float(m["total"]), float(m["grad_norm"])])
-
-  mesh = parallel.make_mesh()
-  sharded = jax.jit(step)
-  s4 = parallel.replicate(state0, mesh)
-  losses4 = []
-  for b in batches:
-    gb = parallel.shard_batch(b, mesh)
+    s1, m1 = step(jax.device_put(state0, one), jax.device_put(batch, one))  # One device.
+    gb = parallel.shard_batch(batch, mesh)
     assert gb["video"].sharding.spec == parallel.batch_sharding(mesh).spec
     assert len(gb["video"].addressable_shards) == 4
-    s4, m = sharded(s4, gb)
-    losses4.append([float(m["total"]), float(m["grad_norm"])])
-  diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
-                       (s1.params, s1.batch_stats), (s4.params, s4.batch_stats))
-  moved = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
-                       s1.params, state0.params)
-  print(json.dumps({"losses1": losses1, "losses4": losses4,
-                    "max_state_diff": max(jax.tree.leaves(diffs)),
-                    "max_param_move": max(jax.tree.leaves(moved)),
-                    "param_sharding": str(jax.tree.leaves(s4.params)[0].sharding.spec)}))
+    s4, m4 = step(parallel.replicate(state0, mesh), gb)
+    g1, g4 = update(s1), update(s4)
+    res = {"loss1": float(m1["total"]), "loss4": float(m4["total"]),
+           "update_rel_diff": float(np.linalg.norm(g4 - g1) / np.linalg.norm(g1)),
+           "stats_diff": max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in
+                             zip(jax.tree.leaves(s1.batch_stats), jax.tree.leaves(s4.batch_stats))),
+           "param_sharding": str(jax.tree.leaves(s4.params)[0].sharding.spec)}
+    if dropout == 0.0:
+      # The float32 noise floor of this gradient: the same batch with its rows permuted, on one
+      # device. Mathematically the same loss and gradient; only summation orders change. (With
+      # dropout on, a permutation would also move the masks between clips.)
+      perm = np.array([2, 0, 3, 1])
+      sp, _ = step(jax.device_put(state0, one), jax.device_put({k: v[perm] for k, v in
+                                                                 batch.items()}, one))
+      res["permuted_rel_diff"] = float(np.linalg.norm(update(sp) - g1) / np.linalg.norm(g1))
+    out[f"dropout_{dropout}"] = res
+  print(json.dumps(out))
 
 
 def test_sharded_train_step_equals_single_device():
   out = _wait(_run_child(["sharded_step"], {
       "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}))
   res = json.loads(out.strip().splitlines()[-1])
-  (loss1, gnorm1), _ = res["losses1"]
-  (loss4, gnorm4), _ = res["losses4"]
-  # The forward pass (dropout masks, global BatchNorm statistics, the loss) agrees to float32.
-  assert abs(loss4 - loss1) <= 1e-5 * abs(loss1), res
-  assert res["max_param_move"] > 1e-5, res  # The steps did train.
-  # The gradient agrees to 1e-2 only, and parameters after two steps differ by ~10% of their move:
-  # the tiny model's train-mode gradient is ill-conditioned (norm ~430 at init, ~900 one small step
-  # later), so float32 reduction-order differences between 1 and 4 devices grow; 1e-5 on parameters
-  # does not hold here (open question in the issue report). Per-device BatchNorm statistics or
-  # wrong rows would already break the loss check above.
-  assert abs(gnorm4 - gnorm1) <= 1e-2 * gnorm1, res
-  assert res["param_sharding"] in ("P()", "PartitionSpec()")  # Parameters replicated.
+  for r in res.values():
+    # The forward pass (dropout masks, global BatchNorm statistics, the loss) agrees to float32.
+    assert abs(r["loss4"] - r["loss1"]) <= 1e-5 * abs(r["loss1"]), res
+    assert r["stats_diff"] <= 1e-5, res
+    assert r["param_sharding"] in ("P()", "PartitionSpec()")  # Parameters replicated.
+  # The gradients (SGD updates) agree as closely as float32 allows for this model, not to 1e-5:
+  # permuting the rows of the batch on one device, which changes nothing but summation orders,
+  # already moves the gradient by ~0.2% of its norm (measured: 0.22%, and 0.98% between 1 and 4
+  # devices, tiny config, std-normalised routing costs). A real sharding bug is far above that floor:
+  # gradients summed rather than averaged over devices differ by 300%, per-device BatchNorm
+  # statistics already fail the loss check. So the 1- vs 4-device gap must stay within a small
+  # multiple of the permutation floor, and under 2% with dropout on.
+  r = res["dropout_0.0"]
+  assert 0 < r["permuted_rel_diff"] < 1e-2, res  # The floor is real, and small.
+  assert r["update_rel_diff"] <= 10 * r["permuted_rel_diff"], res
+  assert res["dropout_0.5"]["update_rel_diff"] <= 2e-2, res
 
 
 # -------------------------------------------------------------------------- two processes
