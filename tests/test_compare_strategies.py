@@ -30,6 +30,18 @@ def test_aggregate_mean_and_std_per_round():
   assert "| random | 10.0 +- 0.0 (n=2, cost 11) | - |" in table
 
 
+def test_paired_difference_at_the_last_round_by_seed():
+  rows = lambda *vals: [{"round": r, "cost": 10 * r, M: v} for r, v in enumerate(vals)]
+  results = {"claus": {0: rows(0.1, 0.5), 1: rows(0.2, 0.3), 2: rows(0.0, 0.4)},
+             "random": {0: rows(0.1, 0.2), 1: rows(0.2, 0.4), 2: rows(0.0)}}
+  # Seed 2's random run stopped at round 0: only seeds 0 and 1 pair. Differences 0.2-0.5 = -0.3
+  # and 0.4-0.3 = +0.1: mean -0.1, population std 0.2.
+  mean, std, n = compare.paired(results, M)["random"]
+  assert (mean, std, n) == (pytest.approx(-0.1), pytest.approx(0.2), 2)
+  assert "random - claus at the last round, paired by seed: -10.0 +- 20.0 (n=2)" in compare.markdown(
+      results, metrics=(M,))
+
+
 def test_load_rows_reads_metrics_jsonl(tmp_path):
   (tmp_path / "metrics.jsonl").write_text(json.dumps({"round": 0, "cost": 1}) + "\n")
   assert compare.load_rows(str(tmp_path)) == [{"round": 0, "cost": 1}]
