@@ -53,8 +53,8 @@ def test_full_size_shapes_and_parameter_count():
 
   feats = jax.eval_shape(lambda v, x: model.apply(v, x, method="encode"), variables, video)
   assert {k: v.shape for k, v in feats.items()} == {
-      "Mixed_4f": (1, 1, 28, 28, 832), "skip56": (1, 2, 56, 56, 64),
-      "skip112": (1, 4, 112, 112, 64)}
+      "Mixed_4f": (1, 1, 28, 28, 832), "skip_up112": (1, 4, 112, 112, 64),
+      "skip_up224": (1, 8, 224, 224, 128)}
   caps = jax.eval_shape(
       lambda v, f: model.apply(v, f, method=lambda m, f: m.primary(f["Mixed_4f"][:, 0])),
       variables, feats)
@@ -252,7 +252,7 @@ def test_tiny_backward_is_finite(tiny):
 def test_upconv_matches_a_direct_transposed_convolution(impl):
   """UpConv3d == PyTorch ConvTranspose3d(k=3, s=2, p=1, output_padding=1), by scatter-add in NumPy."""
   from claus_jax.models.detector import UpConv3d
-  layer = UpConv3d(3, impl=impl)
+  layer = UpConv3d(3, 2, impl=impl)
   x = jax.random.normal(jax.random.key(0), (1, 2, 3, 2, 2))
   variables = layer.init(jax.random.key(1), x)
   variables = jax.tree_util.tree_map(lambda a: a + 0.1, variables)  # Non-zero bias.
@@ -267,6 +267,12 @@ def test_upconv_matches_a_direct_transposed_convolution(impl):
   want = want[1:5, 1:7, 1:5] + np.asarray(variables["params"]["bias"])
   assert got.shape == (1, 4, 6, 4, 3)
   np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-5)
+  # The decoder's split: the input's channel parts, one call each and the bias once, sum to the whole.
+  parts = (layer.apply(variables, x[..., :1], slice(0, 1))
+           + layer.apply(variables, x[..., 1:], slice(1, None), add_bias=False))
+  np.testing.assert_allclose(np.asarray(parts), got, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="UpConv3d: input has 2 channels"):
+    layer.apply(variables, x, slice(1, None))
 
 
 @pytest.mark.parametrize("impl", ["native", "frames"])
@@ -339,7 +345,7 @@ def test_frames_lowering_gradients_match_native():
 
   pairs = [(jax.grad(conv_loss, (0, 1))(x, k, "native"), jax.grad(conv_loss, (0, 1))(x, k, "frames")),
            (jax.grad(pool_loss)(x, "native"), jax.grad(pool_loss)(x, "frames"))]
-  for layer_cls, args in ((UpConv3d, (5,)), (ConvToOne3d, ())):
+  for layer_cls, args in ((UpConv3d, (5, 3)), (ConvToOne3d, ())):
     variables = layer_cls(*args, impl="native").init(jax.random.key(3), x)
     def layer_loss(v, x, impl, layer_cls=layer_cls, args=args):
       return jnp.sum(jnp.sin(layer_cls(*args, impl=impl).apply(v, x)))
