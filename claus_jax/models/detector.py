@@ -16,9 +16,8 @@ Data flow for one 8-frame 224x224 clip (REFERENCE.md "Model"; channels-last):
 The skip maps belong to the decoder but see no dropout, and the transposed convs after them are
 linear, so encode() also computes the skip maps' shares of those two transposed convs
 (Decoder.skips): MC dropout computes them once per clip rather than once per pass. The head has no
-BatchNorm, so
-``head(features, train=True)`` needs only a 'dropout' rng and no mutable collection: Monte-Carlo
-dropout runs the encoder once and vmaps the head over dropout keys.
+BatchNorm, so ``head(features, train=True)`` needs only a 'dropout' rng and no mutable collection:
+Monte-Carlo dropout runs the encoder once and vmaps the head over dropout keys.
 Dropout is Dropout3d-like: one Bernoulli draw per (clip, channel), broadcast over T, H and W.
 """
 
