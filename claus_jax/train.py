@@ -159,9 +159,9 @@ def recalibrate_batch_stats(state: TrainState, batches, momentum: float | None =
   @jax.jit
   def stats_of(params, batch_stats, video):
     zero = jax.tree.map(jnp.zeros_like, batch_stats)
+    # Only the encoder holds BatchNorm: the head would cost a pass and change no statistic.
     _, updates = state.apply_fn({"params": params, "batch_stats": zero}, models.preprocess(video),
-                                train=True, rngs={"dropout": jax.random.PRNGKey(0)},
-                                mutable=["batch_stats"])
+                                train=True, method="encode", mutable=["batch_stats"])
     return jax.tree.map(lambda x: x / (1.0 - momentum), updates["batch_stats"])
 
   total, count = None, 0
