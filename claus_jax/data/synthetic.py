@@ -357,18 +357,21 @@ class _Group:
   t_max: float  # Longest progress (frames) any member reaches; the path is fitted over it.
 
 
-def _make_group(params: GeneratorParams, split: str, group: int, label: int) -> _Group:
-  rng = _rng(params, split, _GROUP, group)
-  s = params.frame_size
-  zoom = s / 64.0
-  margin = int(math.ceil(3.0 * params.jitter * zoom)) + 1
-  side = s + 2 * margin
+def _scene(rng: np.random.Generator, size: int, jitter: float, distractors: int,
+           extra_margin: int = 0) -> tuple[np.ndarray, int]:
+  """A static background with distractors: ``(canvas (S + 2M, S + 2M, 3) float32, M)``.
+
+  ``M`` is the largest camera shift in pixels (jitter, plus ``extra_margin`` for camera pans).
+  """
+  zoom = size / 64.0
+  margin = int(math.ceil(3.0 * jitter * zoom)) + 1 + int(extra_margin)
+  side = size + 2 * margin
 
   # Background: smooth noise between two colours, with stripes of a third one.
   noise = _smooth_noise(rng, side, int(rng.integers(4, 9)))
   yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
   theta = rng.uniform(0, np.pi)
-  period = rng.uniform(0.12, 0.4) * s
+  period = rng.uniform(0.12, 0.4) * size
   stripes = 0.5 + 0.5 * np.sin(2 * np.pi * (xx * np.cos(theta) + yy * np.sin(theta)) / period)
   stripes = (stripes ** rng.uniform(1.0, 3.0)).astype(np.float32)
   c1, c2, c3 = _random_color(rng), _random_color(rng), _random_color(rng)
@@ -377,27 +380,39 @@ def _make_group(params: GeneratorParams, split: str, group: int, label: int) -> 
   canvas = canvas * (1 - beta * stripes[..., None]) + c3 * (beta * stripes[..., None])
 
   # Static distractors, drawn like actors; they may overlap the actor's path (actor stays in front).
-  for _ in range(params.distractors):
-    look = _random_look(rng, s)
-    pos = rng.uniform(0.1 * s, 0.9 * s, size=2) + margin
+  for _ in range(distractors):
+    look = _random_look(rng, size)
+    pos = rng.uniform(0.1 * size, 0.9 * size, size=2) + margin
     mask, color = _draw(look, xx, yy, pos[:1], pos[1:], np.ones(1), rng.uniform(0, 2 * np.pi, 1))
     canvas = np.where(mask[0, ..., None], color[0], canvas)
+  return canvas.astype(np.float32), margin
 
-  actor = _random_look(rng, s)
-  t_max = params.max_frames * 1.12 + 4.0
-  extent = actor.half_major
-  reach = s - 2 * 0.6 * extent
-  motion = _random_motion(rng, label, s, t_max, reach)
+
+def _place_path(rng: np.random.Generator, motion, actor: _Look, size: int,
+                t_max: float) -> np.ndarray:
+  """A start position ``(2,)`` that keeps the actor centre >= 0.6 extents inside the frame."""
   t = np.linspace(0.0, t_max, 256)
   dx, dy, scale, _ = motion(t)
-  # Place the path so the actor centre stays at least 0.6 extents inside the frame.
+  extent = actor.half_major
   start = np.zeros(2)
   for axis, d in enumerate((dx, dy)):
     lo_pad = 0.6 * extent * scale.max()
-    lo, hi = lo_pad - d.min(), s - 1 - lo_pad - d.max()
+    lo, hi = lo_pad - d.min(), size - 1 - lo_pad - d.max()
     start[axis] = rng.uniform(lo, hi) if hi > lo else 0.5 * (lo + hi)
-  return _Group(label=label, canvas=canvas.astype(np.float32), margin=margin, actor=actor,
-                motion=motion, start=start, angle0=float(rng.uniform(0, 2 * np.pi)), t_max=t_max)
+  return start
+
+
+def _make_group(params: GeneratorParams, split: str, group: int, label: int) -> _Group:
+  rng = _rng(params, split, _GROUP, group)
+  s = params.frame_size
+  canvas, margin = _scene(rng, s, params.jitter, params.distractors)
+  actor = _random_look(rng, s)
+  t_max = params.max_frames * 1.12 + 4.0
+  reach = s - 2 * 0.6 * actor.half_major
+  motion = _random_motion(rng, label, s, t_max, reach)
+  start = _place_path(rng, motion, actor, s, t_max)
+  return _Group(label=label, canvas=canvas, margin=margin, actor=actor, motion=motion, start=start,
+                angle0=float(rng.uniform(0, 2 * np.pi)), t_max=t_max)
 
 
 def _video_id(params: GeneratorParams, split: str, group: int, video: int, label: int) -> str:
@@ -412,8 +427,6 @@ def _render_video(params: GeneratorParams, split: str, group: int, video: int, g
                   draw_actor: bool = True) -> VideoRecord:
   """Renders one member of ``grp``; ``draw_actor=False`` leaves the actor out (tests use it)."""
   rng = _rng(params, split, _VIDEO, group, video)
-  s = params.frame_size
-  zoom = s / 64.0
   n = int(rng.integers(params.min_frames, params.max_frames + 1))
 
   # Where the action sits in this cut, and how progress advances per frame.
@@ -428,16 +441,39 @@ def _render_video(params: GeneratorParams, split: str, group: int, video: int, g
     span = (0, n)
     progress = (np.arange(n) + rng.uniform(0.0, 3.0)) * speed
   progress = np.minimum(progress, grp.t_max).astype(np.float64)
+  frames, visible = _render_frames(params, rng, grp, progress, span, draw_actor)
+  has_gt = np.zeros(n, bool)
+  has_gt[span[0]:span[1]] = True
+  masks = (visible & has_gt[:, None, None]).astype(np.uint8)
+  boxes = masks_to_boxes(masks)[None]
+  return VideoRecord(video_id=_video_id(params, split, group, video, grp.label),
+                     group_id=_group_id(params, split, group), label=int(grp.label), frames=frames,
+                     masks=masks, boxes=boxes, has_gt=has_gt, span=span, annotation="mask")
 
+
+def _render_frames(params: GeneratorParams, rng: np.random.Generator, grp: _Group,
+                   progress: np.ndarray, span: tuple[int, int], draw_actor: bool = True,
+                   pan: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Renders ``grp``'s actor at ``progress`` (N,) frames of its motion.
+
+  ``span`` is where an occluder may cross; ``pan`` (2,) pixels per frame moves the camera (the
+  canvas margin must hold it). Returns ``frames (N, S, S, 3) uint8``, ``visible (N, S, S) bool``.
+  """
+  s = params.frame_size
+  zoom = s / 64.0
+  n = len(progress)
   dx, dy, scale, dangle = grp.motion(progress)
   shift = rng.uniform(-0.03, 0.03, size=2) * s
   cx = grp.start[0] + shift[0] + dx
   cy = grp.start[1] + shift[1] + dy
   angle = grp.angle0 + dangle
 
-  # Camera jitter: an integer shift of the whole scene per frame.
+  # Camera jitter: an integer shift of the whole scene per frame (plus a pan, if any).
   amp = params.jitter * zoom
-  jit = np.clip(np.rint(rng.normal(0.0, amp, size=(n, 2))), -grp.margin, grp.margin).astype(int)
+  jit = rng.normal(0.0, amp, size=(n, 2))
+  if pan is not None:
+    jit = jit + np.arange(n)[:, None] * np.asarray(pan)[None, :] - 0.5 * (n - 1) * np.asarray(pan)
+  jit = np.clip(np.rint(jit), -grp.margin, grp.margin).astype(int)
   m = grp.margin
   rows = (np.arange(s)[None, :] + m + jit[:, 1:2])  # (n, S)
   cols = (np.arange(s)[None, :] + m + jit[:, 0:1])
@@ -479,14 +515,7 @@ def _render_video(params: GeneratorParams, split: str, group: int, video: int, g
   frames = frames * rng.normal(1.0, 0.02, size=(n, 1, 1, 1)).astype(np.float32)
   frames = frames + 3.0 * rng.standard_normal(size=frames.shape, dtype=np.float32)
   frames = np.clip(np.rint(frames), 0, 255).astype(np.uint8)
-
-  has_gt = np.zeros(n, bool)
-  has_gt[span[0]:span[1]] = True
-  masks = (visible & has_gt[:, None, None]).astype(np.uint8)
-  boxes = masks_to_boxes(masks)[None]
-  return VideoRecord(video_id=_video_id(params, split, group, video, grp.label),
-                     group_id=_group_id(params, split, group), label=int(grp.label), frames=frames,
-                     masks=masks, boxes=boxes, has_gt=has_gt, span=span, annotation="mask")
+  return frames, visible
 
 
 _EDGE_4 = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)  # 4-neighbourhood, per frame.
