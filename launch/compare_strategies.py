@@ -6,6 +6,10 @@ mean +- std per round and a plot of performance against cumulative cost.
   python launch/compare_strategies.py --config=configs/synthetic.py \
       --strategies=claus,random,uncertainty --seeds=0,1,2 --workdir=runs/compare
 
+The strategy ``full`` is the full-supervision reference (the paper's 100% line): one round with every
+train video and every frame labelled, the same training as a round of the others. It is drawn as a
+horizontal band, and every table gives each strategy's last round as a percentage of it.
+
 Extra ``--config.x=y`` style overrides go after ``--``, e.g. ``-- --config.train.steps=100``.
 Runs are sequential by default; ``--parallel=N`` starts N at a time (each is a separate process, so
 on a multi-GPU host pin them with CUDA_VISIBLE_DEVICES yourself). Re-running the same command
@@ -29,9 +33,20 @@ METRICS = ("capsule/v-mAP@0.5", "capsule/v-mAP@0.2", "capsule/f-mAP@0.5", "detec
            "detection/f-mAP@0.5", "accuracy")
 
 
+FULL = "full"  # Every video and frame labelled in round 0, no selection rounds.
+FULL_OVERRIDES = ("--config.budget.initial_videos_pct=100", "--config.budget.initial_frames_pct=100",
+                  "--config.budget.schedule=()", "--config.selection.strategy=random")
+
+
+def command(config: str, strategy: str, seed: int, workdir: str, extra: list[str]) -> list[str]:
+  """The main job's command line of one (strategy, seed) run."""
+  chosen = list(FULL_OVERRIDES) if strategy == FULL else [f"--config.selection.strategy={strategy}"]
+  return [sys.executable, "-m", "claus_jax.main", f"--config={config}", f"--workdir={workdir}",
+          *chosen, f"--config.seed={seed}", "--quiet", *extra]
+
+
 def run_one(config: str, strategy: str, seed: int, workdir: str, extra: list[str]) -> int:
-  cmd = [sys.executable, "-m", "claus_jax.main", f"--config={config}", f"--workdir={workdir}",
-         f"--config.selection.strategy={strategy}", f"--config.seed={seed}", "--quiet", *extra]
+  cmd = command(config, strategy, seed, workdir, extra)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "stdout.log"), "a") as log:
     return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
@@ -67,7 +82,7 @@ def paired(results: dict[str, dict[int, list[dict]]], metric: str) -> dict:
   Strategies share round 0 for a seed (same seeded initial set, same training), so the per-seed
   difference removes that shared luck; only seeds where both runs reached their last round count.
   """
-  names = list(results)
+  names = [n for n in results if n != FULL]
   base = names[0]
   out = {}
   for strategy in names[1:]:
@@ -83,19 +98,44 @@ def paired(results: dict[str, dict[int, list[dict]]], metric: str) -> dict:
   return out
 
 
+def percent_of_full(results: dict[str, dict[int, list[dict]]], metric: str) -> dict:
+  """{strategy: (mean, std, n)} of 100 * strategy / full at the strategy's last round, per seed."""
+  full = results.get(FULL, {})
+  out = {}
+  for strategy, per_seed in results.items():
+    if strategy == FULL:
+      continue
+    ratios = []
+    for seed, rows in per_seed.items():
+      ref = full.get(seed, [])
+      if rows and ref:
+        a, b = rows[-1].get(metric), ref[-1].get(metric)
+        if a is not None and b:
+          ratios.append(100.0 * a / b)
+    out[strategy] = ((float(np.mean(ratios)), float(np.std(ratios)), len(ratios)) if ratios
+                     else (np.nan, np.nan, 0))
+  return out
+
+
 def markdown(results: dict, metrics=METRICS) -> str:
   lines = []
   for metric in metrics:
     agg = aggregate(results, metric)
     rounds = sorted({s[0] for series in agg.values() for s in series})
+    of_full = percent_of_full(results, metric) if FULL in results else {}
     lines += [f"### {metric} (%, mean +- std over seeds)", "",
-              "| strategy | " + " | ".join(f"round {r}" for r in rounds) + " |",
-              "|---|" + "---|" * len(rounds)]
+              "| strategy | " + " | ".join(f"round {r}" for r in rounds)
+              + (" | % of full, last round |" if of_full else " |"),
+              "|---|" + "---|" * (len(rounds) + bool(of_full))]
     for strategy, series in agg.items():
       cells = {s[0]: f"{100 * s[2]:.1f} +- {100 * s[3]:.1f} (n={s[4]}, cost {s[1]:.0f})"
                for s in series}
-      lines.append(f"| {strategy} | " + " | ".join(cells.get(r, "-") for r in rounds) + " |")
-    base = next(iter(results), None)
+      row = f"| {strategy} | " + " | ".join(cells.get(r, "-") for r in rounds) + " |"
+      if of_full:
+        mean, std, n = of_full.get(strategy, (100.0, 0.0, len(results[FULL])))
+        row += f" {mean:.0f} +- {std:.0f} (n={n}) |"
+      lines.append(row)
+    base = next((n for n in results if n != FULL), None)
     for strategy, (mean, std, n) in paired(results, metric).items():
       lines.append(f"\n{strategy} - {base} at the last round, paired by seed: "
                    f"{100 * mean:+.1f} +- {100 * std:.1f} (n={n})")
@@ -111,6 +151,12 @@ def plot(results: dict, metric: str, path: str) -> None:
 
   fig, ax = plt.subplots(figsize=(6, 4))
   for strategy, series in aggregate(results, metric).items():
+    if strategy == FULL:  # A band: all labels, at a cost off the chart.
+      if series and np.isfinite(series[-1][2]):
+        mean, std = 100 * series[-1][2], 100 * series[-1][3]
+        ax.axhline(mean, color="k", linestyle="--", linewidth=1, label="full supervision")
+        ax.axhspan(mean - std, mean + std, color="k", alpha=0.08)
+      continue
     cost = [s[1] for s in series]
     mean = np.array([100 * s[2] for s in series])
     std = np.array([100 * s[3] for s in series])

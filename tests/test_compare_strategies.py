@@ -46,3 +46,22 @@ def test_load_rows_reads_metrics_jsonl(tmp_path):
   (tmp_path / "metrics.jsonl").write_text(json.dumps({"round": 0, "cost": 1}) + "\n")
   assert compare.load_rows(str(tmp_path)) == [{"round": 0, "cost": 1}]
   assert compare.load_rows(str(tmp_path / "absent")) == []
+
+
+def test_full_reference_percent_column_and_command():
+  rows = lambda *vals: [{"round": r, "cost": 10 * r, M: v} for r, v in enumerate(vals)]
+  results = {"claus": {0: rows(0.1, 0.3), 1: rows(0.2, 0.6)},
+             "random": {0: rows(0.1, 0.2), 1: rows(0.2, 0.2)},
+             "full": {0: [{"round": 0, "cost": 500, M: 0.6}], 1: [{"round": 0, "cost": 500, M: 0.8}]}}
+  # claus: 0.3 / 0.6 = 50%, 0.6 / 0.8 = 75% -> 62.5 +- 12.5; random: 33.3% and 25% -> 29.2 +- 4.2.
+  of_full = compare.percent_of_full(results, M)
+  assert of_full["claus"] == (pytest.approx(62.5), pytest.approx(12.5), 2)
+  assert of_full["random"] == (pytest.approx(29.1667, abs=1e-3), pytest.approx(4.1667, abs=1e-3), 2)
+  table = compare.markdown(results, metrics=(M,))
+  assert "| claus | 15.0 +- 5.0 (n=2, cost 0) | 45.0 +- 15.0 (n=2, cost 10) | 62 +- 12 (n=2) |" in table
+  assert "| full | 70.0 +- 10.0 (n=2, cost 500) | - | 100 +- 0 (n=2) |" in table
+  # The paired difference is still against the first strategy, never against full.
+  assert "random - claus at the last round" in table and "full - claus" not in table
+  cmd = compare.command("configs/synthetic.py", "full", 3, "/tmp/w", ["--config.train.steps=5"])
+  assert "--config.budget.initial_frames_pct=100" in cmd and "--config.budget.schedule=()" in cmd
+  assert "--config.seed=3" in cmd and cmd[-1] == "--config.train.steps=5"
