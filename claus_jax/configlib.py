@@ -231,8 +231,125 @@ def geometry(frame_size: int, clip_length: int = 8) -> dict:
           "encoder_frames": max(1, clip_length // 8)}
 
 
+# Allowed values of string fields. The modules that read them hold the same tuples (models.i3d,
+# data.synthetic, data.pseudo_labels, evaluation, tiling); test_config checks that they agree.
+CHOICES = {
+    "data.on_bad_video": ("error", "skip"),
+    "data.synthetic.mode": ("untrimmed", "trimmed"),
+    "model.conv_impl": ("auto", "native", "frames"),
+    "loss.mask_interp": ("sdf", "nearest"),
+    "eval.score_rule": ("class_prob", "class_prob_x_mask_mean"),
+    "eval.tiling": ("skip2", "dense"),
+}
+
+# Ranges of numeric fields (a tuple field: of each of its values), checked before anything runs.
+# The fields not listed here have their own checks in validate().
+RANGES = {
+    "seed": "[0, 2147483647]",
+    "data.frame_size": "[16, inf)",
+    "data.split": "[1, 3]",
+    "data.synthetic.num_classes": "[1, 10]",
+    "data.synthetic.train_groups": "[1, inf)",
+    "data.synthetic.test_groups": "[1, inf)",
+    "data.synthetic.videos_per_group": "[1, inf)",
+    "data.synthetic.min_frames": "[1, inf)",
+    "data.synthetic.max_frames": "[1, inf)",
+    "data.synthetic.long_tail": "[1, inf)",
+    "data.synthetic.distractors": "[0, inf)",
+    "data.synthetic.occlusion": "[0, 1]",
+    "data.synthetic.jitter": "[0, inf)",
+    "model.num_classes": "[1, inf)",
+    "model.primary_caps": "[1, inf)",
+    "model.primary_kernel": "[0, inf)",
+    "model.routing_iters": "[1, inf)",
+    "model.routing_lambda": "(0, inf)",
+    "model.seg_prior": "(0, 1)",
+    "train.steps": "[1, inf)",
+    "train.batch_size": "[1, inf)",
+    "train.learning_rate": "(0, inf)",
+    "train.b1": "[0, 1)",
+    "train.b2": "[0, 1)",
+    "train.eps": "(0, inf)",
+    "train.clip_skip": "[1, inf)",
+    "train.crop_scale": "(0, 1]",
+    "train.checkpoint_every": "[1, inf)",
+    "train.log_every": "[1, inf)",
+    "train.data_workers": "[0, inf)",
+    "train.prefetch": "[1, inf)",
+    "loss.stew_window": "[0, inf)",
+    "loss.stew_sigma": "(0, inf)",
+    "loss.stew_radius": "[0, inf)",
+    "loss.p_low": "[0, 1]",
+    "loss.p_high": "[0, 1]",
+    "loss.bce_weight": "[0, inf)",
+    "loss.dice_weight": "[0, inf)",
+    "loss.cls_weight": "[0, inf)",
+    "loss.cluster_weight": "[0, inf)",
+    "loss.margin_start": "[0, inf)",
+    "loss.margin_step": "[0, inf)",
+    "loss.margin_max": "[0, inf)",
+    "cluster.n_init": "[1, inf)",
+    "cluster.count_init": "(0, inf)",
+    "uncertainty.bg_threshold": "[0, 1]",
+    "uncertainty.sweep_thresholds": "[0, 1]",
+    "uncertainty.pass_chunk": "[1, inf)",
+    "uncertainty.clip_chunk": "[1, inf)",
+    "budget.initial_frames_pct": "[0, 100]",
+    "eval.batch_size": "[1, inf)",
+    "eval.iou_thresholds": "(0, 1]",
+    "eval.frame_iou_thresholds": "(0, 1]",
+    "eval.mask_threshold": "(0, 1)",
+    "distributed.num_processes": "[0, inf)",
+    "distributed.process_id": "[-1, inf)",
+}
+
+
+def field_value(config: ml_collections.ConfigDict, field: str):
+  """``config.a.b.c`` for ``field='a.b.c'``."""
+  value = config
+  for part in field.split("."):
+    value = getattr(value, part)
+  return value
+
+
+def _range_text(interval: str) -> str:
+  """'[1, inf)' -> '>= 1', '(0, inf)' -> '> 0', '[0, 1)' -> 'in [0, 1)'."""
+  low, high = interval[1:-1].split(", ")
+  if high == "inf":
+    return (">= " if interval[0] == "[" else "> ") + low
+  return "in " + interval
+
+
+def _in_range(value, interval: str) -> bool:
+  low, high = (float(x) for x in interval[1:-1].split(", "))
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    return False
+  above = value >= low if interval[0] == "[" else value > low
+  below = value <= high if interval[-1] == "]" else value < high
+  return above and below  # False for NaN.
+
+
+def _check_fields(config: ml_collections.ConfigDict) -> None:
+  """Every field of CHOICES and RANGES; the first bad one raises, naming the field and the range."""
+  for field, allowed in CHOICES.items():
+    value = field_value(config, field)
+    if value not in allowed:
+      _fail(field, f"{value!r} is not allowed; use one of {allowed}.")
+  for field, interval in RANGES.items():
+    value = field_value(config, field)
+    for v in (value if isinstance(value, (tuple, list)) else (value,)):
+      if not _in_range(v, interval):
+        _fail(field, f"{v!r} must be {_range_text(interval)}.")
+  if config.loss.p_low > config.loss.p_high:
+    _fail("loss.p_low", f"{config.loss.p_low} is above loss.p_high={config.loss.p_high}.")
+  if not 1 <= config.eval.video_top_k <= config.model.num_classes:
+    _fail("eval.video_top_k", f"{config.eval.video_top_k} must be in [1, model.num_classes="
+          f"{config.model.num_classes}].")
+
+
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks a config before any compute; raises ConfigError naming the field and the fix."""
+  _check_fields(config)
   if config.dataset not in DATASETS:
     _fail("dataset", f"{config.dataset!r} is unknown; use one of {DATASETS}.")
   if config.dataset != "synthetic":
@@ -250,7 +367,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
           f"{geo['feature']} feature map at frame_size {fs}; use 0 (derived) or at most {geo['feature']}.")
   if config.model.clip_length != 8:
     _fail("model.clip_length", "the detector geometry needs 8-frame clips; set it to 8.")
-  if config.model.width <= 0:
+  if not config.model.width > 0:
     _fail("model.width", f"{config.model.width} must be positive (1.0 = paper).")
   if config.model.dtype not in ("float32", "bfloat16"):
     _fail("model.dtype", f"{config.model.dtype!r}: use 'float32' or 'bfloat16'.")
@@ -258,7 +375,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _fail("model.strides", f"{config.model.strides!r}: use 'claus' or 'standard'.")
   if not 0.0 <= config.model.dropout < 1.0:
     _fail("model.dropout", f"{config.model.dropout} must be in [0, 1).")
-  if config.model.routing_cost_scale < 0:
+  if not config.model.routing_cost_scale >= 0:
     _fail("model.routing_cost_scale", f"{config.model.routing_cost_scale} must be >= 0 "
           "(0 = costs standardised over classes).")
   if config.train.bn_recalibration_batches < 0:

@@ -114,3 +114,68 @@ def test_default_workdir():
   assert experiment.default_workdir("configs/synthetic.py") == os.path.join("runs", "synthetic")
   assert experiment.default_workdir("configs/synthetic.py:smoke") == os.path.join("runs",
                                                                                "synthetic_smoke")
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("train.steps", 0, "config.train.steps: 0 must be >= 1."),
+    ("train.steps", -3, "config.train.steps: -3 must be >= 1."),
+    ("train.learning_rate", -0.003, "config.train.learning_rate: -0.003 must be > 0."),
+    ("train.batch_size", 0, "config.train.batch_size: 0 must be >= 1."),
+    ("train.log_every", 0, "config.train.log_every: 0 must be >= 1."),
+    ("seed", -1, "config.seed: -1 must be in [0, 2147483647]."),
+    ("train.b2", float("nan"), "config.train.b2: nan must be in [0, 1)."),
+    ("eval.score_rule", "class_probs", "config.eval.score_rule: 'class_probs' is not allowed; use "
+     "one of ('class_prob', 'class_prob_x_mask_mean')."),
+    ("eval.tiling", "skip3", "config.eval.tiling: 'skip3' is not allowed"),
+    ("eval.iou_thresholds", (0.5, 1.5), "config.eval.iou_thresholds: 1.5 must be in (0, 1]."),
+    ("eval.video_top_k", 9, "config.eval.video_top_k: 9 must be in [1, model.num_classes=8]."),
+    ("loss.p_low", 0.95, "config.loss.p_low: 0.95 is above loss.p_high=0.9."),
+])
+def test_out_of_range_values_are_refused_naming_the_field(field, value, message):
+  c = load("synthetic")
+  section, _, name = field.rpartition(".")
+  setattr(configlib.field_value(c, section) if section else c, name, value)
+  with pytest.raises(configlib.ConfigError) as e:
+    configlib.validate(c)
+  assert str(e.value).startswith(message), str(e.value)
+
+
+def _numeric_fields(tree, prefix=""):
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      yield from _numeric_fields(value, f"{prefix}{key}.")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+      yield f"{prefix}{key}", value
+
+
+def test_every_numeric_field_has_a_range_check():
+  # A value far outside any sensible range must be refused, naming the field, for every numeric
+  # field of the schema (NaN for a float, -1e9 for an int). The fields of issue 17, in progress,
+  # get their checks with that change.
+  in_progress = ("pretrain.", "train.encoder_lr_scale")
+  unchecked = []
+  for field, value in _numeric_fields(configlib.to_dict(configlib.base_config())):
+    if field.startswith(in_progress):
+      continue
+    c = load("synthetic")
+    section, _, name = field.rpartition(".")
+    setattr(configlib.field_value(c, section) if section else c, name,
+            float("nan") if isinstance(value, float) else -10**9)
+    try:
+      configlib.validate(c)
+      unchecked.append(field)
+    except configlib.ConfigError as e:
+      assert f"config.{field}" in str(e), (field, str(e))
+  assert not unchecked, f"numeric fields without a range check: {unchecked}"
+
+
+def test_choices_are_the_modules_own_names():
+  from claus_jax import tiling
+  from claus_jax.data import pseudo_labels, synthetic
+  from claus_jax.evaluation import evaluator
+  from claus_jax.models import i3d
+
+  assert configlib.CHOICES == {
+      "data.on_bad_video": ("error", "skip"), "data.synthetic.mode": synthetic.MODES,
+      "model.conv_impl": i3d.CONV_IMPLS, "loss.mask_interp": pseudo_labels.MASK_INTERPOLATIONS,
+      "eval.score_rule": evaluator.SCORE_RULES, "eval.tiling": tiling.TILINGS}
