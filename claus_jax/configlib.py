@@ -70,11 +70,32 @@ def base_config() -> ml_collections.ConfigDict:
       coord_add=False,  # Coordinate addition in the class capsules.
       routing_lambda=1.0,  # Class-capsule activation inverse temperature (authors' code 1e-6; see capsules.py).
       routing_cost_scale=0.0,  # 0: costs standardised over classes (REFERENCE.md); > 0: fixed scale (authors' effective form).
+      routing_sign="port",  # 'port': authors' PyTorch (higher cost, higher activation); 'em': Hinton et al. (lower cost wins).
       dropout=0.5,  # Channel (Dropout3d-style) dropout rate at both MC-dropout sites.
       dtype="float32",  # Compute dtype: 'float32' or 'bfloat16' (parameters stay float32).
       encoder_init="",  # Orbax dir of imported I3D weights (tools.import_i3d); '' = random init.
       conv_impl="auto",  # 3-D conv/max-pool lowering: 'native', 'frames' (2-D convs; fast on CPU), 'auto' = per backend.
       seg_prior=0.5,  # Initial foreground probability of the mask output (last bias = logit); 0.5 = bias 0 (paper).
+  )
+
+  # Encoder pretraining on the synthetic corpus (claus_jax.pretrain; the role of the paper's
+  # Charades-pretrained I3D). Only the encoder is kept; capsules and decoder start fresh each round.
+  c.pretrain = _cd(
+      enabled=False,  # Pretrain (or reuse the cached weights) and start every round's encoder from them.
+      seed=1,  # Corpus seed (the corpus never shares a clip or a class with the benchmark).
+      frame_size=32,  # Corpus frame size (convs are size-free: smaller is cheaper); 0 = data.frame_size.
+      steps=2000,  # Optimiser steps; every step sees batch_size new clips.
+      batch_size=8,  # Clips per step.
+      learning_rate=1e-3,  # Adam peak learning rate (cosine decay to 0 after a 5% warm-up).
+      seg_weight=1.0,  # Weight of the actor-track loss beside the motion-class loss.
+      min_speed=0.6,  # Slowest motion progress per frame (x the family's own speed).
+      max_speed=1.6,  # Fastest.
+      max_pan=0.5,  # Largest camera pan, pixels per frame at 64 px.
+      distractors=1,  # Static distractor shapes per clip.
+      occlusion=0.0,  # Probability of an occluding bar.
+      jitter=1.0,  # Camera jitter amplitude in pixels at 64 px.
+      val_clips=224,  # Held-out corpus clips scored after pretraining (reported, never trained on).
+      cache_dir="",  # Where pretrained encoders live; '' = $CLAUS_CACHE_DIR/pretrained or ~/.cache/claus_jax/pretrained.
   )
 
   c.train = _cd(
@@ -88,6 +109,7 @@ def base_config() -> ml_collections.ConfigDict:
       crop_scale=0.875,  # Random crop side as a fraction of the frame before resizing back.
       flip=True,  # Random horizontal flip.
       warm_start=False,  # Start round k from round k-1's weights instead of the initial ones.
+      encoder_lr_scale=1.0,  # Encoder learning rate / learning_rate; 0 = frozen (eval-mode BN, no backward).
       checkpoint_every=500,  # Steps between orbax checkpoints (and one at the end).
       log_every=50,  # Steps between loss log lines.
       bn_recalibration_batches=32,  # Precise BN: batches whose statistics replace the running ones at the end (0 = off).

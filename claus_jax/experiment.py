@@ -120,10 +120,12 @@ class _OverlaySource:
 class Experiment:
   """One active-learning run; :meth:`run` executes (or resumes) every round."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str, dataset):
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, dataset,
+               encoder_init: str = ""):
     from claus_jax import models
 
     self.config = config
+    self.encoder_init = encoder_init  # Pretrained encoder every round starts from ('' = none).
     self.workdir = workdir
     self.dataset = dataset
     self.index = dataset.train_index
@@ -233,7 +235,8 @@ class Experiment:
       prev = self._final_state(r - 1)
       init_vars = {"params": prev.params, "batch_stats": prev.batch_stats}
     state = train_lib.create_state(cfg, self.model, jax.random.fold_in(self.root_key, _INIT_STREAM),
-                                   len(self.index), variables=init_vars)
+                                   len(self.index), variables=init_vars,
+                                   encoder_init=self.encoder_init)
     state = state.replace(key=jax.random.fold_in(jax.random.fold_in(self.root_key, _TRAIN_STREAM), r))
     train_json = os.path.join(rd, "train.json")
     ckpt = os.path.join(rd, "checkpoints")
@@ -526,8 +529,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if primary:
     pool_lib.atomic_write_json(os.path.join(workdir, "dataset.json"), summary)
     _print_dataset_summary(summary)
+  encoder_init = ""
+  if config.pretrain.enabled:
+    from claus_jax import pretrain as pretrain_lib
+    if primary:
+      pretrain_lib.ensure_pretrained(config, progress=not config.quiet)
+    parallel.sync("encoder pretrained")
+    encoder_init = pretrain_lib.find_pretrained(config)
   try:
-    return Experiment(config, workdir, dataset).run()
+    return Experiment(config, workdir, dataset, encoder_init).run()
   except oracle_lib.AwaitingAnswers:
     return {"awaiting_answers": True}
 

@@ -11,10 +11,12 @@ index and names the offending entry.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+import secrets
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import BinaryIO
 
 import numpy as np
 
@@ -25,26 +27,115 @@ class PoolError(ValueError):
   """A pool-state file or update that does not fit the dataset; the message names the entry."""
 
 
-def atomic_write_text(path: str, text: str) -> None:
-  """Writes ``text`` to ``path`` so readers see either the old or the new file, never a torn one."""
+class StateFileError(ValueError):
+  """A run's state file (JSON or npz) cannot be read; the message names it and what to do."""
+
+
+# What to do about a damaged state file of a run, by file name: mostly, delete it and re-run, and
+# the stage that wrote it runs again.
+STATE_FILE_FIXES = {
+    "config.json": "restore it, or delete it and re-run the command that started the run (its "
+                   "config is written again).",
+    "pool.json": "delete it and re-run the same command to rebuild it (round 0: the seeded initial "
+                 "set; round K: round K-1's pool and selection).",
+    "eval.json": "delete it and re-run the same command to evaluate that round again.",
+    "train.json": "delete it and re-run the same command to write it again from the round's final "
+                  "checkpoint (no retraining).",
+    "train_history.json": "delete it and re-run the same command (the round's loss curve then "
+                          "starts at its latest checkpoint; the model is not affected).",
+    "selection.json": "delete it and re-run the same command to select that round again from its "
+                      "scores.",
+    "latents.npy": "delete it and the selection.json beside it, and re-run the same command to "
+                   "compute both again.",
+    "requests.json": "delete it, and the pool.json beside it if there is one, and re-run the same "
+                     "command to write them again (answers.json is kept and checked again).",
+}
+
+
+def state_file_error(path: str, what: str, fix: str | None = None) -> StateFileError:
+  """'<path> is damaged (<what>); <fix>', the fix by default from STATE_FILE_FIXES."""
+  fix = fix or STATE_FILE_FIXES.get(os.path.basename(path), "restore it from a backup.")
+  return StateFileError(f"{path} is damaged ({what}); {fix}")
+
+
+def read_json(path: str, require: Sequence[str] = (), fix: str | None = None):
+  """The JSON value in ``path`` (a state file of a run).
+
+  Raises:
+    StateFileError: the file is not valid JSON, or not an object with the ``require`` keys; the
+      message names the file and what to do (``fix``, else STATE_FILE_FIXES by file name).
+  """
+  try:
+    with open(path, encoding="utf-8") as f:
+      data = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise state_file_error(path, f"not valid JSON: {e}", fix) from None
+  missing = [k for k in require if not isinstance(data, dict) or k not in data]
+  if missing:
+    raise state_file_error(path, f"no {', '.join(map(repr, missing))} entry", fix)
+  return data
+
+
+class DiskFullError(OSError):
+  """A write failed because the disk is full (ENOSPC); the message names the path."""
+
+  def __init__(self, path: str):
+    super().__init__(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(path))
+
+  def __str__(self):
+    return (f"{self.filename}: no space left on device (ENOSPC); free space on that disk and re-run "
+            "the same command (finished stages and checkpoints are kept).")
+
+
+def is_disk_full(error: BaseException) -> bool:
+  """Whether ``error`` or an error it comes from is ENOSPC (also as tensorstore words it)."""
+  seen = error
+  while seen is not None:
+    if (isinstance(seen, OSError) and seen.errno == errno.ENOSPC) or "No space left on device" in str(
+        seen):
+      return True
+    seen = seen.__cause__ or seen.__context__
+  return False
+
+
+def atomic_write(path: str, write: Callable[[BinaryIO], object]) -> None:
+  """Writes ``path`` with ``write(f)`` so readers see either the old or the new file, never a torn one.
+
+  The bytes go to a temporary file in the same folder (fsync, then rename). It is created with mode
+  0666 less the umask, like every other file of a run (0644 under the usual umask 022).
+
+  Raises:
+    DiskFullError: the disk is full (the previous file, if any, is intact).
+  """
   path = os.fspath(path)
   folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
+  tmp = os.path.join(folder, f"{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
   try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
+    os.makedirs(folder, exist_ok=True)
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
+      write(f)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as e:
     if os.path.exists(tmp):
       os.unlink(tmp)
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+      raise DiskFullError(path) from None
     raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+  atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def atomic_write_json(path: str, obj) -> None:
   atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
+
+
+def atomic_write_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
+  """``np.savez`` to exactly ``path`` (no '.npz' appended), atomically."""
+  atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 class PoolState:
@@ -168,8 +259,8 @@ class PoolState:
       file_frames = data["num_frames"]
       videos, frames = data["videos"], data["frames"]
     except (KeyError, TypeError) as e:
-      raise PoolError(f"{source}: not a claus_jax pool state (missing {e}); delete it to restart "
-                      "the run from round 0, or restore it from a backup.") from None
+      raise PoolError(f"{source}: not a claus_jax pool state (missing {e}); "
+                      f"{STATE_FILE_FIXES['pool.json']}") from None
     if version != FORMAT_VERSION:
       raise PoolError(f"{source}: format_version {version}, expected {FORMAT_VERSION}.")
     if num_frames is not None:
@@ -203,12 +294,7 @@ class PoolState:
 
   @classmethod
   def load(cls, path: str, num_frames: Mapping[str, int] | None = None) -> "PoolState":
-    try:
-      with open(path) as f:
-        data = json.load(f)
-    except json.JSONDecodeError as e:
-      raise PoolError(f"{path}: not valid JSON ({e}); restore it or delete it to restart.") from None
-    return cls.from_json(data, source=path, num_frames=num_frames)
+    return cls.from_json(read_json(path), source=path, num_frames=num_frames)
 
 
 def initial_pool(video_ids: Sequence[str], num_frames: Sequence[int], num_videos: int,

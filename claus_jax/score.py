@@ -148,12 +148,9 @@ def score_split(scorer, records, video_ids: Sequence[str], key: jax.Array,
 
 def write_npz(path: str, arrays: dict) -> None:
   """Writes ``arrays`` to ``path`` atomically (exactly that name; no '.npz' is appended)."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp")
-  with open(tmp, "wb") as f:
-    np.savez(f, **arrays)
-  os.replace(tmp, path)
+  from claus_jax import pool as pool_lib
+
+  pool_lib.atomic_write_npz(path, arrays)
 
 
 def load_scores(path: str) -> dict:

@@ -48,8 +48,21 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  return optax.adam(config.train.learning_rate, b1=config.train.b1, b2=config.train.b2,
-                    eps=config.train.eps)
+  """Adam; the encoder's learning rate is ``train.encoder_lr_scale`` times the rest's (0 = frozen)."""
+  t = config.train
+  adam = lambda lr: optax.adam(lr, b1=t.b1, b2=t.b2, eps=t.eps)
+  scale = float(t.encoder_lr_scale)
+  if scale == 1.0:
+    return adam(t.learning_rate)
+  encoder = adam(t.learning_rate * scale) if scale > 0 else optax.set_to_zero()
+  label = lambda params: {k: "encoder" if k == "encoder" else "rest" for k in params}
+  return optax.multi_transform({"encoder": encoder, "rest": adam(t.learning_rate)}, label)
+
+
+def encoder_frozen(config: ml_collections.ConfigDict) -> bool:
+  """``train.encoder_lr_scale == 0``: the encoder is a fixed feature extractor (BatchNorm in eval
+  mode, no backward pass through it)."""
+  return float(config.train.encoder_lr_scale) == 0.0
 
 
 def latent_dim(config) -> int:
@@ -58,13 +71,14 @@ def latent_dim(config) -> int:
 
 def create_state(config: ml_collections.ConfigDict, model, key: jax.Array,
                  num_videos: int, frame_size: int | None = None,
-                 variables: dict | None = None) -> TrainState:
+                 variables: dict | None = None, encoder_init: str = "") -> TrainState:
   """A fresh state with an empty cluster state.
 
   Args:
     num_videos: videos in the train split (cluster assignments are indexed by split index).
     variables: start from these ``{'params', 'batch_stats'}`` (warm start); None = initialise
-      (and load the imported encoder when ``config.model.encoder_init`` is set).
+      (and load the encoder from ``encoder_init``, else from ``config.model.encoder_init``, if set).
+    encoder_init: an encoder_init directory (e.g. claus_jax.pretrain's cache).
   """
   size = frame_size or config.data.frame_size
   init_key, state_key = jax.random.split(key)
@@ -72,8 +86,8 @@ def create_state(config: ml_collections.ConfigDict, model, key: jax.Array,
     dummy = jnp.zeros((1, config.model.clip_length, size, size, 3), jnp.float32)
     variables = jax.jit(functools.partial(model.init, train=False))(
         {"params": init_key, "dropout": init_key}, dummy)
-    if config.model.encoder_init:
-      variables = models.load_encoder_init(variables, config.model.encoder_init)
+    if encoder_init or config.model.encoder_init:
+      variables = models.load_encoder_init(variables, encoder_init or config.model.encoder_init)
   k, d = config.cluster.k, latent_dim(config)
   return TrainState.create(
       apply_fn=model.apply, params=variables["params"], tx=make_optimizer(config),
@@ -93,8 +107,8 @@ def train_step(state: TrainState, batch: dict, epoch: jax.Array, config) -> tupl
 
   def loss_fn(params):
     out, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, video,
-                                  train=True, rngs={"dropout": dropout_key},
-                                  mutable=["batch_stats"])
+                                  train=True, frozen_encoder=encoder_frozen(config),
+                                  rngs={"dropout": dropout_key}, mutable=["batch_stats"])
     total, parts = losses.loss_fn(out, batch, state.centres, None, epoch, config)
     return total, (parts, updates["batch_stats"], out["latent"])
 
@@ -241,7 +255,7 @@ def fit(config: ml_collections.ConfigDict, state: TrainState, sampler, checkpoin
           pool_lib.atomic_write_json(history_path, history)
       if progress is not None:
         progress(done, metrics)
-      if done == total_steps:
+      if done == total_steps and not encoder_frozen(config):  # A frozen encoder keeps its BN.
         n = int(config.train.bn_recalibration_batches)
         state = recalibrate_batch_stats(state, (sampler.batch_at(i) for i in range(n)), mesh=mesh)
       mngr.save(done, args=ocp.args.StandardSave(state), force=(done == total_steps))

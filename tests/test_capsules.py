@@ -10,10 +10,13 @@ import pytest
 from claus_jax.models import capsules
 
 
-def numpy_em_routing(votes, a_in, beta_u, beta_a, iters, lam, eps=1e-8, cost_scale=0.0):
+def numpy_em_routing(votes, a_in, beta_u, beta_a, iters, lam, eps=1e-8, cost_scale=0.0,
+                     low_cost_wins=False):
   """Loop-per-group float64 reference: REFERENCE.md's M-step (normalised cost) and E-step.
 
   ``cost_scale > 0``: the cost deviation is multiplied by it instead of divided by its std.
+  ``low_cost_wins``: Hinton et al.'s sign, sigmoid(lam (beta_a + (mean - cost) / std)), as the
+  TensorFlow capsule code writes it; otherwise the authors' port, beta_a - (mean - cost) / std.
   """
   n, num_in, num_out, dim = votes.shape
   poses = np.zeros((n, num_out, dim))
@@ -36,7 +39,7 @@ def numpy_em_routing(votes, a_in, beta_u, beta_a, iters, lam, eps=1e-8, cost_sca
         z = (cost.mean() - cost) * cost_scale
       else:
         z = (cost.mean() - cost) / (math.sqrt(np.mean((cost - cost.mean()) ** 2) + eps) + eps)
-      a = 1.0 / (1.0 + np.exp(-lam * (beta_a - z)))
+      a = 1.0 / (1.0 + np.exp(-lam * ((beta_a + z) if low_cost_wins else (beta_a - z))))
       if it < iters - 1:
         log_ap = np.zeros((num_in, num_out))
         for i in range(num_in):
@@ -50,9 +53,11 @@ def numpy_em_routing(votes, a_in, beta_u, beta_a, iters, lam, eps=1e-8, cost_sca
   return poses, acts
 
 
-@pytest.mark.parametrize("iters,lam,scale", [(1, 1.0, 0.0), (3, 1.0, 0.0), (3, 0.01, 0.0),
-                                             (2, 5.0, 0.0), (3, 1.0, 0.01), (2, 1.0, 0.5)])
-def test_em_routing_matches_numpy(iters, lam, scale):
+@pytest.mark.parametrize("iters,lam,scale,low", [(1, 1.0, 0.0, False), (3, 1.0, 0.0, False),
+                                                 (3, 0.01, 0.0, False), (2, 5.0, 0.0, False),
+                                                 (3, 1.0, 0.01, False), (2, 1.0, 0.5, False),
+                                                 (3, 1.0, 0.0, True), (3, 1.0, 0.01, True)])
+def test_em_routing_matches_numpy(iters, lam, scale, low):
   rng = np.random.default_rng(iters)
   n, num_in, num_out, dim = 5, 6, 4, 16
   # Small vote spread, so the E-step's responsibilities are neither uniform nor one-hot.
@@ -60,14 +65,17 @@ def test_em_routing_matches_numpy(iters, lam, scale):
   a_in = rng.uniform(0.05, 1.0, size=(n, num_in)).astype(np.float32)
   beta_u = rng.normal(size=(num_out, dim)).astype(np.float32)
   beta_a = rng.normal(size=(num_out,)).astype(np.float32)
-  want_p, want_a = numpy_em_routing(votes, a_in, beta_u, beta_a, iters, lam, cost_scale=scale)
-  routing = jax.jit(capsules.em_routing, static_argnums=(4, 5), static_argnames=("cost_scale",))
-  got_p, got_a = routing(votes, a_in, beta_u, beta_a, iters, lam, cost_scale=scale)
+  want_p, want_a = numpy_em_routing(votes, a_in, beta_u, beta_a, iters, lam, cost_scale=scale,
+                                    low_cost_wins=low)
+  routing = jax.jit(capsules.em_routing, static_argnums=(4, 5),
+                    static_argnames=("cost_scale", "low_cost_wins"))
+  got_p, got_a = routing(votes, a_in, beta_u, beta_a, iters, lam, cost_scale=scale,
+                         low_cost_wins=low)
   assert got_p.shape == (n, num_out, dim) and got_a.shape == (n, num_out)
   np.testing.assert_allclose(np.asarray(got_p), want_p, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(np.asarray(got_a), want_a, rtol=1e-4, atol=1e-5)
   # The E-step matters at 3 iterations: one iteration must give a different answer there.
-  if iters == 3 and lam == 1.0 and scale == 0.0:
+  if iters == 3 and lam == 1.0 and scale == 0.0 and not low:
     p1, _ = capsules.em_routing(votes, a_in, beta_u, beta_a, 1, lam)
     assert np.abs(np.asarray(p1) - want_p).max() > 1e-3
 
@@ -156,3 +164,16 @@ def test_primary_capsules_shapes_and_range():
   kernel = np.asarray(conv["kernel"]).reshape(-1, 48)
   want = patch @ kernel + np.asarray(conv["bias"])
   np.testing.assert_allclose(np.asarray(poses[0, 1, 2]).reshape(-1), want, rtol=1e-4, atol=1e-4)
+
+
+def test_the_em_sign_gives_agreeing_votes_the_higher_activation():
+  """Two output capsules, equal offsets: one gets tight votes (low cost), one scattered votes."""
+  rng = np.random.default_rng(0)
+  votes = np.zeros((1, 8, 2, 16), np.float32)
+  votes[0, :, 0] = 1.0 + 0.01 * rng.normal(size=(8, 16))
+  votes[0, :, 1] = rng.normal(size=(8, 16)) * 2.0
+  args = (jnp.asarray(votes), jnp.ones((1, 8)), jnp.zeros((2, 16)), jnp.zeros((2,)), 1, 1.0)
+  _, port = capsules.em_routing(*args)
+  _, em = capsules.em_routing(*args, low_cost_wins=True)
+  assert float(em[0, 0]) > 0.5 > float(em[0, 1])
+  assert float(port[0, 0]) < 0.5 < float(port[0, 1])

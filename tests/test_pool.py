@@ -1,7 +1,9 @@
 """Pool state: round trip, atomic writes, validation errors, seeded round-0 initialisation."""
 
+import errno
 import json
 import os
+import stat
 from unittest import mock
 
 import numpy as np
@@ -82,7 +84,7 @@ def test_validation_errors_name_the_entry(tmp_path):
     pool_lib.PoolState.load(_write(tmp_path, good), num_frames={**NUM_FRAMES, "a": 11})
   path = tmp_path / "broken.json"
   path.write_text('{"format_version": 1, "num_fr')
-  with pytest.raises(pool_lib.PoolError, match="broken.json: not valid JSON"):
+  with pytest.raises(pool_lib.StateFileError, match=r"broken.json is damaged \(not valid JSON"):
     pool_lib.PoolState.load(str(path))
   with pytest.raises(pool_lib.PoolError, match="missing 'videos'"):
     pool_lib.PoolState.load(_write(tmp_path, {"format_version": 1, "num_frames": {}}))
@@ -111,3 +113,48 @@ def test_initial_pool_is_seeded_and_sized():
   assert all(len(p.labelled_frames(v)) == 0 for v in p.unlabelled_video_ids())
   with pytest.raises(pool_lib.PoolError, match="asks for 41 videos but the pool has 40"):
     pool_lib.initial_pool(ids, lengths, num_videos=41, num_frame_labels=50, seed=0)
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_state_files_respect_the_umask_like_every_other_file(tmp_path, umask, mode):
+  old = os.umask(umask)
+  try:
+    pool_lib.atomic_write_json(str(tmp_path / "pool.json"), {"a": 1})
+    pool_lib.atomic_write_npz(str(tmp_path / "shard.npz"), {"x": np.zeros(3)})
+    with open(tmp_path / "plain.txt", "w") as f:  # What open() gives, as for PNGs and orbax files.
+      f.write("x")
+  finally:
+    os.umask(old)
+  for name in ("pool.json", "shard.npz", "plain.txt"):
+    assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == mode, name
+  assert sorted(os.listdir(tmp_path)) == ["plain.txt", "pool.json", "shard.npz"]  # No .tmp left.
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_previous_one(tmp_path):
+  path = str(tmp_path / "eval.json")
+  pool_lib.atomic_write_json(path, {"round": 0})
+
+  def full(f):
+    f.write(b"{")
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  with pytest.raises(pool_lib.DiskFullError) as e:
+    pool_lib.atomic_write(path, full)
+  assert str(e.value) == (f"{path}: no space left on device (ENOSPC); free space on that disk and "
+                          "re-run the same command (finished stages and checkpoints are kept).")
+  assert e.value.errno == errno.ENOSPC and e.value.filename == path
+  assert pool_lib.read_json(path) == {"round": 0} and os.listdir(tmp_path) == ["eval.json"]
+
+
+def test_read_json_names_a_damaged_file_and_the_fix(tmp_path):
+  path = tmp_path / "round_003" / "eval.json"
+  path.parent.mkdir()
+  path.write_text('{"accuracy": 0.5, "per_cl')
+  with pytest.raises(pool_lib.StateFileError) as e:
+    pool_lib.read_json(str(path))
+  assert str(e.value).startswith(f"{path} is damaged (not valid JSON: ")
+  assert str(e.value).endswith("; delete it and re-run the same command to evaluate that round "
+                               "again.")
+  path.write_text('{"accuracy": 0.5}')
+  with pytest.raises(pool_lib.StateFileError, match=r"eval.json is damaged \(no 'per_class' entry\)"):
+    pool_lib.read_json(str(path), require=("per_class",))

@@ -181,3 +181,40 @@ def test_a_non_finite_loss_stops_with_the_step_and_the_part(tmp_path):
 
   with pytest.raises(train_lib.NonFiniteLossError, match=r"step 1: non-finite .*bce"):
     train_lib.fit(cfg, state, Sampler(), str(tmp_path / "ckpt"), 1.0)
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.1])
+def test_encoder_lr_scale_scales_or_freezes_the_encoder_update(scale):
+  """Adam's first update is linear in the learning rate: the encoder's moves ``scale`` times as far
+  as with one shared rate, the rest exactly as far; at 0 the encoder and its BatchNorm stay put."""
+  base, batch = tiny_config(), None
+  scaled = base.copy_and_resolve_references()
+  with scaled.unlocked():
+    scaled.train.encoder_lr_scale = scale
+  model = models.build_model(base)
+  batch = fixed_batch(base)
+  moved = {}
+  for name, cfg in (("base", base), ("scaled", scaled)):
+    state = train_lib.create_state(cfg, model, jax.random.PRNGKey(0), 4)
+    new, _ = jax.jit(functools.partial(train_lib.train_step, config=cfg))(
+        state, batch, jnp.zeros((), jnp.float32))
+    moved[name] = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), new.params, state.params)
+    moved[name + "_stats"] = jax.tree.map(lambda a, b: np.abs(np.asarray(a) - np.asarray(b)).max(),
+                                          new.batch_stats, state.batch_stats)
+  if scale == 0.0:
+    # Frozen: the encoder gets no update, and its BatchNorm runs in eval mode (statistics unchanged).
+    assert all(np.all(d == 0) for d in jax.tree.leaves(moved["scaled"]["encoder"]))
+    assert all(d == 0 for d in jax.tree.leaves(moved["scaled_stats"]))
+    assert any(d > 0 for d in jax.tree.leaves(moved["base_stats"]))
+  else:
+    for a, b in zip(jax.tree.leaves(moved["scaled"]["encoder"]),
+                    jax.tree.leaves(moved["base"]["encoder"])):
+      np.testing.assert_allclose(a, scale * b, rtol=1e-3, atol=1e-9)
+  head_keys = [k for k in moved["base"] if k != "encoder"]
+  assert head_keys
+  for key in head_keys:
+    changed = [np.abs(x).max() for x in jax.tree.leaves(moved["scaled"][key])]
+    assert max(changed) > 0
+    if scale != 0.0:  # Same encoder output at step 0, so the same head gradients and updates.
+      for a, b in zip(jax.tree.leaves(moved["scaled"][key]), jax.tree.leaves(moved["base"][key])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-9)

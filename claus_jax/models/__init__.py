@@ -61,7 +61,7 @@ def build_model(config: ml_collections.ConfigDict) -> CLAUSDetector:
                        routing_iters=m.routing_iters, coord_add=m.coord_add,
                        routing_lambda=m.routing_lambda, dropout=m.dropout, dtype=_DTYPES[m.dtype],
                        conv_impl=m.conv_impl, seg_prior=m.seg_prior,
-                       routing_cost_scale=m.routing_cost_scale)
+                       routing_cost_scale=m.routing_cost_scale, routing_sign=m.routing_sign)
 
 
 def preprocess(video: jax.Array | np.ndarray) -> jax.Array:

@@ -44,7 +44,8 @@ _unit_normal = fast_init(nn.initializers.normal(1.0))  # As the authors' torch.r
 
 def em_routing(votes: jax.Array, a_in: jax.Array, beta_u: jax.Array, beta_a: jax.Array,
                iters: int = 3, inverse_temperature: float = 1.0,
-               eps: float = EPSILON, cost_scale: float = 0.0) -> tuple[jax.Array, jax.Array]:
+               eps: float = EPSILON, cost_scale: float = 0.0,
+               low_cost_wins: bool = False) -> tuple[jax.Array, jax.Array]:
   """EM routing between I input and C output capsules, vectorised over N independent groups.
 
   Args:
@@ -57,6 +58,10 @@ def em_routing(votes: jax.Array, a_in: jax.Array, beta_u: jax.Array, beta_a: jax
     eps: numerical guard in every division, log and square root.
     cost_scale: 0 = divide ``cost - mean`` by the standard deviation of the costs over the output
       capsules (REFERENCE.md); > 0 = multiply it by this fixed scale instead.
+    low_cost_wins: the sign of the normalised cost. False = the authors' PyTorch port,
+      ``sigmoid(lambda (beta_a - (mean - cost) / std))``: more disagreement, higher activation.
+      True = EM routing as in Hinton et al. and the TensorFlow capsule code the model descends from,
+      ``sigmoid(lambda (beta_a + (mean - cost) / std))``: agreeing votes, higher activation.
 
   Returns:
     poses (N, C, D) = mu, activations (N, C) in [0, 1]; both float32.
@@ -80,7 +85,8 @@ def em_routing(votes: jax.Array, a_in: jax.Array, beta_u: jax.Array, beta_a: jax
       # eps inside the root: equal costs (e.g. an all-zero input) would give an infinite gradient.
       cost_std = jnp.sqrt(jnp.mean(jnp.square(cost - cost_mean), axis=-1, keepdims=True) + eps)
       normalised = (cost_mean - cost) / (cost_std + eps)
-    a_out = jax.nn.sigmoid(inverse_temperature * (beta_a - normalised))
+    a_out = jax.nn.sigmoid(inverse_temperature * (beta_a + normalised if low_cost_wins
+                                                  else beta_a - normalised))
     return mu, sigma_sq, a_out
 
   def e_step(mu, sigma_sq, a_out):
@@ -142,6 +148,7 @@ class ConvCapsules(nn.Module):
   coord_add: bool = False
   inverse_temperature: float = 1.0
   cost_scale: float = 0.0  # em_routing: 0 = standardise the costs, > 0 = this fixed scale.
+  low_cost_wins: bool = False  # em_routing: the sign of the normalised cost (False = authors' port).
 
   @nn.compact
   def __call__(self, poses: jax.Array, acts: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -172,5 +179,6 @@ class ConvCapsules(nn.Module):
     out_poses, out_acts = em_routing(votes.reshape(b * oh * ow, k * k * i, c, POSE_DIM),
                                      acts.reshape(b * oh * ow, k * k * i), beta_u, beta_a,
                                      self.iters, self.inverse_temperature,
-                                     cost_scale=self.cost_scale)
+                                     cost_scale=self.cost_scale,
+                                     low_cost_wins=self.low_cost_wins)
     return out_poses.reshape(b, oh, ow, c, POSE_DIM), out_acts.reshape(b, oh, ow, c)

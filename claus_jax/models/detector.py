@@ -258,6 +258,8 @@ class CLAUSDetector(nn.Module):
     conv_impl: lowering of the 3-D convs and max-pools (i3d.CONV_IMPLS); same parameters and results.
     seg_prior: initial foreground probability of the segmentation output (its last bias).
     routing_cost_scale: class-capsule cost normalisation (capsules.em_routing's cost_scale).
+    routing_sign: 'port' (the authors' PyTorch: higher cost, higher activation) or 'em' (EM
+      routing as published: agreeing votes, lower cost, higher activation).
   """
 
   num_classes: int
@@ -273,22 +275,27 @@ class CLAUSDetector(nn.Module):
   conv_impl: str = "auto"
   seg_prior: float = 0.5
   routing_cost_scale: float = 0.0
+  routing_sign: str = "port"
 
   def setup(self):
     self.encoder = InceptionI3d("Mixed_4f", self.strides, self.width, self.dtype, self.conv_impl)
     self.feature_dropout = channel_dropout(self.dropout, "feature_dropout")
     self.primary = capsules.PrimaryCapsules(self.primary_caps, self.primary_kernel, self.dtype)
     self.class_caps = capsules.ConvCapsules(self.num_classes, 1, self.routing_iters, self.coord_add,
-                                            self.routing_lambda, self.routing_cost_scale)
+                                            self.routing_lambda, self.routing_cost_scale,
+                                            self.routing_sign == "em")
     self.decoder = Decoder(self.primary_kernel, self.width, self.dropout, self.dtype,
                            self.conv_impl, self.seg_prior)
 
-  def encode(self, video: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+  def encode(self, video: jax.Array, train: bool = False,
+             frozen_encoder: bool = False) -> dict[str, jax.Array]:
     """Deterministic encoder pass.
 
     Args:
       video: (B, 8, H, W, 3) float in [-1, 1], H and W multiples of 16.
       train: BatchNorm in training mode (batch statistics; ``batch_stats`` must be mutable).
+      frozen_encoder: the I3D part is a fixed feature extractor: BatchNorm in eval mode whatever
+        ``train`` says, and no gradient flows into it (the decoder's skip convs still train).
 
     Returns:
       {'Mixed_4f': (B, 1, H/8, W/8, 832w), 'skip_up112': (B, 4, H/2, W/2, 64w),
@@ -297,7 +304,9 @@ class CLAUSDetector(nn.Module):
     """
     if video.ndim != 5 or video.shape[-1] != 3:
       raise ValueError(f"CLAUSDetector: video must be (B, T, H, W, 3), got {video.shape}.")
-    ends = self.encoder(video, train)
+    ends = self.encoder(video, train and not frozen_encoder)
+    if frozen_encoder:
+      ends = jax.lax.stop_gradient(ends)
     if ends["Mixed_4f"].shape[1] != 1:
       raise ValueError(f"CLAUSDetector: Mixed_4f has {ends['Mixed_4f'].shape[1]} frames; the 2-D "
                        "capsules need exactly 1: use 8-frame clips and model.strides='claus'.")
@@ -330,6 +339,7 @@ class CLAUSDetector(nn.Module):
             "class_probs": class_probs.astype(jnp.float32),
             "latent": latent.astype(jnp.float32)}
 
-  def __call__(self, video: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+  def __call__(self, video: jax.Array, train: bool = False,
+               frozen_encoder: bool = False) -> dict[str, jax.Array]:
     """encode then head; see both. video: (B, 8, H, W, 3) float in [-1, 1]."""
-    return self.head(self.encode(video, train), train)
+    return self.head(self.encode(video, train, frozen_encoder), train)

@@ -1,0 +1,315 @@
+"""Encoder pretraining on the synthetic corpus: the embedded benchmark's Charades.
+
+The paper's detector starts every round from an I3D pretrained on Charades, which shares no video and
+no class with J-HMDB-21 or UCF-101-24. This module gives the synthetic benchmark the same start: it
+trains the detector's encoder (InceptionI3d up to Mixed_4f, at the config's width and frame size) on
+:mod:`claus_jax.data.pretrain_corpus`, whose motion families and clips are disjoint from the
+benchmark's, and writes an ``encoder_init`` directory in the format of ``tools/import_i3d``.
+
+What pretraining sees: corpus clips only (fresh scenes, actors and motions per clip, seeded apart
+from the benchmark). Never a benchmark video, class, or split.
+
+Objective, on Mixed_4f ``(B, 1, f, f, C)``:
+  * the clip's motion family: a linear layer on the spatial mean and max (cross-entropy);
+  * the actor's track: a 1x1 conv to ``4 L`` logits per cell, i.e. for each of the clip's ``L``
+    frames and each half cell, the fraction of its pixels covered by the actor (binary cross-entropy
+    on soft targets, weight ``seg_weight``). Mixed_4f has a single time step, so this dense target
+    makes it encode where the actor is in every frame: its motion, whatever the family.
+Both heads are thrown away; as in the paper, only the encoder arrives pretrained.
+
+Weights are cached under a hash of every setting that determines them (``cache_key``), so the main
+job pretrains once per machine and reuses the result; the same settings give bit-identical weights
+on the same machine (the batches are a function of the step, the step is pure, XLA's CPU reductions
+run in a fixed order).
+
+  python -m claus_jax.pretrain --config=configs/synthetic.py
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import json
+import os
+import shutil
+import tempfile
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax.training import train_state
+
+from claus_jax import configlib
+from claus_jax import models
+from claus_jax import train as train_lib
+from claus_jax.data import pretrain_corpus
+from claus_jax.data import tfds_store
+from claus_jax.models import i3d as i3d_lib
+
+RESULT_FILE = "pretrain.json"  # Settings, loss history and held-out accuracy, beside variables/.
+PACKAGED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "pretrained")
+# Bump when the pretraining objective or model changes (it is part of the cache key).
+OBJECTIVE_VERSION = 2
+
+
+class PretrainNet(nn.Module):
+  """The detector's encoder with two throw-away heads (motion family, coarse actor mask)."""
+
+  num_classes: int
+  width: float
+  conv_impl: str = "auto"
+  clip_length: int = 8
+
+  def setup(self):
+    self.encoder = i3d_lib.InceptionI3d("Mixed_4f", "claus", self.width, jnp.float32,
+                                        self.conv_impl)
+    self.motion_head = nn.Dense(self.num_classes)
+    self.mask_head = nn.Conv(4 * self.clip_length, (1, 1))
+
+  def encode(self, video: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+    """The encoder alone (train.recalibrate_batch_stats runs this)."""
+    return self.encoder(video, train)
+
+  def __call__(self, video: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+    """video (B, L, S, S, 3) in [-1, 1] -> {'logits': (B, P), 'mask_logits': (B, L, S/4, S/4)}."""
+    feat = self.encoder(video, train)["Mixed_4f"][:, 0].astype(jnp.float32)  # (B, f, f, C)
+    pooled = jnp.concatenate([feat.mean(axis=(1, 2)), feat.max(axis=(1, 2))], axis=-1)
+    b, f = feat.shape[0], feat.shape[1]
+    # (B, f, f, L * 4) -> (B, L, 2f, 2f): per clip frame, the actor cover of each half cell.
+    track = self.mask_head(feat).reshape(b, f, f, self.clip_length, 2, 2)
+    track = track.transpose(0, 3, 1, 4, 2, 5).reshape(b, self.clip_length, 2 * f, 2 * f)
+    return {"logits": self.motion_head(pooled), "mask_logits": track}
+
+
+class PretrainState(train_state.TrainState):
+  batch_stats: Any
+
+
+def cache_key(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Every setting that determines the pretrained weights (and nothing else)."""
+  p = config.pretrain
+  return {
+      "objective": OBJECTIVE_VERSION,
+      "corpus": pretrain_corpus.PretrainParams.from_config(config).to_dict(),
+      "steps": int(p.steps), "batch_size": int(p.batch_size),
+      "learning_rate": float(p.learning_rate), "seg_weight": float(p.seg_weight),
+      "width": float(config.model.width), "conv_impl": str(config.model.conv_impl),
+      "bn_recalibration_batches": int(config.train.bn_recalibration_batches),
+  }
+
+
+def cache_dir(config: ml_collections.ConfigDict) -> str:
+  """The encoder_init directory of ``config``'s pretraining settings (it may not exist yet)."""
+  root = (config.pretrain.cache_dir
+          or os.path.join(os.environ.get("CLAUS_CACHE_DIR", "") or "~/.cache/claus_jax",
+                          "pretrained"))
+  key = tfds_store.fingerprint(cache_key(config))
+  size = int(config.data.frame_size)
+  return os.path.join(os.path.abspath(os.path.expanduser(root)),
+                      f"synthetic_{size}px_w{config.model.width:g}_{key}")
+
+
+def is_complete(directory: str) -> bool:
+  return os.path.isfile(os.path.join(directory, RESULT_FILE)) and os.path.isdir(
+      os.path.join(directory, models.ENCODER_VARIABLES_SUBDIR))
+
+
+def _losses(model, variables, batch, seg_weight, train):
+  video = models.preprocess(batch["video"])
+  if train:
+    out, updates = model.apply(variables, video, train=True, mutable=["batch_stats"])
+  else:
+    out, updates = model.apply(variables, video, train=False), {}
+  onehot = jax.nn.one_hot(batch["label"], out["logits"].shape[-1])
+  cls = optax.softmax_cross_entropy(out["logits"], onehot).mean()
+  # Target: in every frame, the fraction of each half encoder cell covered by the actor. Mixed_4f
+  # keeps one time step, so predicting this makes it encode the actor's track through the clip.
+  mask = batch["mask"].astype(jnp.float32)  # (B, L, S, S)
+  b, length, s, _ = mask.shape
+  g = out["mask_logits"].shape[-1]
+  cover = mask.reshape(b, length, g, s // g, g, s // g).mean(axis=(3, 5))
+  seg = optax.sigmoid_binary_cross_entropy(out["mask_logits"], cover).mean()
+  total = cls + seg_weight * seg
+  acc = jnp.mean((out["logits"].argmax(-1) == batch["label"]).astype(jnp.float32))
+  return total, ({"total": total, "classification": cls, "mask": seg, "accuracy": acc},
+                 updates.get("batch_stats"))
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  p = config.pretrain
+  warmup = max(1, int(0.05 * p.steps))
+  schedule = optax.warmup_cosine_decay_schedule(0.0, p.learning_rate, warmup, max(p.steps, warmup + 1))
+  return optax.adam(schedule)
+
+
+def _batches(params, batch_size: int, first: int, count: int, start_index: int = 0):
+  """Batches ``first .. first + count - 1`` (clip indices ``start_index + step * B + j``), rendered
+  one ahead in a background thread."""
+  render = lambda step: pretrain_corpus.batch(
+      params, range(start_index + step * batch_size, start_index + (step + 1) * batch_size))
+  with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="claus-pretrain") as pool:
+    pending = [pool.submit(render, step) for step in range(first, min(first + 2, first + count))]
+    for step in range(first, first + count):
+      batch = pending.pop(0).result()
+      if step + 2 < first + count:
+        pending.append(pool.submit(render, step + 2))
+      yield batch
+
+
+def pretrain(config: ml_collections.ConfigDict, out_dir: str, progress: bool = True) -> dict:
+  """Trains the encoder on the corpus and writes ``out_dir`` (variables/ + pretrain.json) atomically.
+
+  Returns:
+    The result dict written to pretrain.json: settings, seconds, loss history, held-out accuracy.
+  """
+  p = config.pretrain
+  params = pretrain_corpus.PretrainParams.from_config(config)
+  model = PretrainNet(params.num_classes, float(config.model.width), config.model.conv_impl,
+                      params.clip_length)
+  size = params.frame_size
+  dummy = jnp.zeros((1, params.clip_length, size, size, 3), jnp.float32)
+  variables = jax.jit(functools.partial(model.init, train=False))(
+      jax.random.PRNGKey(int(p.seed)), dummy)
+  state = PretrainState.create(apply_fn=model.apply, params=variables["params"],
+                               batch_stats=variables["batch_stats"], tx=make_optimizer(config))
+  seg_weight = float(p.seg_weight)
+
+  @functools.partial(jax.jit, donate_argnums=(0,))
+  def step_fn(state, batch):
+    def loss(params):
+      return _losses(model, {"params": params, "batch_stats": state.batch_stats}, batch,
+                     seg_weight, train=True)
+    (_, (metrics, stats)), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
+    return state.apply_gradients(grads=grads, batch_stats=stats), metrics
+
+  start = time.time()
+  history, window = [], []
+  steps = int(p.steps)
+  bar = None
+  if progress:
+    from tqdm import tqdm
+    bar = tqdm(total=steps, desc="pretraining the encoder", unit="step", leave=False)
+  log_every = max(1, steps // 10)
+  for step, batch in enumerate(_batches(params, int(p.batch_size), 0, steps)):
+    state, metrics = step_fn(state, batch)
+    window.append(metrics)
+    if (step + 1) % log_every == 0 or step + 1 == steps:
+      mean = {k: float(np.mean([float(m[k]) for m in window])) for k in window[0]}
+      if not np.isfinite(mean["total"]):
+        raise FloatingPointError(f"pretraining step {step + 1}: non-finite loss {mean}; lower "
+                                 "config.pretrain.learning_rate.")
+      history.append({"step": step + 1, **mean})
+      window = []
+    if bar is not None:
+      bar.update(1)
+      bar.set_postfix(loss=f"{float(metrics['total']):.3f}")
+  if bar is not None:
+    bar.close()
+  # Precise BN with the final weights, on clips no step trained on.
+  state = train_lib.recalibrate_batch_stats(
+      state, _batches(params, int(p.batch_size), 0, int(config.train.bn_recalibration_batches),
+                      start_index=2 ** 40))
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+
+  # Held-out corpus clips (indices past every training clip), eval mode.
+  val = int(p.val_clips)
+  correct, seen = 0, 0
+  eval_fn = jax.jit(lambda v, b: _losses(model, v, b, seg_weight, train=False)[1][0])
+  val_metrics = []
+  for b in _batches(params, int(p.batch_size), 0, max(1, val // int(p.batch_size)),
+                    start_index=steps * int(p.batch_size)):
+    m = eval_fn(variables, b)
+    val_metrics.append({k: float(v) for k, v in m.items()})
+    correct += float(m["accuracy"]) * len(b["label"])
+    seen += len(b["label"])
+  elapsed = time.time() - start
+  result = {
+      "settings": cache_key(config), "seconds": round(elapsed, 1),
+      "clips_seen": steps * int(p.batch_size),
+      "classes": list(pretrain_corpus.PRETRAIN_CLASS_NAMES),
+      "heldout_clips": seen, "heldout_accuracy": correct / max(seen, 1),
+      "heldout_mask_loss": float(np.mean([m["mask"] for m in val_metrics])),
+      "history": history,
+  }
+  _write_atomically(out_dir, variables["params"]["encoder"], variables["batch_stats"]["encoder"],
+                    result)
+  return result
+
+
+def _write_atomically(out_dir: str, enc_params, enc_stats, result: dict) -> None:
+  """variables/ and pretrain.json into a sibling temp dir, then one rename: never a partial dir."""
+  out_dir = os.path.abspath(out_dir)
+  parent = os.path.dirname(out_dir)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-", dir=parent)
+  try:
+    models.save_encoder_variables({"params": enc_params, "batch_stats": enc_stats}, tmp)
+    with open(os.path.join(tmp, RESULT_FILE), "w") as f:
+      json.dump(result, f, indent=1)
+    if os.path.isdir(out_dir):  # A concurrent run finished first: same settings, same weights.
+      shutil.rmtree(tmp)
+      return
+    os.replace(tmp, out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def find_pretrained(config: ml_collections.ConfigDict) -> str | None:
+  """A complete encoder_init directory for ``config``'s settings: the one shipped in the package
+  (``claus_jax/assets/pretrained``, made by this module with the default settings), else the cache's;
+  None when neither exists."""
+  directory = cache_dir(config)
+  packaged = os.path.join(PACKAGED_DIR, os.path.basename(directory))
+  for candidate in (packaged, directory):
+    if is_complete(candidate):
+      return candidate
+  return None
+
+
+def ensure_pretrained(config: ml_collections.ConfigDict, log=print, progress: bool = True) -> str:
+  """The encoder_init directory for ``config``: reused when shipped or cached, else pretrained into
+  the cache."""
+  found = find_pretrained(config)
+  if found:
+    log(f"pretrained encoder: reusing {found}")
+    return found
+  directory = cache_dir(config)
+  log(f"pretrained encoder: none cached for these settings; pretraining "
+      f"{config.pretrain.steps} steps on the synthetic corpus -> {directory}")
+  result = pretrain(config, directory, progress=progress)
+  log(f"pretrained encoder: {result['seconds']:.0f} s, held-out corpus accuracy "
+      f"{100 * result['heldout_accuracy']:.1f}% over {result['heldout_clips']} clips "
+      f"({len(result['classes'])} motion families, chance {100 / len(result['classes']):.1f}%)")
+  return directory
+
+
+def main(argv):
+  del argv
+  from absl import flags
+  config = flags.FLAGS.config
+  configlib.validate(config)
+  found = find_pretrained(config)
+  if found and not flags.FLAGS.force:
+    print(f"already pretrained: {found} (--force to pretrain again into {cache_dir(config)})")
+    return
+  directory = cache_dir(config)
+  if flags.FLAGS.force and os.path.isdir(directory):
+    shutil.rmtree(directory)
+  print(f"pretraining {config.pretrain.steps} steps on the synthetic corpus -> {directory}")
+  result = pretrain(config, directory)
+  print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=1))
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file("config", "configs/synthetic.py", "Config file.")
+  flags.DEFINE_boolean("force", False, "Pretrain again even if the cache has these settings.")
+  app.run(main)

@@ -1,0 +1,121 @@
+"""The pretraining corpus and command: disjoint from the benchmark, deterministic, cached."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from claus_jax import models
+from claus_jax import pretrain
+from claus_jax import train as train_lib
+from claus_jax.data import pretrain_corpus as corpus
+from claus_jax.data import synthetic
+from tests.config_files import load_config
+
+
+def _tiny_config(tmp_path, **pretrain_fields):
+  config = load_config("synthetic", "smoke")
+  with config.unlocked():
+    config.pretrain.cache_dir = str(tmp_path / "cache")
+    config.pretrain.steps = 3
+    config.pretrain.batch_size = 2
+    config.pretrain.val_clips = 2
+    config.train.bn_recalibration_batches = 1
+    for key, value in pretrain_fields.items():
+      setattr(config.pretrain, key, value)
+  return config
+
+
+def test_corpus_classes_are_disjoint_from_the_benchmark():
+  assert set(corpus.PRETRAIN_CLASS_NAMES).isdisjoint(synthetic.CLASS_NAMES)
+  assert len(set(corpus.PRETRAIN_CLASS_NAMES)) == len(corpus.PRETRAIN_CLASS_NAMES)
+
+
+def test_corpus_clips_are_deterministic_balanced_and_independent():
+  params = corpus.PretrainParams(frame_size=32)
+  a = corpus.batch(params, range(14))
+  b = corpus.batch(params, range(14))
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key])
+  np.testing.assert_array_equal(a["label"], np.arange(14) % params.num_classes)
+  # A clip depends on its index only, not on which batch it comes in.
+  frames, masks, label = corpus.clip(params, 9)
+  np.testing.assert_array_equal(frames, a["video"][9])
+  np.testing.assert_array_equal(masks, a["mask"][9])
+  assert label == 9 % params.num_classes
+  assert a["video"].shape == (14, 8, 32, 32, 3) and a["video"].dtype == np.uint8
+  assert a["mask"].any(axis=(1, 2, 3)).all(), "every clip shows its actor"
+  # Another corpus seed gives other clips.
+  other = corpus.batch(corpus.PretrainParams(frame_size=32, seed=2), range(2))
+  assert not np.array_equal(other["video"], a["video"][:2])
+
+
+def test_corpus_never_renders_a_benchmark_scene():
+  """The corpus's scenes come from its own seed stream: no background matches a benchmark group's."""
+  params = corpus.PretrainParams(seed=0, frame_size=32, distractors=0, occlusion=0.0, jitter=0.0,
+                                 max_pan=0.0)
+  bench = synthetic.GeneratorParams(seed=0, frame_size=32, train_groups=8, test_groups=8,
+                                    distractors=0, occlusion=0.0, jitter=0.0)
+  bench_frames = [synthetic.generate_video(bench, split, g, 0, draw_actor=False).frames[0]
+                  for split in ("train", "test") for g in range(8)]
+  for i in range(16):
+    frames, _, _ = corpus.clip(params, i)
+    for bf in bench_frames:
+      # Pixel noise differs anyway; a shared scene would leave a mean difference of a few levels.
+      assert np.abs(frames[0].astype(float) - bf.astype(float)).mean() > 10.0
+
+
+@pytest.mark.parametrize("name", corpus.PRETRAIN_CLASS_NAMES)
+def test_each_motion_family_starts_at_rest_and_moves_as_named(name):
+  rng = np.random.default_rng(0)
+  motion = corpus._random_motion(rng, corpus.PRETRAIN_CLASS_NAMES.index(name), 64, 40.0)
+  t = np.arange(0.0, 40.0)
+  dx, dy, scale, dangle = motion(t)
+  assert dx[0] == pytest.approx(0.0, abs=1e-9) and dy[0] == pytest.approx(0.0, abs=1e-9)
+  np.testing.assert_allclose(scale, 1.0)
+  travel = np.hypot(dx, dy).max()
+  if name == "still":
+    assert travel == 0.0 and np.all(dangle == 0.0)
+  elif name == "wobble":
+    assert travel == 0.0 and np.ptp(dangle) > 0.5
+  else:
+    assert travel > 2.0
+
+
+def test_pretrain_is_bit_identical_cached_and_loads_into_the_detector(tmp_path, monkeypatch):
+  # Pretraining must never read the benchmark: make any benchmark rendering fail.
+  def forbidden(*args, **kwargs):
+    raise AssertionError("pretraining rendered a benchmark video")
+  monkeypatch.setattr(synthetic, "generate_video", forbidden)
+  monkeypatch.setattr(synthetic, "generate_split", forbidden)
+  config = _tiny_config(tmp_path)
+  first = pretrain.pretrain(config, str(tmp_path / "a"), progress=False)
+  # ensure_pretrained trains once into the cache (a second, independent run), then reuses it.
+  said = []
+  directory = pretrain.ensure_pretrained(config, log=said.append, progress=False)
+  assert pretrain.is_complete(directory) and "pretraining" in said[-2]
+  restore = lambda d: models.load_encoder_init(variables, d)
+  model = models.build_model(config)
+  state = train_lib.create_state(config, model, jax.random.PRNGKey(0), 4)
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  a, b = restore(str(tmp_path / "a")), restore(directory)
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert all(np.array_equal(x, y) for x, y in zip(leaves_a, leaves_b))
+  # The encoder changed from its random init; the capsules and decoder did not come from it.
+  assert not np.array_equal(a["params"]["encoder"]["Conv3d_1a_7x7"]["conv3d"]["kernel"],
+                            variables["params"]["encoder"]["Conv3d_1a_7x7"]["conv3d"]["kernel"])
+  np.testing.assert_array_equal(a["params"]["class_caps"]["weights"],
+                                variables["params"]["class_caps"]["weights"])
+  assert first["clips_seen"] == 6 and first["classes"] == list(corpus.PRETRAIN_CLASS_NAMES)
+  with open(tmp_path / "a" / pretrain.RESULT_FILE) as f:
+    assert json.load(f)["settings"] == pretrain.cache_key(config)
+
+  stamp = os.path.getmtime(os.path.join(directory, pretrain.RESULT_FILE))
+  assert pretrain.ensure_pretrained(config, log=said.append, progress=False) == directory
+  assert "reusing" in said[-1]
+  assert os.path.getmtime(os.path.join(directory, pretrain.RESULT_FILE)) == stamp
+  with config.unlocked():
+    config.pretrain.seed = 7
+  assert pretrain.cache_dir(config) != directory
