@@ -259,6 +259,7 @@ CHOICES = {
     "data.on_bad_video": ("error", "skip"),
     "data.synthetic.mode": ("untrimmed", "trimmed"),
     "model.conv_impl": ("auto", "native", "frames"),
+    "model.routing_sign": ("port", "em"),
     "loss.mask_interp": ("sdf", "nearest"),
     "eval.score_rule": ("class_prob", "class_prob_x_mask_mean"),
     "eval.tiling": ("skip2", "dense"),
@@ -323,6 +324,20 @@ RANGES = {
     "eval.mask_threshold": "(0, 1)",
     "distributed.num_processes": "[0, inf)",
     "distributed.process_id": "[-1, inf)",
+    "train.encoder_lr_scale": "[0, inf)",
+    "pretrain.seed": "[0, 2147483647]",
+    "pretrain.frame_size": "[0, inf)",
+    "pretrain.steps": "[1, inf)",
+    "pretrain.batch_size": "[1, inf)",
+    "pretrain.learning_rate": "(0, inf)",
+    "pretrain.seg_weight": "[0, inf)",
+    "pretrain.min_speed": "(0, inf)",
+    "pretrain.max_speed": "(0, inf)",
+    "pretrain.max_pan": "[0, inf)",
+    "pretrain.distractors": "[0, inf)",
+    "pretrain.occlusion": "[0, 1]",
+    "pretrain.jitter": "[0, inf)",
+    "pretrain.val_clips": "[0, inf)",
 }
 
 
@@ -362,6 +377,16 @@ def _check_fields(config: ml_collections.ConfigDict) -> None:
     for v in (value if isinstance(value, (tuple, list)) else (value,)):
       if not _in_range(v, interval):
         _fail(field, f"{v!r} must be {_range_text(interval)}.")
+  p = config.pretrain
+  if p.min_speed > p.max_speed:
+    _fail("pretrain.min_speed", f"{p.min_speed} is above pretrain.max_speed={p.max_speed}.")
+  if p.frame_size and p.frame_size % 16:
+    _fail("pretrain.frame_size", f"{p.frame_size} must be 0 (= data.frame_size) or a multiple of "
+          "16, like data.frame_size.")
+  if p.enabled and config.dataset != "synthetic":
+    _fail("pretrain.enabled", f"the synthetic pretraining corpus is for the synthetic benchmark, not "
+          f"{config.dataset}; start from imported I3D weights instead (model.encoder_init, see "
+          "README).")
   if config.loss.p_low > config.loss.p_high:
     _fail("loss.p_low", f"{config.loss.p_low} is above loss.p_high={config.loss.p_high}.")
   if not 1 <= config.eval.video_top_k <= config.model.num_classes:

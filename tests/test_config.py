@@ -150,13 +150,9 @@ def _numeric_fields(tree, prefix=""):
 
 def test_every_numeric_field_has_a_range_check():
   # A value far outside any sensible range must be refused, naming the field, for every numeric
-  # field of the schema (NaN for a float, -1e9 for an int). The fields of issue 17, in progress,
-  # get their checks with that change.
-  in_progress = ("pretrain.", "train.encoder_lr_scale")
+  # field of the schema (NaN for a float, -1e9 for an int).
   unchecked = []
   for field, value in _numeric_fields(configlib.to_dict(configlib.base_config())):
-    if field.startswith(in_progress):
-      continue
     c = load("synthetic")
     section, _, name = field.rpartition(".")
     setattr(configlib.field_value(c, section) if section else c, name,
@@ -173,9 +169,30 @@ def test_choices_are_the_modules_own_names():
   from claus_jax import tiling
   from claus_jax.data import pseudo_labels, synthetic
   from claus_jax.evaluation import evaluator
-  from claus_jax.models import i3d
+  from claus_jax.models import detector, i3d
 
   assert configlib.CHOICES == {
       "data.on_bad_video": ("error", "skip"), "data.synthetic.mode": synthetic.MODES,
-      "model.conv_impl": i3d.CONV_IMPLS, "loss.mask_interp": pseudo_labels.MASK_INTERPOLATIONS,
+      "model.conv_impl": i3d.CONV_IMPLS, "model.routing_sign": detector.ROUTING_SIGNS,
+      "loss.mask_interp": pseudo_labels.MASK_INTERPOLATIONS,
       "eval.score_rule": evaluator.SCORE_RULES, "eval.tiling": tiling.TILINGS}
+
+
+def test_pretraining_fields_are_checked_with_the_fix():
+  c = load("synthetic")
+  with c.unlocked():
+    c.pretrain.min_speed, c.pretrain.max_speed = 2.0, 1.0
+  with pytest.raises(configlib.ConfigError, match="config.pretrain.min_speed"):
+    configlib.validate(c)
+  c = load("synthetic")
+  c.pretrain.frame_size = 40
+  with pytest.raises(configlib.ConfigError, match="config.pretrain.frame_size: 40 must be 0"):
+    configlib.validate(c)
+  c = load("jhmdb", "tiny")
+  c.pretrain.enabled = True
+  with pytest.raises(configlib.ConfigError, match="config.pretrain.enabled.*model.encoder_init"):
+    configlib.validate(c)
+  c = load("synthetic")
+  c.model.routing_sign = "hinton"
+  with pytest.raises(configlib.ConfigError, match="config.model.routing_sign"):
+    configlib.validate(c)

@@ -35,6 +35,7 @@ from claus_jax.models.i3d import (DEFAULT_KERNEL_INIT, Conv3d, InceptionI3d, res
                                    scaled_channels)
 
 Dtype = Any
+ROUTING_SIGNS = ("port", "em")  # CLAUSDetector.routing_sign (config.model.routing_sign).
 
 
 def channel_dropout(rate: float, name: str | None = None) -> nn.Dropout:
