@@ -32,6 +32,7 @@ import logging
 import os
 import sys
 import time
+import zipfile
 from collections.abc import Sequence
 
 import jax
@@ -57,8 +58,37 @@ SCORE_SHARD = 16
 _INIT_STREAM, _TRAIN_STREAM, _SCORE_STREAM = 0, 1, 2
 
 
+# Exit codes of ``python -m claus_jax.main`` (README): 0 the run finished; 3 the files oracle waits
+# for round_K/answers.json; 2 an error whose one-line message names the file or field and the fix;
+# 1 anything else (a bug, with its traceback).
+EXIT_ERROR = 2
+EXIT_AWAITING_ANSWERS = 3
+
+
 class WorkdirMismatchError(ValueError):
   """The workdir was made by a different config."""
+
+
+def user_error_message(error: BaseException) -> str | None:
+  """The one-line message for an error a user can act on; None for a bug (keep the traceback)."""
+  from claus_jax import train
+  from claus_jax.data import official
+
+  if isinstance(error, (configlib.ConfigError, WorkdirMismatchError, pool_lib.PoolError,
+                        pool_lib.StateFileError, pool_lib.DiskFullError, oracle_lib.AnswersError,
+                        train.CheckpointError, train.NonFiniteLossError, official.DatasetError)):
+    return str(error)
+  if pool_lib.is_disk_full(error):  # However deep a library wrapped it.
+    seen = error
+    while seen is not None and not getattr(seen, "filename", None):
+      seen = seen.__cause__ or seen.__context__
+    return str(pool_lib.DiskFullError(seen.filename if seen is not None else "the workdir"))
+  if isinstance(error, (FileExistsError, NotADirectoryError)):
+    if error.filename:
+      return (f"{error.filename} is a file where a folder is needed; move or delete it and re-run "
+              "the same command.")
+    return str(error)
+  return None
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -72,13 +102,17 @@ def _flatten(d: dict, prefix: str = "") -> dict:
   return out
 
 
-def check_or_write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Writes config.json on the first run; later runs must use the same config (but neutral fields)."""
+def check_or_write_config(config: ml_collections.ConfigDict, workdir: str,
+                          write: bool = True) -> None:
+  """Writes config.json on the first run; later runs must use the same config (but neutral fields).
+
+  ``write=False`` only compares with an existing config.json (a run refuses a different config
+  before preparing data, and writes its own only once every check has passed).
+  """
   path = os.path.join(workdir, "config.json")
   current = json.loads(json.dumps(configlib.to_dict(config)))  # tuples -> lists, as on disk
   if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
+    saved = pool_lib.read_json(path, require=("dataset", "seed", "train"))
     a, b = _flatten(saved), _flatten(current)
     diff = sorted(k for k in set(a) | set(b)
                   if k not in _RESULT_NEUTRAL and a.get(k, "<absent>") != b.get(k, "<absent>"))
@@ -89,7 +123,20 @@ def check_or_write_config(config: ml_collections.ConfigDict, workdir: str) -> No
           f"{workdir} was made by a different config:\n{lines}\nUse another --workdir, or rerun "
           "with the workdir's config to resume it.")
     return
-  pool_lib.atomic_write_json(path, current)
+  if write:
+    pool_lib.atomic_write_json(path, current)
+
+
+def make_folder(path: str, what: str) -> None:
+  """``os.makedirs(path)``; a file in the way is a FileExistsError naming it and the fix."""
+  try:
+    os.makedirs(path, exist_ok=True)
+  except (FileExistsError, NotADirectoryError):
+    blocker = os.path.abspath(path)  # Its deepest existing part: a file, or makedirs would work.
+    while not os.path.exists(blocker):
+      blocker = os.path.dirname(blocker)
+    raise FileExistsError(f"{what}: {blocker} is a file where a folder is needed; move or delete "
+                          f"it, or choose another path than {path}.") from None
 
 
 def default_workdir(config_arg: str) -> str:
@@ -176,9 +223,14 @@ class Experiment:
       return
     pool = pool_lib.PoolState.from_json(pool_before.to_json(), num_frames=self.num_frames)
     if self.config.oracle.kind == "files":
-      if not parallel.exists_on_primary(os.path.join(rd, "answers.json")):
+      answered = parallel.exists_on_primary(os.path.join(rd, "answers.json"))
+      message = None
+      # The requests are (re)written while unanswered, and whenever they are missing (deleted after
+      # a damage report): the selection that makes them is on disk.
+      if not answered or not parallel.exists_on_primary(os.path.join(rd, "requests.json")):
         message = self._write("oracle requests", lambda: oracle_lib.write_requests(
             rd, selection, target_round, self.num_frames, self.dataset.class_names))
+      if not answered:
         message = message or f"round {target_round}: awaiting answers in {rd}"
         self.say(message)
         raise oracle_lib.AwaitingAnswers(message)
@@ -242,10 +294,12 @@ class Experiment:
     ckpt = os.path.join(rd, "checkpoints")
     if parallel.exists_on_primary(train_json):
       restored = train_lib.restore_latest(ckpt, jax.eval_shape(lambda s: s, state), cfg)
-      if restored is None:
-        raise FileNotFoundError(f"{train_json} exists but {ckpt} has no checkpoint; delete "
-                                f"{train_json} to retrain round {r}.")
-      return restored
+      if restored is not None and int(restored.step) == cfg.train.steps:
+        return restored
+      # The final checkpoint is gone (deleted after a damage report, say): an earlier step is no
+      # result. Training resumes from the latest checkpoint left, and train.json is written again.
+      self.say(f"round {r}: {train_json} exists but {ckpt} holds no step {cfg.train.steps}; "
+               f"training resumes from step {0 if restored is None else int(restored.step)}.")
     bar = self._bar(cfg.train.steps, f"round {r} train", "step")
     done_before = [0]
 
@@ -281,8 +335,11 @@ class Experiment:
                                    len(self.index))
     restored = train_lib.restore_latest(os.path.join(round_dir(self.workdir, r), "checkpoints"),
                                         jax.eval_shape(lambda s: s, state), self.config)
-    if restored is None:
-      raise FileNotFoundError(f"round {r} has no checkpoint to warm-start from.")
+    if restored is None or int(restored.step) != self.config.train.steps:
+      raise train_lib.CheckpointError(
+          f"round {r} has no final checkpoint (step {self.config.train.steps}) in "
+          f"{os.path.join(round_dir(self.workdir, r), 'checkpoints')} to warm-start from; re-run "
+          "the same command to finish that round's training first.")
     return restored
 
   def _cluster_init(self, state, sampler):
@@ -317,8 +374,7 @@ class Experiment:
 
     path = os.path.join(round_dir(self.workdir, r), "eval.json")
     if parallel.exists_on_primary(path):
-      with open(path) as f:
-        return json.load(f)
+      return pool_lib.read_json(path, require=("per_class",))
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     predict_fn = evaluation.make_predict_fn(self.model, variables)
     result, markdown = evaluation.evaluate(predict_fn, self.dataset.test,
@@ -369,8 +425,11 @@ class Experiment:
     cfg = self.config
     path = os.path.join(round_dir(self.workdir, r), "selection.json")
     if parallel.exists_on_primary(path):
-      with open(path) as f:
-        return selection_lib.Selection.from_json(json.load(f))
+      record = pool_lib.read_json(path, require=("picks", "clusters"))
+      try:
+        return selection_lib.Selection.from_json(record)
+      except (KeyError, TypeError, ValueError) as e:
+        raise pool_lib.state_file_error(path, f"{type(e).__name__}: {e}") from None
     latents = np.stack([scores[v]["latent"] for v in self.index.video_ids])
     if bool(state.cluster_active):
       clusters = np.asarray(clustering.assign(jnp.asarray(latents), state.centres))
@@ -398,8 +457,9 @@ class Experiment:
     parallel.assert_same_across_processes(record, f"selection of round {r}")
 
     def write():
+      pool_lib.atomic_write(os.path.join(round_dir(self.workdir, r), "latents.npy"),
+                            lambda f: np.save(f, latents))
       pool_lib.atomic_write_json(path, record)
-      np.save(os.path.join(round_dir(self.workdir, r), "latents.npy"), latents)
     self._write("selection.json", write)
     return chosen
 
@@ -460,17 +520,19 @@ def _save_shard(path: str, results: Sequence) -> None:
   for res in results:
     for field in ("frame_scores", "entropy", "mean_prob", "latent", "class_probs"):
       arrays[f"{res.video_id}/{field}"] = getattr(res, field)
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  pool_lib.atomic_write_npz(path, arrays)
 
 
 def _load_shard(path: str) -> dict:
   out: dict = {}
-  with np.load(path) as data:
-    for key in data.files:
-      vid, field = key.rsplit("/", 1)
-      out.setdefault(vid, {})[field] = data[key]
+  try:
+    with np.load(path) as data:
+      for key in data.files:
+        vid, field = key.rsplit("/", 1)
+        out.setdefault(vid, {})[field] = data[key]
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise pool_lib.state_file_error(path, f"{type(e).__name__}: {e}", "delete it and re-run the "
+                                    "same command to score its videos again.") from None
   # Selection uses the configured R (all passes) and the configured threshold (index 0).
   for vid, fields in out.items():
     fields["all_frame_scores"] = fields["frame_scores"]
@@ -497,9 +559,24 @@ def quiet_library_logs() -> None:
   """Orbax and tfds log every checkpoint and file at INFO; keep the console to our status lines."""
   from absl import logging as absl_logging
 
+  from claus_jax import train
+
   absl_logging.set_verbosity(absl_logging.WARNING)
   for name in ("absl", "orbax", "tensorflow_datasets", "jax._src.xla_bridge"):
     logging.getLogger(name).setLevel(logging.WARNING)
+  # A failed checkpoint save or restore (a full disk, a damaged folder) reaches the run as one
+  # exception, which it reports; meanwhile orbax's threads log it again at ERROR, asyncio logs each
+  # unretrieved future, and late reads print 'Event loop is closed': thousands of lines around
+  # the one that matters. Orbax's warnings stay.
+  logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+  absl_logger = logging.getLogger("absl")  # Orbax logs through absl.
+  if _drop_orbax_errors not in absl_logger.filters:
+    absl_logger.addFilter(_drop_orbax_errors)
+  train.drop_closed_event_loop_reports()
+
+
+def _drop_orbax_errors(record: logging.LogRecord) -> bool:
+  return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -509,13 +586,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   quiet_library_logs()
   enable_compilation_cache()
   configlib.validate(config)
+  workdir = os.path.expanduser(workdir)
   primary = parallel.is_primary()
   if primary:
-    os.makedirs(workdir, exist_ok=True)
-    check_or_write_config(config, workdir)
-  parallel.sync("config.json")
-  if not primary:
-    check_or_write_config(config, workdir)  # Reads it: every process must run the same config.
+    make_folder(workdir, "--workdir")
+    check_or_write_config(config, workdir, write=False)  # A different config stops here.
   # Process 0 prepares the tfds store (a first run generates or converts the data); the others
   # wait, then read it.
   dataset = data_lib.get_dataset(config) if primary else None
@@ -525,6 +600,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   index = dataset.train_index
   configlib.validate_against_data(config, len(index), int(index.num_frames.sum()),
                                   dataset.num_classes)
+  # config.json is written once every check has passed: a bad value never locks the workdir.
+  if primary:
+    check_or_write_config(config, workdir)
+  parallel.sync("config.json")
+  if not primary:
+    check_or_write_config(config, workdir)  # Reads it: every process must run the same config.
   summary = dataset.summary()
   if primary:
     pool_lib.atomic_write_json(os.path.join(workdir, "dataset.json"), summary)

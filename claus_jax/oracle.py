@@ -83,8 +83,7 @@ def write_requests(round_dir: str, selection, round_index: int, num_frames: dict
 
 
 def load_requests(round_dir: str) -> dict:
-  with open(os.path.join(round_dir, "requests.json")) as f:
-    return json.load(f)
+  return pool_lib.read_json(os.path.join(round_dir, "requests.json"), require=("videos",))
 
 
 def _read_mask(path: str, shape: tuple[int, int]) -> np.ndarray:

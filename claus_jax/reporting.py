@@ -18,9 +18,12 @@ HEADLINE = ("accuracy", "capsule/v-mAP@0.5", "capsule/f-mAP@0.5", "detection/v-m
 
 
 def _rounds(workdir: str) -> list[int]:
+  """Evaluated rounds. A round whose pool.json is missing is left out until the run rebuilds it."""
   out = []
   for name in sorted(os.listdir(workdir)):
-    if name.startswith("round_") and os.path.exists(os.path.join(workdir, name, "eval.json")):
+    rd = os.path.join(workdir, name)
+    if (name.startswith("round_") and os.path.exists(os.path.join(rd, "eval.json"))
+        and os.path.exists(os.path.join(rd, "pool.json"))):
       out.append(int(name.split("_")[1]))
   return out
 
@@ -30,18 +33,15 @@ def collect(workdir: str) -> list[dict]:
   rows = []
   for r in _rounds(workdir):
     rd = os.path.join(workdir, f"round_{r:03d}")
-    with open(os.path.join(rd, "pool.json")) as f:
-      pool = json.load(f)["summary"]
-    with open(os.path.join(rd, "eval.json")) as f:
-      result = json.load(f)
+    pool = pool_lib.read_json(os.path.join(rd, "pool.json"), require=("summary",))["summary"]
+    result = pool_lib.read_json(os.path.join(rd, "eval.json"))
     row = {"round": r, "videos_pct": pool["videos_pct"], "frames_pct": pool["frames_pct"],
            "labelled_videos": pool["labelled_videos"], "labelled_frames": pool["labelled_frames"],
            "cost": pool["cost"]}
     row.update({k: v for k, v in result.items() if not isinstance(v, (dict, list))})
     train_json = os.path.join(rd, "train.json")
     if os.path.exists(train_json):
-      with open(train_json) as f:
-        hist = json.load(f)["history"]
+      hist = pool_lib.read_json(train_json, require=("history",))["history"]
       if hist:
         row["final_loss"] = hist[-1].get("total")
     rows.append(row)
@@ -79,8 +79,7 @@ def write_reports(workdir: str, dataset=None, quiet: bool = False) -> dict:
   strategy = ""
   cfg_path = os.path.join(workdir, "config.json")
   if os.path.exists(cfg_path):
-    with open(cfg_path) as f:
-      cfg = json.load(f)
+    cfg = pool_lib.read_json(cfg_path, require=("dataset", "selection", "seed"))
     strategy = f"{cfg['dataset']}, strategy {cfg['selection']['strategy']}, seed {cfg['seed']}"
   table = summary_markdown(rows, strategy)
   pool_lib.atomic_write_text(os.path.join(workdir, "summary.md"), table)
@@ -126,8 +125,8 @@ def plot_cost_vs_map(rows: list[dict], path: str) -> None:
 
 def _last_selection_round(workdir: str) -> int | None:
   rounds = [int(n.split("_")[1]) for n in os.listdir(workdir)
-            if n.startswith("round_") and os.path.exists(os.path.join(workdir, n, "selection.json"))
-            and os.path.exists(os.path.join(workdir, n, "latents.npy"))]
+            if n.startswith("round_") and all(os.path.exists(os.path.join(workdir, n, f)) for f in
+                                              ("selection.json", "latents.npy", "pool.json"))]
   return max(rounds) if rounds else None
 
 
@@ -139,11 +138,13 @@ def plot_selection_pca(workdir: str, dataset, path: str) -> None:
   if r is None:
     return
   rd = os.path.join(workdir, f"round_{r:03d}")
-  latents = np.load(os.path.join(rd, "latents.npy"))
-  with open(os.path.join(rd, "selection.json")) as f:
-    sel = json.load(f)
-  with open(os.path.join(rd, "pool.json")) as f:
-    labelled = set(json.load(f)["videos"])
+  latents_path = os.path.join(rd, "latents.npy")
+  try:
+    latents = np.load(latents_path)
+  except (OSError, ValueError, EOFError) as e:
+    raise pool_lib.state_file_error(latents_path, f"{type(e).__name__}: {e}") from None
+  sel = pool_lib.read_json(os.path.join(rd, "selection.json"), require=("clusters", "picks"))
+  labelled = set(pool_lib.read_json(os.path.join(rd, "pool.json"), require=("videos",))["videos"])
   ids = list(dataset.train_index.video_ids)
   clusters = np.array([sel["clusters"].get(v, -1) for v in ids])
   chosen = {p["video_id"] for p in sel["picks"] if p["new_video"]}
@@ -170,10 +171,8 @@ def plot_per_class(workdir: str, dataset, path: str) -> None:
   if not rounds:
     return
   rd = os.path.join(workdir, f"round_{rounds[-1]:03d}")
-  with open(os.path.join(rd, "eval.json")) as f:
-    result = json.load(f)
-  with open(os.path.join(rd, "pool.json")) as f:
-    labelled = json.load(f)["videos"]
+  result = pool_lib.read_json(os.path.join(rd, "eval.json"), require=("per_class",))
+  labelled = pool_lib.read_json(os.path.join(rd, "pool.json"), require=("videos",))["videos"]
   index = dataset.train_index
   pos = {v: i for i, v in enumerate(index.video_ids)}
   counts = np.bincount([int(index.labels[pos[v]]) for v in labelled if v in pos],

@@ -60,8 +60,7 @@ PER_VIDEO_FIELDS = ("frame_scores", "entropy", "mean_prob", "latent", "class_pro
 SCORE_STREAM = 2  # experiment._SCORE_STREAM: the root-key stream a run scores with.
 
 
-class CheckpointError(FileNotFoundError):
-  """No usable checkpoint; the message names the folder and what to do."""
+from claus_jax.train import CheckpointError  # pylint: disable=g-bad-import-order  (re-exported)
 
 
 def resolve_checkpoint_dir(path: str) -> str:

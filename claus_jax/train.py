@@ -8,10 +8,11 @@ uninterrupted run. Deep-clustering centres live in the state and move every step
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-import json
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +46,10 @@ class TrainState(train_state.TrainState):
 
 class NonFiniteLossError(FloatingPointError):
   """The loss became NaN or inf; the message names the step and the loss part."""
+
+
+class CheckpointError(FileNotFoundError):
+  """No usable checkpoint; the message names the folder and what to do."""
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -135,6 +140,39 @@ def _checkpoint_manager(directory: str, config) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
+def drop_closed_event_loop_reports() -> None:
+  """Silences the echo of a failed orbax save or restore.
+
+  The reads and writes still in flight when a save or restore fails finish on tensorstore's threads
+  after orbax has closed its asyncio loop; each prints a 'RuntimeError: Event loop is closed'
+  traceback as an unraisable exception (hundreds of them, interleaved with the real error). They
+  say nothing more.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_closed_event_loop", False):
+    return
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"):
+      previous(unraisable)
+
+  hook.drops_closed_event_loop = True
+  sys.unraisablehook = hook
+
+
+@contextlib.contextmanager
+def _full_disk_named(folder: str):
+  """A full disk while checkpointing into ``folder`` is a DiskFullError naming it (orbax and
+  tensorstore wrap ENOSPC in their own errors)."""
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except  (only a full disk is reworded)
+    if pool_lib.is_disk_full(e):
+      raise pool_lib.DiskFullError(os.path.abspath(folder)) from None
+    raise
+
+
 def restore_latest(directory: str, abstract_state: TrainState, config) -> TrainState | None:
   """The latest checkpoint in ``directory``, restored into the structure of ``abstract_state``."""
   # Every process opens the manager (orbax synchronises processes inside), so the folder is created
@@ -144,7 +182,19 @@ def restore_latest(directory: str, abstract_state: TrainState, config) -> TrainS
     step = mngr.latest_step()
     if step is None:
       return None
-    return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    try:
+      return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    except Exception as e:  # pylint: disable=broad-except  (orbax and tensorstore raise many kinds)
+      drop_closed_event_loop_reports()
+      folder = os.path.join(os.path.abspath(directory), str(step))
+      root = e
+      while root.__cause__ or root.__context__:  # The storage layer's own words, not orbax's wrap.
+        root = root.__cause__ or root.__context__
+      cause = (str(root).strip().splitlines() or [""])[0][:200]
+      raise CheckpointError(
+          f"checkpoint {folder} cannot be restored ({type(root).__name__}: {cause}); it is damaged or "
+          "incomplete. Delete that folder and re-run the same command: training resumes from the "
+          "round's previous checkpoint, or starts the round again.") from e
 
 
 def recalibrate_batch_stats(state: TrainState, batches, momentum: float | None = None,
@@ -231,9 +281,8 @@ def fit(config: ml_collections.ConfigDict, state: TrainState, sampler, checkpoin
   start = int(state.step)
   history = []
   if history_path and os.path.exists(history_path):
-    with open(history_path) as f:
-      history = [h for h in json.load(f) if h["step"] <= start]
-  with _checkpoint_manager(checkpoint_dir, config) as mngr:
+    history = [h for h in pool_lib.read_json(history_path) if h["step"] <= start]
+  with _full_disk_named(checkpoint_dir), _checkpoint_manager(checkpoint_dir, config) as mngr:
     if start >= total_steps:
       return FitResult(state, history)
     for step, batch in zip(range(start, total_steps), sampler.iterate(start)):

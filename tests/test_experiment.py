@@ -274,3 +274,116 @@ def test_answers_are_validated_against_the_requests(tmp_path):
   assert "videos['v1'].label: missing" in msg
   assert "must be [x1, y1, x2, y2] with x1 <= x2" in msg
   assert "videos['v2'].frames['0']: give exactly one of" in msg
+
+
+# ------------------------------------------------------------- bad inputs: named, never silent
+
+
+def _copy_run(reference_run, tmp_path, name="copy"):
+  import shutil
+
+  workdir = str(tmp_path / name)
+  shutil.copytree(reference_run, workdir)
+  return workdir
+
+
+def test_a_config_refused_by_any_check_writes_no_config_json(tfds_dir, tmp_path):
+  from claus_jax import configlib
+
+  workdir = str(tmp_path / "w")
+  with pytest.raises(configlib.ConfigError, match="config.eval.tiling: 'skip3' is not allowed"):
+    experiment.run(smoke_config(**{"eval.tiling": "skip3"}), workdir)
+  assert not os.path.exists(workdir)  # Refused before anything ran.
+  # K above the round-0 videos is only known once the data is: still no config.json.
+  with pytest.raises(configlib.ConfigError, match="config.cluster.k: K=50 is larger"):
+    experiment.run(smoke_config(**{"cluster.k": 50}), workdir)
+  assert not os.path.exists(os.path.join(workdir, "config.json"))
+
+
+def test_awaiting_answers_exits_with_its_own_code(tfds_dir, tmp_path):
+  workdir = tmp_path / "files"
+  done = subprocess.run([sys.executable, "-m", "claus_jax.main", "--config=configs/synthetic.py:smoke",
+                         "--config.oracle.kind=files", f"--workdir={workdir}", "--quiet"], cwd=ROOT,
+                        env=dict(os.environ, CLAUS_TFDS_DIR=tfds_dir), capture_output=True,
+                        text=True, timeout=300)
+  assert done.returncode == experiment.EXIT_AWAITING_ANSWERS == 3, done.stderr[-2000:]
+  assert f"Write the annotations to {workdir}/round_000/answers.json" in done.stdout
+  assert os.path.exists(workdir / "round_000" / "requests.json")
+
+
+def test_a_damaged_final_checkpoint_is_named_and_deleting_it_resumes_training(reference_run,
+                                                                             tmp_path):
+  import shutil
+
+  from claus_jax import train as train_lib
+
+  workdir = _copy_run(reference_run, tmp_path)
+  final = os.path.join(workdir, "round_001", "checkpoints", "20")
+  data = os.path.join(final, "default", "ocdbt.process_0", "d")
+  for name in os.listdir(data):  # Truncated array files, as a crash of the storage would leave.
+    with open(os.path.join(data, name), "r+b") as f:
+      f.truncate(16)
+  os.remove(os.path.join(workdir, "round_001", "eval.json"))  # Evaluated again from the model.
+  with pytest.raises(train_lib.CheckpointError) as e:
+    experiment.run(smoke_config(), workdir)
+  message = str(e.value)
+  assert message.startswith(f"checkpoint {final} cannot be restored (") and len(message) < 600
+  assert "Delete that folder and re-run the same command" in message
+  # Deleting it, as the message says: train.json is there, but step 10 is no result. Training
+  # resumes to step 20, and every result equals the uninterrupted run's.
+  shutil.rmtree(final)
+  experiment.run(smoke_config(), workdir)
+  assert os.path.isdir(final)
+  assert _outcome(workdir) == _outcome(reference_run)
+
+
+def test_a_missing_pool_of_a_finished_run_is_rebuilt(reference_run, tmp_path):
+  workdir = _copy_run(reference_run, tmp_path)
+  os.remove(os.path.join(workdir, "round_001", "pool.json"))
+  experiment.run(smoke_config(), workdir)
+  assert _outcome(workdir) == _outcome(reference_run)
+
+
+def test_damaged_state_files_are_named_with_what_to_do(reference_run, tmp_path):
+  from claus_jax import data as data_lib
+  from claus_jax import pool as pool_lib
+  from claus_jax import reporting
+
+  workdir = _copy_run(reference_run, tmp_path)
+  config = smoke_config()
+  dataset = data_lib.get_dataset(config)
+  exp = experiment.Experiment(config, workdir, dataset)
+  r0 = os.path.join(workdir, "round_000")
+  readers = {  # Each state file and the stage that reads it.
+      "config.json": lambda: experiment.check_or_write_config(config, workdir),
+      "round_001/pool.json": lambda: exp._load_pool(1),
+      "round_000/eval.json": lambda: exp._evaluate(0, None),
+      "round_000/train.json": lambda: reporting.collect(workdir),
+      "round_000/selection.json": lambda: exp._select(0, None, None, None),
+      "round_000/scores/shard_0000.npz": lambda: exp._score(0, None),
+      "round_000/latents.npy": lambda: reporting.plot_selection_pca(workdir, dataset,
+                                                                   str(tmp_path / "pca.png")),
+  }
+  fixes = {"config.json": "restore it, or delete it and re-run the command that started the run",
+           "pool.json": "delete it and re-run the same command to rebuild it",
+           "eval.json": "delete it and re-run the same command to evaluate that round again",
+           "train.json": "delete it and re-run the same command to write it again from the "
+                         "round's final checkpoint (no retraining)",
+           "selection.json": "delete it and re-run the same command to select that round again",
+           "shard_0000.npz": "delete it and re-run the same command to score its videos again",
+           "latents.npy": "delete it and the selection.json beside it"}
+  for name, read in readers.items():
+    path = os.path.join(workdir, name)
+    original = open(path, "rb").read()
+    for damage in (original[:len(original) // 2], b"{}"):  # Torn, then valid JSON but empty.
+      if damage == b"{}" and not name.endswith(".json"):
+        continue
+      with open(path, "wb") as f:
+        f.write(damage)
+      with pytest.raises((pool_lib.StateFileError, pool_lib.PoolError)) as e:
+        read()
+      assert str(e.value).startswith(f"{path}"), (name, str(e.value))
+      assert fixes[os.path.basename(name)] in str(e.value), (name, str(e.value))
+    with open(path, "wb") as f:
+      f.write(original)
+  assert os.path.isdir(r0)
