@@ -10,16 +10,17 @@ exactly the annotated frames when the detector is trained.
 
       {"videos": {
          "<video_id>": {
-            "label": "<class name>" or <class index>,        # required for requests with new_video
+            "label": "<class name>",                          # required for requests with new_video
             "frames": {
-               "<frame index>": {"box": [x1, y1, x2, y2]},    # inclusive pixel corners, or
+               "<frame index>": {"box": [x1, y1, x2, y2]},    # inclusive pixel corners (clipped to
+                                                              # the frame; none inside is an error)
                "<frame index>": {"mask": "masks/<file>.png"},  # PNG, nonzero = actor, frame-sized
                "<frame index>": {"empty": true}                # no actor on this frame
             }}}}
 
     Frame indices are 0-based, in the stored (resized) frames. Paths are relative to ``round_K/``.
-  * Re-running the same command validates the answers against the requests (missing, extra or
-    out-of-range entries are errors naming them) and continues the run.
+  * Re-running the same command validates the answers against the requests (missing, extra,
+    repeated, out-of-range or mistyped entries are errors naming them) and continues the run.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import csv
 import io
 import json
 import os
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -106,26 +108,76 @@ def _box_to_mask(box, shape) -> np.ndarray:
   return mask
 
 
+class _Object(dict):
+  """A JSON object of answers.json that remembers the keys it was given more than once."""
+
+  def __init__(self, pairs):
+    super().__init__(pairs)
+    counts: dict = {}
+    for key, _ in pairs:
+      counts[key] = counts.get(key, 0) + 1
+    self.repeated = sorted(k for k, n in counts.items() if n > 1)
+
+
+def _keys_problems(where: str, obj: dict, allowed: Sequence[str] = ()) -> list[str]:
+  """Keys given twice (JSON keeps only the last one), and keys outside ``allowed``."""
+  out = [f"{where}[{k!r}]: given more than once (only one answer per key)"
+         for k in getattr(obj, "repeated", ())]
+  if allowed:
+    out += [f"{where}[{k!r}]: unknown key; use {', '.join(map(repr, allowed))}"
+            for k in obj if k not in allowed]
+  return out
+
+
+def _is_number(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def _parse_box(box, shape) -> tuple[np.ndarray, np.ndarray] | str:
+  """``(mask, clipped box)`` for a valid box, else what is wrong with it.
+
+  Inclusive pixel corners a little outside the frame (an annotation tool's rounding, a box drawn to
+  the edge) are clipped to it; a box with no pixel inside the frame is an error.
+  """
+  if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
+    return f"{box!r} must be [x1, y1, x2, y2], four numbers"
+  x1, y1, x2, y2 = box
+  if x1 > x2 or y1 > y2:
+    return f"{box!r} must be [x1, y1, x2, y2] with x1 <= x2, y1 <= y2"
+  h, w = shape
+  mask = _box_to_mask(box, shape)
+  if not mask.any():
+    return f"{box!r} lies entirely outside the {w}x{h} frame (pixels x in [0, {w - 1}], y in [0, {h - 1}])"
+  clipped = np.array([np.clip(x1, 0, w - 1), np.clip(y1, 0, h - 1), np.clip(x2, 0, w - 1),
+                      np.clip(y2, 0, h - 1)], np.float32)
+  return mask, clipped
+
+
 def load_answers(round_dir: str, frame_size: tuple[int, int], class_names: Sequence[str]) -> dict:
   """Validates answers.json against requests.json.
+
+  Strict: a key given twice (also frame "3" and "03", or a video twice) is an error, not "the last
+  one wins"; a label is a class name (a string); a box has four numbers (not booleans) and at least
+  one pixel in the frame (corners outside it are clipped); ``empty`` is ``true``; unknown keys are
+  errors.
 
   Returns:
     ``{video_id: {"label": int | None, "frames": {frame: (mask (H, W) uint8, box (4,) or None)}}}``.
 
   Raises:
-    AnswersError listing every missing, extra, out-of-range or malformed entry.
+    AnswersError listing every missing, extra, repeated, out-of-range or malformed entry.
   """
   requests = load_requests(round_dir)
   path = os.path.join(round_dir, "answers.json")
   try:
-    with open(path) as f:
-      answers = json.load(f)
-  except json.JSONDecodeError as e:
+    with open(path, encoding="utf-8") as f:
+      answers = json.load(f, object_pairs_hook=_Object)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise AnswersError(f"{path}: not valid JSON ({e}).") from None
-  problems = []
   given = answers.get("videos") if isinstance(answers, dict) else None
   if not isinstance(given, dict):
     raise AnswersError(f"{path}: expected an object with a 'videos' mapping (see README).")
+  problems = _keys_problems("answers", answers, ("videos",)) + _keys_problems("videos", given)
   wanted = {v["video_id"]: v for v in requests["videos"]}
   for vid in sorted(set(given) - set(wanted)):
     problems.append(f"videos[{vid!r}]: extra video, not requested in this round")
@@ -135,26 +187,36 @@ def load_answers(round_dir: str, frame_size: tuple[int, int], class_names: Seque
     if ans is None:
       problems.append(f"videos[{vid!r}]: missing (requested frames {req['frames']})")
       continue
+    if not isinstance(ans, dict):
+      problems.append(f"videos[{vid!r}]: {ans!r} must be an object with 'frames' (and 'label')")
+      continue
+    problems += _keys_problems(f"videos[{vid!r}]", ans, ("label", "frames"))
     label = None
     if req["needs_label"]:
       raw = ans.get("label")
       if raw is None:
-        problems.append(f"videos[{vid!r}].label: missing (a class name or index is needed)")
+        problems.append(f"videos[{vid!r}].label: missing (a class name is needed)")
       elif isinstance(raw, str) and raw in class_names:
         label = list(class_names).index(raw)
-      elif isinstance(raw, int) and 0 <= raw < len(class_names):
-        label = raw
       else:
-        problems.append(f"videos[{vid!r}].label: {raw!r} is not a class name or an index in "
-                        f"[0, {len(class_names)})")
+        problems.append(f"videos[{vid!r}].label: {raw!r} is not a class name; use one of "
+                        f"{list(class_names)} (a string)")
     frames = ans.get("frames", {})
-    got = {}
+    if not isinstance(frames, dict):
+      problems.append(f"videos[{vid!r}].frames: {frames!r} must be an object of frame answers")
+      frames = {}
+    problems += _keys_problems(f"videos[{vid!r}].frames", frames)
+    got, key_of = {}, {}
     for key in frames:
-      try:
-        f = int(key)
-      except ValueError:
-        problems.append(f"videos[{vid!r}].frames[{key!r}]: not a frame index")
+      if not re.fullmatch(r"[0-9]+", key):
+        problems.append(f"videos[{vid!r}].frames[{key!r}]: not a frame index (digits only)")
         continue
+      f = int(key)
+      if f in key_of:
+        problems.append(f"videos[{vid!r}].frames[{key!r}]: frame {f} is also given as "
+                        f"{key_of[f]!r} (only one answer per frame)")
+        continue
+      key_of[f] = key
       if not 0 <= f < req["num_frames"]:
         problems.append(f"videos[{vid!r}].frames[{key!r}]: out of range [0, {req['num_frames']})")
       elif f not in req["frames"]:
@@ -162,25 +224,34 @@ def load_answers(round_dir: str, frame_size: tuple[int, int], class_names: Seque
       else:
         got[f] = frames[key]
     for f in req["frames"]:
-      if f not in got and str(f) not in frames:
+      if f not in key_of:
         problems.append(f"videos[{vid!r}].frames['{f}']: missing")
     parsed = {}
     for f, entry in sorted(got.items()):
-      where = f"videos[{vid!r}].frames['{f}']"
-      if not isinstance(entry, dict) or len(set(entry) & {"box", "mask", "empty"}) != 1:
+      where = f"videos[{vid!r}].frames[{key_of[f]!r}]"
+      if not isinstance(entry, dict) or len(entry) != 1 or len(set(entry) & {"box", "mask",
+                                                                           "empty"}) != 1:
         problems.append(f"{where}: give exactly one of 'box', 'mask' or 'empty'")
-      elif "box" in entry:
-        box = entry["box"]
-        if (not isinstance(box, list) or len(box) != 4 or box[0] > box[2] or box[1] > box[3]):
-          problems.append(f"{where}.box: {box!r} must be [x1, y1, x2, y2] with x1 <= x2, y1 <= y2")
+        continue
+      problems += _keys_problems(where, entry)
+      if "box" in entry:
+        box = _parse_box(entry["box"], frame_size)
+        if isinstance(box, str):
+          problems.append(f"{where}.box: {box}")
         else:
-          parsed[f] = (_box_to_mask(box, frame_size), np.asarray(box, np.float32))
+          parsed[f] = box
       elif "mask" in entry:
+        if not isinstance(entry["mask"], str):
+          problems.append(f"{where}.mask: {entry['mask']!r} must be a PNG path (a string)")
+          continue
         mpath = os.path.join(round_dir, entry["mask"])
         try:
           parsed[f] = (_read_mask(mpath, frame_size), None)
         except (OSError, ValueError) as e:
           problems.append(f"{where}.mask: {mpath} {e}")
+      elif entry["empty"] is not True:
+        problems.append(f"{where}.empty: {entry['empty']!r}; write true for a frame without an "
+                        "actor, or give its 'box' or 'mask'")
       else:
         parsed[f] = (np.zeros(frame_size, np.uint8), None)
     out[vid] = {"label": label, "frames": parsed}

@@ -387,3 +387,45 @@ def test_damaged_state_files_are_named_with_what_to_do(reference_run, tmp_path):
     with open(path, "wb") as f:
       f.write(original)
   assert os.path.isdir(r0)
+
+
+def test_answers_are_parsed_strictly(tmp_path):
+  rd = str(tmp_path)
+  _write_requests(rd)  # v1: frames 2 and 5 of 8, needs a label; v2: frame 0 of 4.
+  # Repeated keys (also '5' and '05', and a video twice), a boolean label, a box off the frame,
+  # "empty": false and a boolean coordinate: every one is listed, none is silently read.
+  with open(os.path.join(rd, "answers.json"), "w") as f:
+    f.write('{"videos": {'
+            '"v1": {"label": true, "frames": {"2": {"box": [20, 20, 30, 30]},'
+            ' "5": {"empty": false}, "05": {"empty": true}}},'
+            '"v2": {"frames": {"0": {"box": [0, 0, 1, 1]}}},'
+            '"v2": {"frames": {"0": {"box": [0, 0, true, 1]}}}}}')
+  with pytest.raises(oracle_lib.AnswersError) as e:
+    oracle_lib.load_answers(rd, (16, 16), ("a", "b"))
+  lines = str(e.value).splitlines()[1:-1]
+  assert [line.strip() for line in lines] == [
+      "videos['v2']: given more than once (only one answer per key)",
+      "videos['v1'].label: True is not a class name; use one of ['a', 'b'] (a string)",
+      "videos['v1'].frames['05']: frame 5 is also given as '5' (only one answer per frame)",
+      "videos['v1'].frames['2'].box: [20, 20, 30, 30] lies entirely outside the 16x16 frame "
+      "(pixels x in [0, 15], y in [0, 15])",
+      "videos['v1'].frames['5'].empty: False; write true for a frame without an actor, or give its "
+      "'box' or 'mask'",
+      "videos['v2'].frames['0'].box: [0, 0, True, 1] must be [x1, y1, x2, y2], four numbers"], lines
+  with open(os.path.join(rd, "answers.json"), "w") as f:
+    f.write('{"videos": {"v1": {"label": 1, "frames": {"2": {"empty": true}, "5": {"empty": true}}},'
+            '"v2": {"frames": {"0": {"empty": true}, "0": {"box": [0, 0, 1, 1]}}}}}')
+  with pytest.raises(oracle_lib.AnswersError) as e:
+    oracle_lib.load_answers(rd, (16, 16), ("a", "b"))
+  assert [line.strip() for line in str(e.value).splitlines()[1:-1]] == [
+      "videos['v1'].label: 1 is not a class name; use one of ['a', 'b'] (a string)",
+      "videos['v2'].frames['0']: given more than once (only one answer per key)"]
+  # A box partly outside the frame (corners from an annotation tool) is clipped to it.
+  _answers(rd, {"v1": {"label": "a", "frames": {"2": {"box": [-2, 14, 3, 20]},
+                                                 "5": {"empty": True}}},
+                "v2": {"frames": {"0": {"box": [15, 0, 15.4, 0]}}}})
+  out = oracle_lib.load_answers(rd, (16, 16), ("a", "b"))
+  mask, box = out["v1"]["frames"][2]
+  assert mask.sum() == 8 and mask[14:16, 0:4].all()
+  np.testing.assert_array_equal(box, [0, 14, 3, 15])
+  assert out["v2"]["frames"][0][0].sum() == 1 and out["v2"]["frames"][0][0][0, 15] == 1
