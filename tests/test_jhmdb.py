@@ -245,6 +245,7 @@ def test_prepare_cli_reports_counts_and_skips(root, tmp_path):
   assert done.returncode == 0, done.stderr[-2000:]
   train = sum(v.splits[0] == 1 for v in videos if v is not videos[4])
   assert f"train: {train} videos" in done.stdout and "skipped videos: 1" in done.stdout
+  assert "fix them and run this command again: a change under the root prepares" in done.stdout
   assert f"[{'train' if videos[4].splits[0] == 1 else 'test'}] {videos[4].video_id}:" in done.stdout
   assert '"generated": true' in done.stdout
 
@@ -268,3 +269,23 @@ def test_main_job_smoke_on_fixture(root, tmp_path):
   assert summary["dataset"] == "jhmdb" and summary["classes"] == 21
   assert summary["train"]["videos"] == sum(v.splits[0] == 1 for v in videos)
   assert os.path.getsize(os.path.join(workdir, "summary.md")) > 0
+
+
+def test_a_skipped_video_fixed_at_the_source_is_prepared_again(root, tmp_path):
+  from claus_jax.data import official
+  videos = fx.jhmdb_videos()
+  mat = os.path.join(root, "puppet_mask", videos[3].class_name, videos[3].name, "puppet_mask.mat")
+  saved = str(tmp_path / "saved.mat")
+  shutil.move(mat, saved)  # A bad video: its mask file is missing.
+  config = tiny_config(root, tmp_path)
+  config.data.on_bad_video = "skip"
+  ds = jhmdb.load(config)
+  assert len(ds.train) + len(ds.test) == len(videos) - 1
+  assert official.stored_report(jhmdb.make_builder(config)).source == official.source_fingerprint(root)
+  # Unchanged sources: the prepared copy is reused without generating.
+  assert not official.prepare(jhmdb.make_builder(config), root, quiet=True)
+  shutil.move(saved, mat)  # The video is fixed: preparing again includes it.
+  ds = jhmdb.load(config)
+  assert len(ds.train) + len(ds.test) == len(videos)
+  assert official.stored_report(jhmdb.make_builder(config)).skipped == []
+  assert videos[3].video_id in ds.train_index.video_ids + ds.test_index.video_ids

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypeVar
 
@@ -50,14 +51,32 @@ class PrepareReport:
 
   skipped: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)  # (split, id, why)
   warnings: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)  # (split, id, what)
+  source: str = ""  # source_fingerprint of the root when it was prepared ('' = not recorded)
 
   def to_dict(self) -> dict:
-    return {"skipped": [list(s) for s in self.skipped], "warnings": [list(w) for w in self.warnings]}
+    return {"skipped": [list(s) for s in self.skipped], "warnings": [list(w) for w in self.warnings],
+            "source": self.source}
 
   @classmethod
   def from_dict(cls, d: dict) -> "PrepareReport":
     return cls(skipped=[tuple(s) for s in d.get("skipped", [])],
-               warnings=[tuple(w) for w in d.get("warnings", [])])
+               warnings=[tuple(w) for w in d.get("warnings", [])], source=d.get("source", ""))
+
+
+def source_fingerprint(root: str) -> str:
+  """A digest of every file's path, size and modification time under ``root``.
+
+  A prepared copy that skipped videos is stale once a file changes (a bad video fixed, say);
+  :func:`prepare` compares this digest to the one recorded at preparation.
+  """
+  files = []
+  for folder, dirs, names in os.walk(root):
+    dirs.sort()
+    for name in sorted(names):
+      path = os.path.join(folder, name)
+      st = os.stat(path)
+      files.append([os.path.relpath(path, root), st.st_size, st.st_mtime_ns])
+  return tfds_store.fingerprint({"files": files}, length=16)
 
 
 ON_BAD_VIDEO = ("error", "skip")
@@ -269,13 +288,29 @@ def make_builder(config, builder_name: str, version: str, config_prefix: str, se
   root = settings["root"]
 
   def generate(split_name: str) -> Iterator[VideoRecord]:
+    if not report.source:  # Before reading: a file changed meanwhile counts as changed.
+      report.source = source_fingerprint(root)
     yield from non_empty(records_for_split(split_name, report), f"{what} {split_name}", root)
     builder.info.metadata["prepare_report"] = report.to_dict()
 
   config_name = f"{config_prefix}_{tfds_store.fingerprint(settings, length=8)}"
-  builder = tfds_store.make_builder(
-      builder_name, version, config_name, generate, class_names,
-      data_dir=tfds_store.resolve_tfds_dir(config), description=json.dumps(settings, sort_keys=True))
+
+  def make():
+    return tfds_store.make_builder(
+        builder_name, version, config_name, generate, class_names,
+        data_dir=tfds_store.resolve_tfds_dir(config),
+        description=json.dumps(settings, sort_keys=True))
+
+  builder = make()
+  if builder.is_prepared():
+    # A copy that skipped videos (on_bad_video='skip') is stale once a file under the root changes:
+    # a bad video fixed and prepared again must be included, not silently left out.
+    old = stored_report(builder)
+    if old.skipped and old.source != source_fingerprint(root):
+      logging.warning("%s skipped %d video(s) when it was prepared, and the files under %s changed "
+                      "since: preparing it again.", builder.data_dir, len(old.skipped), root)
+      shutil.rmtree(builder.data_dir)
+      builder = make()  # generate() above writes its report into this one.
   return builder
 
 

@@ -55,6 +55,9 @@ def format_report(result: dict) -> str:
                  f"{s[split]['groups']} groups; videos per class {s[split]['videos_per_class']}")
   lines.append(f"  skipped videos: {len(result['skipped'])}")
   lines += [f"    [{split}] {video}: {why}" for split, video, why in result["skipped"]]
+  if result["skipped"]:
+    lines.append("    (fix them and run this command again: a change under the root prepares the "
+                 "dataset again, with them)")
   if result["warnings"]:
     lines.append(f"  warnings: {len(result['warnings'])}")
     lines += [f"    [{split}] {video}: {what}" for split, video, what in result["warnings"]]
