@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 # Fields that do not change results: a resumed run may differ in them.
 _RESULT_NEUTRAL = ("quiet", "distributed.coordinator_address", "distributed.num_processes",
-                   "distributed.process_id")
+                   "distributed.process_id", "pretrain.cache_dir")
 # Videos per scoring shard file (the unit of resume inside the scoring stage).
 SCORE_SHARD = 16
 # Stream ids folded into the root key, one per use.

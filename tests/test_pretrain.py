@@ -84,6 +84,7 @@ def test_each_motion_family_starts_at_rest_and_moves_as_named(name):
     assert travel > 2.0
 
 
+@pytest.mark.slow
 def test_pretrain_is_bit_identical_cached_and_loads_into_the_detector(tmp_path, monkeypatch):
   # Pretraining must never read the benchmark: make any benchmark rendering fail.
   def forbidden(*args, **kwargs):
