@@ -60,8 +60,11 @@ def get_config(arg=None):
     syn.train_groups, syn.test_groups, syn.videos_per_group = 10, 8, 2
     syn.min_frames, syn.max_frames = 16, 24
     c.data.frame_size = 32
-    c.pretrain.enabled = False  # Tests pretrain on their own tiny settings.
+    # The tiny smoke model trains from scratch (tests pretrain on their own tiny settings), so it
+    # keeps the from-scratch settings: a trained encoder and the 0.1 classification weight.
+    c.pretrain.enabled = False
     c.train.encoder_lr_scale = 1.0
+    c.loss.cls_weight = 0.1
     c.model.width = 0.125
     c.model.primary_caps = 8
     c.train.steps = 20
