@@ -46,6 +46,7 @@ from flax.training import train_state
 
 from claus_jax import configlib
 from claus_jax import models
+from claus_jax import pool as pool_lib
 from claus_jax import train as train_lib
 from claus_jax.data import pretrain_corpus
 from claus_jax.data import tfds_store
@@ -205,9 +206,10 @@ def pretrain(config: ml_collections.ConfigDict, out_dir: str, progress: bool = T
                                  "config.pretrain.learning_rate.")
       history.append({"step": step + 1, **mean})
       window = []
+      if bar is not None:
+        bar.set_postfix(loss=f"{mean['total']:.3f}")
     if bar is not None:
       bar.update(1)
-      bar.set_postfix(loss=f"{float(metrics['total']):.3f}")
   if bar is not None:
     bar.close()
   # Precise BN with the final weights, on clips no step trained on.
@@ -249,8 +251,7 @@ def _write_atomically(out_dir: str, enc_params, enc_stats, result: dict) -> None
   tmp = tempfile.mkdtemp(prefix=os.path.basename(out_dir) + ".tmp-", dir=parent)
   try:
     models.save_encoder_variables({"params": enc_params, "batch_stats": enc_stats}, tmp)
-    with open(os.path.join(tmp, RESULT_FILE), "w") as f:
-      json.dump(result, f, indent=1)
+    pool_lib.atomic_write_json(os.path.join(tmp, RESULT_FILE), result)
     if os.path.isdir(out_dir):  # A concurrent run finished first: same settings, same weights.
       shutil.rmtree(tmp)
       return
