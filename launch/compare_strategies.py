@@ -83,6 +83,8 @@ def paired(results: dict[str, dict[int, list[dict]]], metric: str) -> dict:
   difference removes that shared luck; only seeds where both runs reached their last round count.
   """
   names = [n for n in results if n != FULL]
+  if not names:  # Only the reference: nothing to pair.
+    return {}
   base = names[0]
   out = {}
   for strategy in names[1:]:

@@ -65,3 +65,11 @@ def test_full_reference_percent_column_and_command():
   cmd = compare.command("configs/synthetic.py", "full", 3, "/tmp/w", ["--config.train.steps=5"])
   assert "--config.budget.initial_frames_pct=100" in cmd and "--config.budget.schedule=()" in cmd
   assert "--config.seed=3" in cmd and cmd[-1] == "--config.train.steps=5"
+
+
+def test_a_comparison_of_the_full_reference_alone_has_no_paired_line():
+  results = {"full": {0: [{"round": 0, "cost": 500, M: 0.6}], 1: [{"round": 0, "cost": 500, M: 0.8}]}}
+  assert compare.paired(results, M) == {}
+  table = compare.markdown(results, metrics=(M,))
+  assert "| full | 70.0 +- 10.0 (n=2, cost 500) |\n" in table  # No other strategy: no % column.
+  assert "paired by seed" not in table
