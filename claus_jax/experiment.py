@@ -617,6 +617,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       pretrain_lib.ensure_pretrained(config, progress=not config.quiet)
     parallel.sync("encoder pretrained")
     encoder_init = pretrain_lib.find_pretrained(config)
+    if not encoder_init:  # Process 0 pretrained into a cache this process cannot see.
+      raise configlib.ConfigError(
+          f"config.pretrain.cache_dir: process {jax.process_index()} finds no pretrained encoder at "
+          f"{pretrain_lib.cache_dir(config)}; point --config.pretrain.cache_dir at a folder every "
+          "host shares (like the workdir).")
   try:
     return Experiment(config, workdir, dataset, encoder_init).run()
   except oracle_lib.AwaitingAnswers:

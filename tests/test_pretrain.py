@@ -120,3 +120,19 @@ def test_pretrain_is_bit_identical_cached_and_loads_into_the_detector(tmp_path, 
   with config.unlocked():
     config.pretrain.seed = 7
   assert pretrain.cache_dir(config) != directory
+
+
+def test_a_process_that_cannot_see_the_pretrained_encoder_stops_with_the_fix(tmp_path, monkeypatch):
+  """Never a silent random encoder: a cache that only process 0 can see is an error naming it."""
+  from claus_jax import configlib
+  from claus_jax import experiment
+
+  config = _tiny_config(tmp_path)
+  with config.unlocked():
+    config.pretrain.enabled = True
+    config.data.tfds_dir = str(tmp_path / "tfds")
+  monkeypatch.setattr(pretrain, "ensure_pretrained", lambda *a, **k: "")
+  monkeypatch.setattr(pretrain, "find_pretrained", lambda config: None)
+  with pytest.raises(configlib.ConfigError, match="config.pretrain.cache_dir: process 0 finds no "
+                     "pretrained encoder.*a folder every host shares"):
+    experiment.run(config, str(tmp_path / "work"))
