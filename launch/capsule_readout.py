@@ -59,10 +59,7 @@ def main(argv):
   configlib.validate(config)
   dataset = data_lib.get_dataset(config)
   index = dataset.train_index
-  groups = sorted(set(index.group_ids))
-  held = set(groups[len(groups) - _VAL_GROUPS.value:])  # As classification_probe: the last groups.
-  train_pos = [i for i, g in enumerate(index.group_ids) if g not in held]
-  val_pos = [i for i, g in enumerate(index.group_ids) if g in held]
+  train_pos, val_pos = index.held_out_groups(_VAL_GROUPS.value)
   encoder_init = pretrain_lib.ensure_pretrained(config) if config.pretrain.enabled else ""
   model = models.build_model(config)
   state = train_lib.create_state(config, model, jax.random.PRNGKey(config.seed), len(index),

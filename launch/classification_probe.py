@@ -36,15 +36,6 @@ _OUT = flags.DEFINE_string("out", "", "Append the result as one JSON line to thi
 _TAG = flags.DEFINE_string("tag", "", "A name for this run in the output.")
 
 
-def split_train_val(index, val_groups: int):
-  """Positions of the train split's videos: (train, val); the last ``val_groups`` groups are val."""
-  groups = sorted(set(index.group_ids))
-  held = set(groups[len(groups) - val_groups:]) if val_groups else set()
-  train = [i for i, g in enumerate(index.group_ids) if g not in held]
-  val = [i for i, g in enumerate(index.group_ids) if g in held]
-  return train, val
-
-
 def centre_clips(sampler, positions):
   """One clip per item position, centred in the video's action span (no augmentation)."""
   import numpy as np
@@ -87,7 +78,7 @@ def main(argv):
   configlib.validate(config)
   dataset = data_lib.get_dataset(config)
   index = dataset.train_index
-  train_pos, val_pos = split_train_val(index, _VAL_GROUPS.value)
+  train_pos, val_pos = index.held_out_groups(_VAL_GROUPS.value)
   items = [(i, np.flatnonzero(dataset.train[i].has_gt)) for i in train_pos + val_pos]
   n_train = len(train_pos)
   sampler = clips_lib.ClipSampler(dataset.train, items[:n_train], config, seed=config.seed,

@@ -262,3 +262,14 @@ def test_bad_knob_names_the_field():
   c.data.synthetic.mode = "sideways"
   with pytest.raises(ValueError, match="data.synthetic.mode"):
     S.GeneratorParams.from_config(c)
+
+
+def test_held_out_groups_take_whole_groups_from_the_end():
+  import numpy as np
+  from claus_jax.data.record import SplitIndex
+  index = SplitIndex(video_ids=("a", "b", "c", "d", "e"), group_ids=("g2", "g0", "g1", "g2", "g0"),
+                     labels=np.zeros(5, np.int32), num_frames=np.full(5, 10, np.int32))
+  # Groups sorted: g0, g1, g2; holding out 1 takes g2 (videos 0 and 3), 2 takes g1 and g2.
+  assert index.held_out_groups(1) == ([1, 2, 4], [0, 3])
+  assert index.held_out_groups(2) == ([1, 4], [0, 2, 3])
+  assert index.held_out_groups(0) == ([0, 1, 2, 3, 4], [])

@@ -88,6 +88,14 @@ class SplitIndex:
   def __len__(self) -> int:
     return len(self.video_ids)
 
+  def held_out_groups(self, count: int) -> tuple[list[int], list[int]]:
+    """Positions ``(kept, held)``: ``held`` are the videos of the last ``count`` groups (sorted by
+    id), e.g. a validation set carved from the train split; a group is never split."""
+    groups = sorted(set(self.group_ids))
+    held = set(groups[len(groups) - count:]) if count > 0 else set()
+    kept = [i for i, g in enumerate(self.group_ids) if g not in held]
+    return kept, [i for i, g in enumerate(self.group_ids) if g in held]
+
   def position(self, video_id: str) -> int:
     try:
       return self.video_ids.index(video_id)
