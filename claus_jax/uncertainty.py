@@ -8,10 +8,13 @@ devices.
 
 Per pixel, with p_r the foreground probability of pass r (paper Eq. 2):
   * ``form='paper'``: U = mean_r(-log p_r), set to 0 where mean_r(p_r) < threshold (definite
-    background); frame score U_f = the frame's sum of U divided by its (constant) pixel count P.
-    Dividing by P changes no ranking of Eq. 1 or 2, and it puts frame scores on the scale of the
-    authors' per-pixel means, which the proximity penalty g(d) in [0, 1] of intra-sample selection
-    assumes; a raw sum over 224x224 pixels would make that penalty vanish.
+    background); frame score U_f = the frame's sum of U divided by its number of foreground pixels
+    (mean_r(p_r) >= threshold), 0 for a frame without any (Eq. 2: background is certain).
+    Why the foreground count: intra-sample selection subtracts a proximity penalty g(d) in [0, 1]
+    (g(1..4) = 0.93, 0.76, 0.53, 0.33) from the frame scores, and the authors' frame score, to which
+    g was fitted, is a per-foreground-pixel mean (~0.36 for a typical actor). Dividing Eq. 2's sum
+    by all P pixels instead gave ~0.02 for an actor covering 6% of the frame, so the penalty, not
+    the uncertainty, decided which frames were picked.
   * ``form='implementation'`` (authors' code): p = mean_r(p_r); frame score = mean of -log p over the
     pixels with p > threshold; a frame without such pixels scores ``NO_FOREGROUND``.
   * entropy (baseline): mean over pixels of the binary entropy of mean_r(p_r), at R passes.
@@ -61,10 +64,11 @@ def frame_scores_from_means(mean_p: jax.Array, mean_nll: jax.Array, thresholds: 
   thr = thresholds.reshape((-1, 1, 1, 1))
   p = mean_p[..., None, :, :, :]  # (..., 1, F, H, W)
   fg = p >= thr if form == "paper" else p > thr
-  if form == "paper":
-    return jnp.mean(jnp.where(fg, mean_nll[..., None, :, :, :], 0.0), axis=(-2, -1))
-  nll = -jnp.log(jnp.clip(p, _EPS, 1.0))
   count = jnp.sum(fg, axis=(-2, -1))
+  if form == "paper":
+    total = jnp.sum(jnp.where(fg, mean_nll[..., None, :, :, :], 0.0), axis=(-2, -1))
+    return total / jnp.maximum(count, 1)  # 0 without foreground.
+  nll = -jnp.log(jnp.clip(p, _EPS, 1.0))
   total = jnp.sum(jnp.where(fg, nll, 0.0), axis=(-2, -1))
   return jnp.where(count > 0, total / jnp.maximum(count, 1), NO_FOREGROUND)
 
@@ -149,7 +153,8 @@ def pixel_scores_reference(probs: np.ndarray, threshold: float, form: str) -> np
   mean_p = probs.mean(0)
   if form == "paper":
     u = (-np.log(np.clip(probs, _EPS, 1.0))).mean(0)
-    return np.where(mean_p >= threshold, u, 0.0).mean(axis=(-2, -1))
+    fg = mean_p >= threshold
+    return np.where(fg, u, 0.0).sum(axis=(-2, -1)) / np.maximum(fg.sum(axis=(-2, -1)), 1)
   fg = mean_p > threshold
   nll = -np.log(np.clip(mean_p, _EPS, 1.0))
   out = np.full(probs.shape[1], NO_FOREGROUND)

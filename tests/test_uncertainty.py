@@ -159,3 +159,47 @@ def test_sharded_scoring_on_four_fake_devices_equals_one_device():
   proc = subprocess.run([sys.executable, "-c", _SHARDED.format(root=root, tests=os.path.join(root, "tests"))], env=env,
                         capture_output=True, text=True, timeout=600, cwd=root)
   assert "SHARDED_OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+def test_paper_frame_score_is_a_per_foreground_pixel_mean():
+  """Issue 18, item 1: Eq. 2's sum over a frame is divided by its foreground pixels, not by all
+  pixels, so the score sits on the scale of the proximity penalty g(d) (as the authors' does)."""
+  # One frame of 10x10 pixels, R = 2 passes; a 2x3 actor (6% of the frame).
+  probs = np.full((2, 1, 10, 10), 0.01)
+  probs[0, 0, :2, :3], probs[1, 0, :2, :3] = 0.6, 0.8
+  u = np.mean([-np.log(0.6), -np.log(0.8)])  # mean_r(-log p_r) on every actor pixel
+  mean_p = jnp.asarray(probs.mean(0), jnp.float32)
+  mean_nll = jnp.asarray((-np.log(probs)).mean(0), jnp.float32)
+  got = uncertainty.frame_scores_from_means(mean_p, mean_nll, jnp.asarray([0.4]), "paper")
+  np.testing.assert_allclose(np.asarray(got)[0], [u], rtol=1e-5)  # ~0.37, not 6% of it
+  np.testing.assert_allclose(uncertainty.pixel_scores_reference(probs, 0.4, "paper"), [u],
+                             rtol=1e-6)
+  # No foreground pixel: 0 (certain background), not a division by zero.
+  none = uncertainty.frame_scores_from_means(mean_p * 0, mean_nll, jnp.asarray([0.4]), "paper")
+  assert float(np.asarray(none)[0, 0]) == 0.0
+
+
+def authors_uncertainty_logx(frame):
+  """Transcription of get_uncertainty_logx (aayushjr/HybridCLAUS, ucf101_CLAUS.py): ``frame`` the
+  R-pass mean prediction (H, W); -10 without a pixel above 0.4 (their own call also gives -10 when
+  the frame's prediction sums to <= 0.1)."""
+  frame = np.array(frame, np.float64)
+  if np.sum(frame) <= 0.1:
+    return -10.0
+  th = frame > 0.4
+  if th.sum() == 0:
+    return -10.0
+  frame[frame == 0] = 1e-8
+  return (-np.log(frame))[th].sum() / th.sum()
+
+
+def test_implementation_frame_score_matches_the_authors():
+  rng = np.random.default_rng(3)
+  mean_p = rng.random((5, 6, 6)) ** 3
+  mean_p[1] = 0.0  # nothing above the threshold
+  mean_p[2, 0, 0] = 0.95
+  got = np.asarray(uncertainty.frame_scores_from_means(
+      jnp.asarray(mean_p, jnp.float32), jnp.zeros((5, 6, 6)), jnp.asarray([0.4]),
+      "implementation"))[0]
+  want = [authors_uncertainty_logx(f) for f in mean_p]
+  np.testing.assert_allclose(got, want, rtol=1e-5)
