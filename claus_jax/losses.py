@@ -3,23 +3,46 @@
 Everything here is pure. The STeW functions are written once against an array module ``xp`` (NumPy
 or ``jax.numpy``): the input pipeline uses the NumPy form, the jnp form is jit-able with static shapes.
 
+All STeW distances, windows and sigmas are in video frames (``config.loss.stew_*``).
+
 STeW, paper form (Eq. 4), per pixel of frame ``f``::
 
     mean_f = mean of the pseudo-label over frames max(0, f-W) .. min(T-1, f+W)
-    phi_f  = 1                              if mean_f <= p_low or mean_f >= p_high (consistent)
-           = Dist(f_a - f) * mean_f         otherwise,   Dist(d) = exp(-d^2 / (2 sigma^2))
+    phi_f  = Dist(f_a - f) * (1 if mean_f <= p_low or mean_f >= p_high (consistent) else mean_f),
+             Dist(d) = exp(-d^2 / (2 sigma^2)), f_a the nearest labelled frame
     phi_f  = 1 on labelled frames.
+
+Eq. 4 and the authors' code multiply every pixel by the distance term, consistent or not; without it a
+frame's weight averaged 0.96-1.0 and the loss was nearly the plain interpolation loss.
 
 The paper writes the normaliser as 1/(W+1) while summing 2W+1 frames; that can exceed 1 although the
 paper states phi in [0, 1]. We use the mean over the frames actually in the window (clamped at the
 video borders), which keeps phi in [0, 1] and makes the p_low / p_high thresholds fractions of frames.
 
-STeW, implementation form (REFERENCE.md bracket)::
+STeW, implementation form (the authors' dataloader)::
 
     temporal_f = exp(-d^2 / (2 sigma^2)) if d <= radius else 0,  d = distance to the nearest labelled
                  frame (= max over labelled frames of the Gaussian, which decreases with distance)
-    spatial_f  = 1 where mean_f == 0 (pure background), else mean_f
+    spatial_f  = 1 where mean == 0 (pure background), else mean, with mean = the pseudo-label's mean
+                 over the whole training clip (:func:`clip_mean`; the sampler passes it)
     phi_f      = min(1, temporal_f * spatial_f);  phi_f = 1 on labelled frames.
+
+The authors index their Gaussian (sigma 4/3, +-4) by clip slot, and clips are sampled at skip 2: in
+video frames that is sigma 8/3 and radius 8 (the 'authors' preset). Their spatial window is the whole
+8-slot clip for slots j >= 2; for j < 2 their slice ``label[min(j-2, 0):max(j+3, 8)]`` starts at a
+negative index (the last 1-2 slots only), a bug not reproduced here. They also count a slot as
+labelled when the skipped frame after it is; here only the labelled frame itself gets weight 1 (the
+frame next to it gets Dist(1)). And their Gaussian spreads from the labelled slots of the clip only,
+where d here is the distance to any labelled frame of the video (one just outside the clip counts).
+
+Localisation weighting (``config.loss.weight_mode``): 'loss' multiplies the per-pixel BCE and the
+Dice terms by the weight (Eq. 5); 'logit' is the authors' code, which multiplies the logits by the
+weight and then takes the plain BCE (mean over every pixel) and a Dice over the whole batch.
+
+Spread-loss margin: ``min(margin_max, margin_start + margin_step * epoch)``, 0.2 growing to 0.9 over
+40 epochs as in the spread loss of [11]. The authors' training script defines that step but never
+increments it, so their margin stays at 0.2 (the 'authors' preset: ``margin_step=0``); their loss also
+subtracts the constant margin^2, which changes no gradient.
 
 Loss variants (Fig. 6): ``'frame'`` weight 1 on labelled frames and 0 elsewhere, ``'interpolation'``
 weight 1 everywhere, ``'stew'`` the STeW weight above.
@@ -35,6 +58,7 @@ import numpy as np
 
 VARIANTS = ("stew", "interpolation", "frame")
 FORMS = ("paper", "implementation")
+WEIGHT_MODES = ("loss", "logit")  # config.loss.weight_mode.
 DICE_SMOOTH = 1.0  # Dice numerator/denominator smoothing: an empty target and prediction give 0 loss.
 
 
@@ -62,6 +86,13 @@ def window_mean(pseudo, window: int, xp=jnp):
   return (csum[hi] - csum[lo]) / xp.asarray(count)[:, None, None]
 
 
+def clip_mean(pseudo, xp=jnp):
+  """The implementation form's window: ``(F, H, W)`` -> the mean over the clip's F frames, per
+  pixel, repeated for every frame ``(F, H, W) float32``."""
+  pseudo = pseudo.astype(xp.float32)
+  return xp.broadcast_to(xp.mean(pseudo, axis=0, keepdims=True), pseudo.shape).astype(xp.float32)
+
+
 def distance_to_labelled(is_labelled, xp=jnp):
   """``(T,) bool`` -> ``(T,) float32`` frames to the nearest labelled frame (``T`` when none)."""
   t = is_labelled.shape[0]
@@ -76,7 +107,8 @@ def combine_stew(mean, distance, is_labelled, *, form: str = "paper", sigma: flo
   """STeW weight from the window mean and the distance to the nearest labelled frame.
 
   Args:
-    mean: ``(F, H, W)`` window mean of the pseudo-label (:func:`window_mean`).
+    mean: ``(F, H, W)`` window mean of the pseudo-label (:func:`window_mean`; for the implementation
+      form the sampler passes :func:`clip_mean`).
     distance: ``(F,)`` frames to the nearest labelled frame.
     is_labelled: ``(F,) bool``.
     form: ``'paper'`` (Eq. 4) or ``'implementation'``; see the module docstring.
@@ -88,7 +120,7 @@ def combine_stew(mean, distance, is_labelled, *, form: str = "paper", sigma: flo
   gauss = xp.exp(-(distance ** 2) / (2.0 * sigma ** 2))[:, None, None]
   if form == "paper":
     consistent = (mean <= p_low) | (mean >= p_high)
-    weight = xp.where(consistent, 1.0, gauss * mean)
+    weight = gauss * xp.where(consistent, 1.0, mean)
   elif form == "implementation":
     temporal = xp.where(distance[:, None, None] <= radius, gauss, 0.0)
     spatial = xp.where(mean == 0, 1.0, mean)
@@ -134,6 +166,10 @@ def stew_weights(pseudo, is_labelled, *, variant: str = "stew", window: int = 2,
                  **kwargs):
   """Loss weights of a whole video (the reference, dense computation).
 
+  The implementation form's spatial term is a clip's mean (:func:`clip_mean`), which a whole video
+  does not have: here it uses the window mean like the paper form; the sampler
+  (``data.clips.clip_targets``) passes the clip mean.
+
   Args:
     pseudo: ``(T, H, W)`` pseudo-mask in [0, 1].
     is_labelled: ``(T,) bool``.
@@ -174,6 +210,25 @@ def weighted_bce(logits: jax.Array, target: jax.Array, weight: jax.Array) -> jax
   # Stable BCE on logits: max(x, 0) - x y + log(1 + exp(-|x|)).
   bce = jnp.maximum(logits, 0.0) - logits * target + jnp.log1p(jnp.exp(-jnp.abs(logits)))
   return jnp.mean(weight * bce)
+
+
+def logit_weighted_losses(logits: jax.Array, target: jax.Array,
+                          weight: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``loss.weight_mode='logit'`` (the authors' code): ``(BCE, Dice)`` of ``weight * logits``.
+
+  BCE is the mean over every pixel of the batch; Dice is ``1 - (2 sum(p y) + s) / (sum(p) + sum(y)
+  + s)`` over the whole batch flattened (not per clip), with ``p = sigmoid(weight * logits)``. A
+  weight-0 pixel is then predicted at 0.5, not left out.
+
+  Args:
+    logits: ``(B, F, H, W)``; target, weight: same shape, in [0, 1].
+  """
+  weighted = logits.astype(jnp.float32) * weight
+  bce = weighted_bce(weighted, target, jnp.ones_like(weighted))
+  prob = jax.nn.sigmoid(weighted)
+  inter = jnp.sum(prob * target)
+  dice = 1.0 - (2.0 * inter + DICE_SMOOTH) / (jnp.sum(prob) + jnp.sum(target) + DICE_SMOOTH)
+  return bce, dice
 
 
 def weighted_dice(logits: jax.Array, target: jax.Array, weight: jax.Array) -> jax.Array:
@@ -221,7 +276,10 @@ def spread_loss(activations: jax.Array, labels: jax.Array, margin) -> jax.Array:
 
 def cluster_loss(latents: jax.Array, centres: jax.Array, clusters: jax.Array,
                  lam: float) -> jax.Array:
-  """Eq. 3: ``lambda/2 ||latent - centre||^2``, averaged over the clips that have a cluster.
+  """Eq. 3: ``lambda/2 ||latent - centre||^2``, summed over the clips that have a cluster.
+
+  A sum over the batch, as Eq. 3 and the authors' code have it (not a mean: the gradient per clip
+  does not shrink with the batch size).
 
   Args:
     latents: ``(B, D)``.
@@ -236,8 +294,7 @@ def cluster_loss(latents: jax.Array, centres: jax.Array, clusters: jax.Array,
   valid = clusters >= 0
   target = centres[jnp.clip(clusters, 0, centres.shape[0] - 1)]
   sq = jnp.sum(jnp.square(latents.astype(jnp.float32) - target), axis=-1)
-  n = jnp.sum(valid.astype(jnp.float32))
-  return 0.5 * lam * jnp.sum(jnp.where(valid, sq, 0.0)) / jnp.maximum(n, 1.0)
+  return 0.5 * lam * jnp.sum(jnp.where(valid, sq, 0.0))
 
 
 def loss_fn(outputs: dict[str, jax.Array], batch: dict[str, Any], centres: jax.Array | None,
@@ -262,8 +319,13 @@ def loss_fn(outputs: dict[str, jax.Array], batch: dict[str, Any], centres: jax.A
     ``(total, parts)`` with parts ``bce, dice, localisation, classification, cluster, margin, total``.
   """
   lc = config.loss
-  bce = weighted_bce(outputs["seg_logits"], batch["pseudo_mask"], batch["weight"])
-  dice = weighted_dice(outputs["seg_logits"], batch["pseudo_mask"], batch["weight"])
+  if lc.weight_mode == "logit":
+    bce, dice = logit_weighted_losses(outputs["seg_logits"], batch["pseudo_mask"], batch["weight"])
+  elif lc.weight_mode == "loss":
+    bce = weighted_bce(outputs["seg_logits"], batch["pseudo_mask"], batch["weight"])
+    dice = weighted_dice(outputs["seg_logits"], batch["pseudo_mask"], batch["weight"])
+  else:
+    raise ValueError(f"config.loss.weight_mode={lc.weight_mode!r}: use one of {WEIGHT_MODES}.")
   margin = margin_at(epoch, lc.margin_start, lc.margin_step, lc.margin_max)
   cls = spread_loss(outputs["class_probs"], batch["label"], margin)
   if centres is None:

@@ -1,6 +1,7 @@
 """Training under sparse labels: TrainState, the jitted train step, and ``fit`` with orbax resume.
 
-One round of training runs ``config.train.steps`` steps on clips centred on labelled frames. The step
+One round of training runs :func:`round_steps` steps (``config.train.steps``, or ``train.epochs``
+epochs of the round's labelled clips) on clips centred on labelled frames. The step
 is pure: the dropout key is ``fold_in(key, step)``, the batch for step ``s`` is a function of
 ``(seed, round, s)``, so a run resumed from a checkpoint continues with exactly the numbers of an
 uninterrupted run. Deep-clustering centres live in the state and move every step (rate 1/count).
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -31,6 +33,9 @@ from claus_jax import models
 from claus_jax import parallel
 from claus_jax import pool as pool_lib
 from claus_jax.models import i3d as i3d_lib
+
+
+SCRATCH = "scratch"  # config.model.encoder_init: a random encoder, chosen on purpose.
 
 
 class TrainState(train_state.TrainState):
@@ -91,8 +96,9 @@ def create_state(config: ml_collections.ConfigDict, model, key: jax.Array,
     dummy = jnp.zeros((1, config.model.clip_length, size, size, 3), jnp.float32)
     variables = jax.jit(functools.partial(model.init, train=False))(
         {"params": init_key, "dropout": init_key}, dummy)
-    if encoder_init or config.model.encoder_init:
-      variables = models.load_encoder_init(variables, encoder_init or config.model.encoder_init)
+    source = encoder_init or config.model.encoder_init
+    if source and source != SCRATCH:
+      variables = models.load_encoder_init(variables, source)
   k, d = config.cluster.k, latent_dim(config)
   return TrainState.create(
       apply_fn=model.apply, params=variables["params"], tx=make_optimizer(config),
@@ -106,7 +112,7 @@ def create_state(config: ml_collections.ConfigDict, model, key: jax.Array,
 def train_step(state: TrainState, batch: dict, epoch: jax.Array, config) -> tuple[TrainState, dict]:
   """One optimiser step. ``batch`` comes from :class:`claus_jax.data.clips.ClipSampler`."""
   dropout_key = jax.random.fold_in(state.key, state.step)
-  video = models.preprocess(batch["video"])
+  video = models.preprocess(batch["video"], models.input_range(config))
   cluster = jnp.where(state.cluster_active, state.assignments[batch["video_index"]], -1)
   batch = {**batch, "cluster": cluster}
 
@@ -198,7 +204,7 @@ def restore_latest(directory: str, abstract_state: TrainState, config) -> TrainS
 
 
 def recalibrate_batch_stats(state: TrainState, batches, momentum: float | None = None,
-                            mesh=None) -> TrainState:
+                            mesh=None, input_range=(-1.0, 1.0)) -> TrainState:
   """Precise BatchNorm: replaces the running statistics by their average over ``batches``.
 
   The running averages mix statistics of parameters from the last ~1 / (1 - momentum) steps; a
@@ -215,6 +221,7 @@ def recalibrate_batch_stats(state: TrainState, batches, momentum: float | None =
     batches: iterable of sampler batches (``video`` (B, T, H, W, 3) uint8 ...); empty = no change.
     momentum: Flax BatchNorm momentum of the model (i3d.BN_MOMENTUM by default).
     mesh: shard each batch over this ``data`` mesh (the statistics are then global).
+    input_range: pixel range fed to the model (``config.model.input_range``).
   """
   momentum = i3d_lib.BN_MOMENTUM if momentum is None else momentum
   if not jax.tree.leaves(state.batch_stats):
@@ -224,7 +231,7 @@ def recalibrate_batch_stats(state: TrainState, batches, momentum: float | None =
   def stats_of(params, batch_stats, video):
     zero = jax.tree.map(jnp.zeros_like, batch_stats)
     # Only the encoder holds BatchNorm: the head would cost a pass and change no statistic.
-    _, updates = state.apply_fn({"params": params, "batch_stats": zero}, models.preprocess(video),
+    _, updates = state.apply_fn({"params": params, "batch_stats": zero}, models.preprocess(video, input_range),
                                 train=True, method="encode", mutable=["batch_stats"])
     return jax.tree.map(lambda x: x / (1.0 - momentum), updates["batch_stats"])
 
@@ -254,11 +261,12 @@ def fit(config: ml_collections.ConfigDict, state: TrainState, sampler, checkpoin
         steps_per_epoch: float, cluster_init: Callable[[TrainState], TrainState] | None = None,
         progress: Callable | None = None, mesh=None,
         history_path: str | None = None) -> FitResult:
-  """Trains ``state`` for ``config.train.steps`` steps, resuming from ``checkpoint_dir``.
+  """Trains ``state`` for :func:`round_steps` steps, resuming from ``checkpoint_dir``.
 
   Args:
     sampler: has ``batch_at(step) -> dict`` and ``iterate(start_step)`` yielding batches in order.
-    steps_per_epoch: labelled clips / batch size; drives the margin schedule.
+    steps_per_epoch: clips per epoch / batch size; drives the margin schedule (and the round's
+      length when ``train.epochs`` > 0).
     cluster_init: called once, at step ``cluster_start``, to initialise the centres from the model
       (k-means on the labelled videos' latents); its result is checkpointed with the state.
     progress: ``progress(step, metrics)``, for bars and logs.
@@ -266,8 +274,8 @@ def fit(config: ml_collections.ConfigDict, state: TrainState, sampler, checkpoin
     history_path: JSON file of the logged metrics, rewritten atomically at each log step and
       trimmed to the restored step on resume, so the loss curve survives interruptions.
   """
-  total_steps = config.train.steps
-  cluster_start = cluster_start_step(config)
+  total_steps = round_steps(config, steps_per_epoch)
+  cluster_start = cluster_start_step(config, total_steps)
   step_fn = functools.partial(train_step, config=config)
   if mesh is not None:
     state = parallel.replicate(state, mesh)
@@ -306,12 +314,26 @@ def fit(config: ml_collections.ConfigDict, state: TrainState, sampler, checkpoin
         progress(done, metrics)
       if done == total_steps and not encoder_frozen(config):  # A frozen encoder keeps its BN.
         n = int(config.train.bn_recalibration_batches)
-        state = recalibrate_batch_stats(state, (sampler.batch_at(i) for i in range(n)), mesh=mesh)
+        state = recalibrate_batch_stats(state, (sampler.batch_at(i) for i in range(n)), mesh=mesh,
+                                        input_range=models.input_range(config))
       mngr.save(done, args=ocp.args.StandardSave(state), force=(done == total_steps))
     mngr.wait_until_finished()
   return FitResult(state, history)
 
 
-def cluster_start_step(config) -> int:
-  """Deep clustering starts once the detector has learnt something: half-way through a round."""
-  return config.train.steps // 2
+def round_steps(config, steps_per_epoch: float) -> int:
+  """Optimiser steps of a round: ``train.steps``, or with ``train.epochs`` > 0 (the authors' 40
+  epochs) ``ceil(epochs * steps_per_epoch)``, at least 1, so a round grows with its labelled set."""
+  epochs = float(config.train.get("epochs", 0.0))
+  if epochs > 0:
+    return max(1, math.ceil(epochs * steps_per_epoch - 1e-9))
+  return int(config.train.steps)
+
+
+def cluster_start_step(config, total_steps: int | None = None) -> int:
+  """When k-means runs and the cluster loss starts: ``cluster.start_step``, or with -1 half-way
+  through the round (the detector has learnt something by then). The authors' code runs k-means
+  before the first step and trains the cluster loss throughout (``start_step=0``)."""
+  total = int(config.train.steps if total_steps is None else total_steps)
+  start = int(config.cluster.get("start_step", -1))
+  return total // 2 if start < 0 else start

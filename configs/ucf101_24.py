@@ -2,8 +2,13 @@
 
 Run (GPU):
   python -m claus_jax.data.prepare --config=configs/ucf101_24.py --config.data.root=/data/ucf24
-  python -m claus_jax.main --config=configs/ucf101_24.py --config.data.root=/data/ucf24
-Variants: '' (paper), 'tiny' (small frames and model, for fixtures and CPU checks).
+  python -m claus_jax.main --config=configs/ucf101_24.py --config.data.root=/data/ucf24 \
+      --config.model.encoder_init=~/claus/i3d_charades
+Variants: '' (paper), 'tiny' (small frames and model, for fixtures and CPU checks), 'authors' (the
+authors' released code where it differs from the paper: configlib.authors_preset; ground-truth leaks
+stay off, 'authors,gt_span' turns on frame choice inside the ground-truth span).
+The paper configs need imported Charades I3D weights (--config.model.encoder_init=DIR, see
+claus_jax/tools/import_i3d.py) or an explicit --config.model.encoder_init=scratch.
 Fields: see claus_jax/configlib.py (base_config and paper_config).
 """
 

@@ -177,3 +177,56 @@ def test_the_em_sign_gives_agreeing_votes_the_higher_activation():
   _, em = capsules.em_routing(*args, low_cost_wins=True)
   assert float(em[0, 0]) > 0.5 > float(em[0, 1])
   assert float(port[0, 0]) < 0.5 < float(port[0, 1])
+
+
+def numpy_authors_routing(votes, a_in, beta_u, beta_a, iters, lam=1e-6, eps=1e-8):
+  """float64 transcription of the authors' ConvCaps.caps_em_routing (aayushjr/HybridCLAUS,
+  ucf101_capsules.py), batched as theirs: r (b, B, C); their m_step and e_step line by line."""
+  v = votes.astype(np.float64)
+  b, num_in, num_out, _ = v.shape
+  a = a_in.astype(np.float64)[:, :, None]  # (b, B, 1)
+  r = np.full((b, num_in, num_out), 1.0 / num_out)
+  for it in range(iters):
+    r = r * a
+    r = r / (r.sum(axis=2, keepdims=True) + eps)
+    r_sum = r.sum(axis=1, keepdims=True)  # (b, 1, C)
+    coeff = (r / (r_sum + eps))[..., None]
+    mu = np.sum(coeff * v, axis=1, keepdims=True)  # (b, 1, C, D)
+    sigma_sq = np.sum(coeff * (v - mu) ** 2, axis=1, keepdims=True) + eps
+    cost_h = ((beta_u + np.log(np.sqrt(sigma_sq[:, 0]))) * r_sum[:, 0, :, None]).sum(axis=2)
+    cost_mean = cost_h.mean(axis=1, keepdims=True)
+    cost_std = np.sqrt(np.sum(cost_h - cost_mean, axis=1, keepdims=True) ** 2 / num_out + eps)
+    a_out = 0.5 * (1.0 + np.tanh(0.5 * lam * (beta_a - (cost_mean - cost_h) / (cost_std + eps))))
+    if it < iters - 1:
+      ln_p = (-(v - mu) ** 2 / (2 * sigma_sq) - np.log(np.sqrt(sigma_sq))
+              - 0.5 * math.log(2 * math.pi))
+      ln_ap = ln_p.sum(axis=3) + np.log(eps + a_out[:, None, :])
+      ln_ap -= ln_ap.max(axis=2, keepdims=True)
+      r = np.exp(ln_ap) / np.exp(ln_ap).sum(axis=2, keepdims=True)
+  return mu[:, 0], a_out
+
+
+@pytest.mark.parametrize("iters,lam", [(1, 1e-6), (3, 1e-6), (3, 1.0)])
+def test_authors_routing_matches_a_transcription_of_their_code(iters, lam):
+  """model.routing='authors' with routing_sign='port' is the authors' ConvCaps routing."""
+  rng = np.random.default_rng(10 + iters)
+  n, num_in, num_out, dim = 4, 6, 5, 16
+  votes = rng.normal(size=(n, num_in, num_out, dim)).astype(np.float32) * 0.3
+  a_in = rng.uniform(0.05, 1.0, size=(n, num_in)).astype(np.float32)
+  beta_u = rng.normal(size=(num_out, dim)).astype(np.float32)
+  beta_a = rng.normal(size=(num_out,)).astype(np.float32)
+  want_p, want_a = numpy_authors_routing(votes, a_in, beta_u, beta_a, iters, lam)
+  got_p, got_a = capsules.em_routing(votes, a_in, beta_u, beta_a, iters, lam,
+                                     low_cost_wins=False, authors_form=True)
+  # Their cost "std" is sqrt((sum of deviations)^2 / C + eps): the float32 rounding of that ~0 sum
+  # (costs ~100) moves it by ~1% against float64, hence a looser bound than the 'paper' form's.
+  np.testing.assert_allclose(np.asarray(got_p), want_p, rtol=1e-3, atol=5e-4)
+  np.testing.assert_allclose(np.asarray(got_a), want_a, rtol=1e-3, atol=5e-4)
+  # Their renormalisation cancels a_in: scaling every input activation changes nothing.
+  p2, a2 = capsules.em_routing(votes, 0.5 * a_in, beta_u, beta_a, iters, lam, authors_form=True)
+  np.testing.assert_allclose(np.asarray(p2), np.asarray(got_p), rtol=1e-3, atol=5e-4)
+  np.testing.assert_allclose(np.asarray(a2), np.asarray(got_a), rtol=1e-3, atol=5e-4)
+  if lam == 1e-6:  # Their activations sit near 0.5 and move with the cost, not with beta_a.
+    assert np.abs(np.asarray(got_a) - 0.5).max() < 0.2
+  with pytest.raises(ValueError, match="cost_scale"):
+    capsules.em_routing(votes, a_in, beta_u, beta_a, iters, lam, cost_scale=0.01, authors_form=True)

@@ -124,11 +124,17 @@ def test_clip_targets_equal_dense_slice(annotation, form, variant):
     keys = pl.KeyframeLabels(rec, labelled, "sdf")
     pseudo, flags = pl.pseudo_labels(rec, labelled, "sdf")
     dense = losses.stew_weights(pseudo, flags, variant=variant, window=2, xp=np, **kw)
+    distance = losses.distance_to_labelled(flags, np)
     for c in range(rec.num_frames):
       frames = clips.clip_frames(c, rec.num_frames)
       p, w, l = clips.clip_targets(keys, frames, variant, 2, **kw)
       np.testing.assert_array_equal(p, pseudo[frames])
-      np.testing.assert_allclose(w, dense[frames], rtol=1e-6, atol=1e-7)
+      if form == "implementation":  # The spatial mean runs over the clip's own frames.
+        want = losses.combine_stew(losses.clip_mean(pseudo[frames], np), distance[frames],
+                                   flags[frames], xp=np, **kw)
+      else:
+        want = dense[frames]
+      np.testing.assert_allclose(w, want, rtol=1e-6, atol=1e-7)
       np.testing.assert_array_equal(l, flags[frames])
 
 
@@ -198,3 +204,25 @@ def test_sampler_skips_items_without_frames_and_measures():
   assert stats["batches"] == 3 and stats["clips_per_s"] > 0
   with pytest.raises(ValueError, match="no labelled frame"):
     clips.ClipSampler(_source(), [(0, np.array([], np.int64))], config, 0, 0)
+
+
+def test_video_sampling_draws_clips_per_video_from_its_labelled_frames():
+  """train.sampling='video' (item 12): as the authors' loader, every labelled video gives
+  clips_per_video clips per epoch, each centred on one of its labelled frames at random."""
+  config = _config(crop_scale=1.0, flip=False, sampling="video", clips_per_video=2, batch_size=2)
+  sampler = clips.ClipSampler(_source(), ITEMS, config, seed=0, round_index=0)
+  assert sampler.num_clips == 2 * len(ITEMS)  # Not the 6 labelled frames.
+  seen = []
+  for step in range(3):  # One epoch: 6 clips.
+    for j in range(2):
+      p = step * 2 + j
+      pos, _ = sampler._clips[sampler._permutation(p // 6)[p % 6]]
+      seen.append(int(pos))
+    batch = sampler.batch_at(step)
+    for j in range(2):
+      # The centre (slot L // 2) is one of the video's labelled frames.
+      assert batch["labelled"][j][4]
+  assert sorted(seen) == [0, 0, 1, 1, 2, 2]
+  again = clips.ClipSampler(_source(), ITEMS, config, seed=0, round_index=0)
+  for step in range(3):
+    np.testing.assert_array_equal(again.batch_at(step)["video"], sampler.batch_at(step)["video"])

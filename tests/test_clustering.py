@@ -99,3 +99,19 @@ def test_single_video_single_latent():
   init = clustering.init_centres(np.array([[0.5, -1.0]]), np.array([4]), k=3, n_init=2, seed=1)
   np.testing.assert_allclose(init.centres, [[0.5, -1.0]] * 3)
   np.testing.assert_array_equal(init.video_cluster, [0])
+
+
+def test_eval_mode_majority_matches_the_authors_vote():
+  """cluster.latents='eval' (item 17): nearest centre per clip, then the authors' per-video vote
+  ``np.bincount(predictions).argmax()`` (cluster_extract / ucf101_cluster.py)."""
+  rng = np.random.default_rng(4)
+  centres = rng.normal(size=(4, 6)).astype(np.float32)
+  owners = np.repeat(np.arange(7), 4)
+  lat = (centres[rng.integers(0, 4, owners.size)] + 0.3 * rng.normal(size=(owners.size, 6))
+         ).astype(np.float32)
+  got = clustering.majority_clusters(lat, owners, centres)
+  pred = np.argmin(((lat[:, None] - centres[None]) ** 2).sum(-1), axis=1)
+  want = {v: int(np.bincount(pred[owners == v]).argmax()) for v in range(7)}
+  assert got == want
+  np.testing.assert_array_equal(clustering.latent_clip_centres(40, 4), [5, 15, 25, 35])
+  np.testing.assert_array_equal(clustering.latent_clip_centres(3, 4), [0, 1, 2])

@@ -166,14 +166,19 @@ def test_every_numeric_field_has_a_range_check():
 
 
 def test_choices_are_the_modules_own_names():
-  from claus_jax import tiling
-  from claus_jax.data import pseudo_labels, synthetic
+  from claus_jax import clustering, losses, tiling
+  from claus_jax.data import clips, pseudo_labels, synthetic
   from claus_jax.evaluation import evaluator
   from claus_jax.models import detector, i3d
+  from claus_jax.selection import frames, strategies
 
   assert configlib.CHOICES == {
       "data.on_bad_video": ("error", "skip"), "data.synthetic.mode": synthetic.MODES,
       "model.conv_impl": i3d.CONV_IMPLS, "model.routing_sign": detector.ROUTING_SIGNS,
+      "model.routing": detector.ROUTINGS, "model.init": detector.INITS,
+      "loss.weight_mode": losses.WEIGHT_MODES, "train.sampling": clips.SAMPLINGS,
+      "cluster.latents": clustering.LATENT_MODES, "selection.video_score": frames.VIDEO_SCORES,
+      "selection.cluster_quota": strategies.CLUSTER_QUOTAS,
       "loss.mask_interp": pseudo_labels.MASK_INTERPOLATIONS,
       "eval.score_rule": evaluator.SCORE_RULES, "eval.tiling": tiling.TILINGS}
 
@@ -195,4 +200,42 @@ def test_pretraining_fields_are_checked_with_the_fix():
   c = load("synthetic")
   c.model.routing_sign = "hinton"
   with pytest.raises(configlib.ConfigError, match="config.model.routing_sign"):
+    configlib.validate(c)
+
+
+def test_authors_preset_and_its_guards(tmp_path, monkeypatch):
+  """Issue 18: configs/*.py:authors reproduce the authors' code; ground-truth leaks stay off unless
+  a named flag turns them on; paper configs refuse a silent random encoder (item 8)."""
+  monkeypatch.setenv("CLAUS_DATA_DIR", str(tmp_path))
+  for name in ("jhmdb", "ucf101_24"):
+    c = load(name, "authors")
+    configlib.validate(c)
+    assert (c.model.routing, c.model.routing_sign, c.model.routing_lambda) == ("authors", "port", 1e-6)
+    assert (c.model.init, tuple(c.model.input_range)) == ("authors", (0.0, 1.0))
+    assert (c.loss.stew_form, c.loss.stew_sigma, c.loss.stew_radius) == ("implementation", 8 / 3, 8)
+    assert (c.loss.weight_mode, c.loss.margin_step, c.cluster.start_step) == ("logit", 0.0, 0)
+    assert (c.train.sampling, c.train.clips_per_video, c.train.epochs) == ("video", 2, 40.0)
+    assert (c.selection.video_score, c.selection.cluster_quota) == ("penalised", "cap")
+    assert c.cluster.latents == "eval"
+    assert (c.train.learning_rate, c.train.b1, c.train.b2, c.train.eps, c.train.batch_size) == (
+        5e-5, 0.5, 0.999, 1e-6, 6)
+    assert not c.selection.restrict_to_gt_span  # Leaks labels: off ...
+    assert load(name, "authors,gt_span").selection.restrict_to_gt_span  # ... unless asked for.
+    with pytest.raises(ValueError, match="unknown flag"):
+      load(name, "authors,tube_length")
+    # Item 8: no weights and no explicit 'scratch' is refused before training, naming the fix.
+    with pytest.raises(configlib.ConfigError, match="config.model.encoder_init.*import_i3d.*scratch"):
+      configlib.check_encoder_init(c)
+    c.model.encoder_init = "scratch"
+    configlib.check_encoder_init(c)
+  configlib.check_encoder_init(load("synthetic"))  # The synthetic benchmark pretrains its own.
+  assert load("jhmdb", "tiny").model.encoder_init == "scratch"
+  assert configlib.base_config().model.routing_sign == "em"
+  c = load("synthetic")
+  c.model.routing = "authors"
+  with pytest.raises(configlib.ConfigError, match="config.model.routing.*routing_cost_scale=0"):
+    configlib.validate(c)
+  c = load("synthetic")
+  c.model.input_range = (1.0, 0.0)
+  with pytest.raises(configlib.ConfigError, match="config.model.input_range"):
     configlib.validate(c)

@@ -32,9 +32,11 @@ def test_stew_paper_form_by_hand():
   pseudo, labelled = _video()
   w = losses.stew_weights(pseudo, labelled, window=1, form="paper", sigma=1.0, p_low=0.1,
                           p_high=0.9, xp=np)
-  # Pixel A: labelled 1; Dist(1)*2/3; Dist(2)*1/3; mean 0 consistent -> 1; 1.
-  np.testing.assert_allclose(w[:, 0, 0], [1, E(-0.5) * 2 / 3, E(-2.0) / 3, 1, 1], rtol=1e-6)
-  np.testing.assert_allclose(w[:, 0, 1], [1, 1, 1, 1, 1])
+  # Eq. 4: Dist(d) on every pixel. Pixel A: labelled 1; Dist(1)*2/3; Dist(2)*1/3; mean 0
+  # consistent -> Dist(3); Dist(4). Pixel B (always background): Dist(d).
+  np.testing.assert_allclose(w[:, 0, 0], [1, E(-0.5) * 2 / 3, E(-2.0) / 3, E(-4.5), E(-8.0)],
+                             rtol=1e-6)
+  np.testing.assert_allclose(w[:, 0, 1], [1, E(-0.5), E(-2.0), E(-4.5), E(-8.0)], rtol=1e-6)
 
 
 def test_stew_implementation_form_by_hand():
@@ -50,9 +52,9 @@ def test_stew_consistent_foreground_and_labelled_override():
   pseudo = np.array([0.5, 1, 1, 1, 0.5], np.float32)[:, None, None]
   labelled = np.array([0, 0, 0, 0, 1], bool)
   w = losses.stew_weights(pseudo, labelled, window=1, form="paper", sigma=1.0, xp=np)
-  # means: .75, 5/6, 1, 5/6, .75 ; distance 4,3,2,1,0.
-  np.testing.assert_allclose(w[:, 0, 0], [E(-8.0) * 0.75, E(-4.5) * 5 / 6, 1, E(-0.5) * 5 / 6, 1],
-                             rtol=1e-5)
+  # means: .75, 5/6, 1, 5/6, .75 ; distance 4,3,2,1,0; the consistent frame keeps its Dist(2).
+  np.testing.assert_allclose(w[:, 0, 0], [E(-8.0) * 0.75, E(-4.5) * 5 / 6, E(-2.0),
+                                          E(-0.5) * 5 / 6, 1], rtol=1e-5)
 
 
 def test_variants_by_hand():
@@ -125,7 +127,8 @@ def test_cluster_loss_against_numpy():
   cen = rng.normal(size=(3, 6)).astype(np.float32)
   clusters = np.array([2, -1, 0, 2])
   valid = [0, 2, 3]
-  ref = np.mean([0.5 * 0.1 * np.sum((lat[i] - cen[clusters[i]]) ** 2) for i in valid])
+  # Eq. 3 and the authors' ClusterLoss: a sum over the batch.
+  ref = np.sum([0.5 * 0.1 * np.sum((lat[i] - cen[clusters[i]]) ** 2) for i in valid])
   np.testing.assert_allclose(float(losses.cluster_loss(lat, cen, clusters, 0.1)), ref, rtol=1e-5)
   assert float(losses.cluster_loss(lat, cen, np.full(4, -1), 0.1)) == 0.0
 
@@ -181,3 +184,100 @@ def test_full_size_shapes_by_eval_shape():
   total, parts = jax.eval_shape(lambda o, b, c: losses.loss_fn(o, b, c, None, 1.0, config),
                                 outputs, batch, centres)
   assert total.shape == () and set(parts) >= {"bce", "dice", "classification", "cluster", "total"}
+
+
+def authors_clip_stew(label, span, annot_frames, vskip=2):
+  """NumPy transcription of the authors' STeW mask for one clip (aayushjr/HybridCLAUS,
+  ucf101_dataloader.py ``__getitem__``): a temporal Gaussian (sigma 4/3, +-4) over clip *slots*
+  around each labelled slot (max), times a spatial weight (the label's mean over
+  ``[min(j-2, 0):max(j+3, 8)]``, pure background -> 1; labelled slots: the temporal mask), clipped
+  at 1. ``label (8, H, W)`` the clip's pseudo-labels, ``span (8,)`` its video frames."""
+  from scipy.stats import norm
+  depth = 8
+  gaus_vals = norm.pdf(np.arange(-4, 5), 0, 4 / 3.)
+  gaus_vals = gaus_vals / np.max(gaus_vals)
+  gaus_mid = 5
+  final = np.zeros(depth)
+
+  def valid(j):
+    if vskip == 2:
+      return span[j] in annot_frames or span[j] + 1 in annot_frames
+    return span[j] in annot_frames
+
+  for j in range(depth):
+    if valid(j):
+      gaus_range = [max(0, gaus_mid - j - 1), min(9, gaus_mid + depth - j - 1)]
+      frame_range = [max(0, j - 4), min(8, j + 4 + 1)]
+      vals = gaus_vals[gaus_range[0]:gaus_range[1]]
+      cur = final[frame_range[0]:frame_range[1]]
+      cur[vals > cur] = vals[vals > cur]
+      final[frame_range[0]:frame_range[1]] = cur
+  mask = np.broadcast_to(final[:, None, None], label.shape).copy()
+  mask[mask > 1] = 1
+  spatial = label.astype(np.float64).copy()
+  for j in range(depth):
+    if valid(j):
+      spatial[j] = mask[j]
+    else:
+      values = np.mean(label[min(j - 2, 0):max(j + 3, depth)], axis=0)
+      values[values == 0] = 1.0
+      spatial[j] = values
+  out = mask * spatial
+  out[out > 1] = 1
+  return out
+
+
+def test_implementation_stew_matches_the_authors_dataloader():
+  """stew_form='implementation' with the preset's units (sigma 8/3, radius 8 video frames) and the
+  clip-wide spatial mean is the authors' mask, on the slots their negative-index slice leaves alone
+  (j >= 2); labelled frames on clip slots, none right after one, none just outside the clip."""
+  from claus_jax.data import clips
+  from claus_jax.data import pseudo_labels as pl
+  from claus_jax.data.record import VideoRecord
+
+  rng = np.random.default_rng(5)
+  t, size = 40, 8
+  boxes = np.full((1, t, 4), np.nan, np.float32)
+  for f in range(t):
+    x = rng.integers(0, 3)
+    boxes[0, f] = [x, 1, x + 4, 6]
+  masks = pl.fill_boxes(boxes, size, size).astype(np.uint8)
+  record = VideoRecord(video_id="v", group_id="g", label=0,
+                       frames=np.zeros((t, size, size, 3), np.uint8), masks=masks, boxes=boxes,
+                       has_gt=masks.reshape(t, -1).any(1), span=(0, t), annotation="mask").validate()
+  config = configlib.base_config()
+  with config.unlocked():
+    configlib.authors_preset(config)
+  kw = losses.stew_kwargs(config)
+  assert (kw["form"], kw["sigma"], kw["radius"]) == ("implementation", 8 / 3, 8)
+  # Their clips are centred on a labelled frame and see only the labelled frames inside the clip.
+  for labelled, centre in (([20], 20), ([14, 26], 20), ([16, 20, 34], 20), ([4, 22], 22)):
+    keys = pl.KeyframeLabels(record, np.array(labelled), "nearest")
+    frames = clips.clip_frames(centre, t)
+    pseudo, weight, _ = clips.clip_targets(keys, frames, "stew", 2, **kw)
+    want = authors_clip_stew(pseudo, frames, labelled)
+    np.testing.assert_allclose(weight[2:], want[2:], rtol=1e-5, atol=1e-6)
+
+
+def test_logit_weight_mode_matches_the_authors_loss():
+  """loss.weight_mode='logit': output * mask_cls, then BCEWithLogits (mean) + their DiceLoss
+  (whole batch flattened), transcribed from aayushjr/HybridCLAUS ucf101_cluster.py."""
+  rng = np.random.default_rng(6)
+  logits = rng.normal(size=(2, 3, 4, 5)).astype(np.float32) * 3
+  y = (rng.random((2, 3, 4, 5)) < 0.4).astype(np.float32)
+  w = rng.random((2, 3, 4, 5)).astype(np.float32)
+  out = logits.astype(np.float64) * w
+  p = 1 / (1 + np.exp(-out))
+  want_bce = np.mean(-(y * np.log(p) + (1 - y) * np.log(1 - p)))
+  inter = (p.reshape(-1) * y.reshape(-1)).sum()
+  want_dice = 1 - (2.0 * inter + 1) / (p.sum() + y.sum() + 1)
+  bce, dice = losses.logit_weighted_losses(jnp.asarray(logits), jnp.asarray(y), jnp.asarray(w))
+  np.testing.assert_allclose(float(bce), want_bce, rtol=1e-5)
+  np.testing.assert_allclose(float(dice), want_dice, rtol=1e-5)
+  config = configlib.base_config()
+  config.loss.weight_mode = "logit"
+  outputs, batch = _outputs_batch(rng)
+  total, parts = losses.loss_fn(outputs, batch, None, None, 0.0, config)
+  b2, d2 = losses.logit_weighted_losses(outputs["seg_logits"], batch["pseudo_mask"], batch["weight"])
+  np.testing.assert_allclose([float(parts["bce"]), float(parts["dice"])], [float(b2), float(d2)],
+                             rtol=1e-6)

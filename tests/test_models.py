@@ -397,3 +397,35 @@ def test_seg_prior_sets_the_last_bias_and_is_checked():
   assert model.seg_prior == prior
   with pytest.raises(configlib.ConfigError, match="seg_prior"):
     build_model(_config(32, seg_prior=1.0))
+
+
+def test_authors_init_and_input_range():
+  """model.init='authors' (item 6): as the authors' CapsNet, primary capsules N(0, 0.1) and the
+  decoder's transposed convs N(0, 0.02); model.input_range=(0, 1) (item 7) is their x / 255."""
+  video = np.array([0, 51, 255], np.uint8).reshape(1, 1, 3)
+  np.testing.assert_allclose(np.asarray(preprocess(video, (0.0, 1.0))).ravel(),
+                             np.array([0, 51, 255]) / 255.0, rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(preprocess(video, (-1.0, 1.0))),
+                                np.asarray(preprocess(video)))
+  x = jnp.zeros((1, 8, 32, 32, 3), jnp.float32)
+  stds = {}
+  for scheme in ("lecun", "authors"):
+    model = build_model(_config(32, width=0.25, num_classes=8, primary_caps=8, init=scheme))
+    params = jax.jit(lambda k: model.init({"params": k, "dropout": k}, x, train=False))(
+        jax.random.key(0))["params"]
+    stds[scheme] = {
+        "pose": float(np.std(params["primary"]["pose"]["kernel"])),
+        "activation": float(np.std(params["primary"]["activation"]["kernel"])),
+        "up28": float(np.std(params["decoder"]["up28"]["kernel"])),
+        "up224": float(np.std(params["decoder"]["up224"]["kernel"])),
+        "smooth": float(np.std(params["decoder"]["smooth"]["kernel"])),
+    }
+  want = {"pose": 0.1, "activation": 0.1, "up28": 0.02, "up224": 0.02, "smooth": 0.02}
+  for name, std in want.items():
+    assert abs(stds["authors"][name] - std) < 0.15 * std, (name, stds["authors"][name])
+  # lecun_normal's scale is 1/sqrt(fan_in), here fan_in = 208 channels x 1 x 1 (at 224 px and
+  # width 1: 832 x 9 x 9, i.e. 0.0039, about 26x below the authors' 0.1).
+  assert abs(stds["lecun"]["pose"] - 1 / np.sqrt(208)) < 0.15 / np.sqrt(208)
+  with pytest.raises(ValueError, match="config.model.init"):
+    build_model(_config(32, width=0.25, num_classes=8, primary_caps=8, init="xavier")).init(
+        {"params": jax.random.key(0)}, x)

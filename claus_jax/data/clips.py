@@ -6,10 +6,14 @@ position ``L // 2``). If that does not fit inside the video, stride 1 is used (R
 near the video start"; we apply the same rule at the end); indices still outside ``[0, T)`` are clamped,
 i.e. the border frame is repeated.
 
-Which clip a step draws: the labelled frames of all items form the epoch's clip list; global clip
-``p = step * B + j`` belongs to epoch ``p // N`` and is element ``p % N`` of that epoch's permutation,
-seeded by ``(seed, round, epoch)``. Crop and flip are drawn from ``(seed, round, step, j)``. So
-:meth:`ClipSampler.batch_at` is a pure function of ``step`` (exact resume), whatever thread computes it.
+Which clip a step draws (``config.train.sampling``): with 'frame' (default) the labelled frames of all
+items form the epoch's clip list; with 'video' (the authors' code) every labelled video appears
+``train.clips_per_video`` times (2 in their code) and each draw centres on one of its labelled frames
+at random, drawn from ``(seed, round, step, j)``, so a long or well-labelled video is not
+over-weighted. Global clip ``p = step * B + j`` belongs to epoch ``p // N`` and is element ``p % N`` of
+that epoch's permutation, seeded by ``(seed, round, epoch)``. Crop and flip are drawn from ``(seed,
+round, step, j)``. So :meth:`ClipSampler.batch_at` is a pure function of ``step`` (exact resume),
+whatever thread computes it.
 
 Pseudo-labels and STeW weights are computed on the frames a clip needs (the clip frames and their
 +-W window), from per-video keyframe data cached once per sampler (= once per round); the result equals
@@ -33,7 +37,9 @@ from claus_jax.data.record import VideoRecord
 
 log = logging.getLogger(__name__)
 
-_PERM_STREAM, _AUG_STREAM = 0, 1  # Separate seed streams for the clip order and the augmentation.
+# Separate seed streams for the clip order, the augmentation and the centre of 'video' sampling.
+_PERM_STREAM, _AUG_STREAM, _CENTRE_STREAM = 0, 1, 2
+SAMPLINGS = ("frame", "video")  # config.train.sampling.
 
 
 def clip_frames(center: int, num_frames: int, length: int = 8, skip: int = 2) -> np.ndarray:
@@ -111,7 +117,9 @@ def clip_targets(keys: KeyframeLabels, frames: np.ndarray, variant: str, window:
                  **stew_kwargs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Pseudo-mask, loss weight and real-label flags at a clip's frames, computed locally.
 
-  Equal to slicing ``pseudo_labels`` + ``losses.stew_weights(xp=np)`` of the whole video at ``frames``.
+  Equal to slicing ``pseudo_labels`` + ``losses.stew_weights(xp=np)`` of the whole video at ``frames``
+  (paper form); the implementation form's spatial mean runs over the clip's own frames
+  (``losses.clip_mean``), as in the authors' dataloader.
 
   Args:
     keys: the video's keyframe labels.
@@ -126,6 +134,12 @@ def clip_targets(keys: KeyframeLabels, frames: np.ndarray, variant: str, window:
     pseudo = keys.masks_at(frames)
     weight = losses.variant_weights(pseudo, labelled, variant=variant, xp=np)
     return pseudo, weight, labelled
+  if stew_kwargs.get("form") == "implementation":  # The authors' window: the whole clip.
+    pseudo = keys.masks_at(frames)
+    distance = np.min(np.abs(frames[:, None] - keys.labelled[None, :]), axis=1).astype(np.float32)
+    weight = losses.variant_weights(pseudo, labelled, losses.clip_mean(pseudo, np), distance,
+                                    variant="stew", xp=np, **stew_kwargs)
+    return pseudo, np.asarray(weight, np.float32), labelled
   lo = np.maximum(frames - window, 0)
   hi = np.minimum(frames + window, t - 1)
   needed = np.unique(np.concatenate([np.arange(a, b + 1) for a, b in zip(lo, hi)]))
@@ -184,9 +198,18 @@ class ClipSampler:
                   len(skipped), skipped[:10])
     if not self.items:
       raise ValueError("clip sampler: no labelled frame in any item; the round has nothing to train on.")
-    # The epoch's clip list: (item position, centre frame) for every labelled frame.
-    self._clips = np.array([(pos, int(c)) for pos, (_, frames) in enumerate(self.items)
-                            for c in frames], np.int64)
+    self.sampling = str(config.train.get("sampling", "frame"))
+    if self.sampling == "frame":
+      # The epoch's clip list: (item position, centre frame) for every labelled frame.
+      self._clips = np.array([(pos, int(c)) for pos, (_, frames) in enumerate(self.items)
+                              for c in frames], np.int64)
+    elif self.sampling == "video":
+      # (item position, -1): the centre is one of the video's labelled frames, drawn per step.
+      per_video = int(config.train.clips_per_video)
+      self._clips = np.array([(pos, -1) for pos in range(len(self.items))
+                              for _ in range(per_video)], np.int64)
+    else:
+      raise ValueError(f"config.train.sampling {self.sampling!r}: use one of {SAMPLINGS}.")
     self._keys: dict[int, KeyframeLabels] = {}
     self._labels: dict[int, int] = {}
     self._lock = threading.Lock()
@@ -194,7 +217,7 @@ class ClipSampler:
 
   @property
   def num_clips(self) -> int:
-    """Labelled frames (= clips per epoch)."""
+    """Clips per epoch: labelled frames ('frame' sampling) or clips_per_video x labelled videos."""
     return len(self._clips)
 
   @property
@@ -255,6 +278,10 @@ class ClipSampler:
     for j in range(self.batch_size):
       p = step * self.batch_size + j
       pos, center = self._clips[self._permutation(p // n)[p % n]]
+      if center < 0:
+        labelled = self.items[int(pos)][1]
+        pick = np.random.default_rng([self.seed, self.round_index, _CENTRE_STREAM, step, j])
+        center = labelled[int(pick.integers(labelled.size))]
       rng = np.random.default_rng([self.seed, self.round_index, _AUG_STREAM, step, j])
       clips.append(self.clip(int(pos), int(center), rng))
     return {

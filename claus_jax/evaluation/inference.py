@@ -75,17 +75,18 @@ def predict_video(predict_fn: PredictFn, record: VideoRecord, batch_size: int, s
   return _sigmoid(logits), (class_sum / class_count).astype(np.float32)
 
 
-def _preprocess(video):
-  """uint8 -> float32 in [-1, 1] (the model package's preprocess once it exists)."""
+def _preprocess(video, input_range=(-1.0, 1.0)):
+  """uint8 -> float32 in ``input_range`` (the model package's preprocess once it exists)."""
   try:
     from claus_jax.models import preprocess  # pylint: disable=g-import-not-at-top
   except ImportError:
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    return video.astype(jnp.float32) / 127.5 - 1.0
-  return preprocess(video)
+    low, high = input_range
+    return video.astype(jnp.float32) * ((high - low) / 255.0) + low
+  return preprocess(video, input_range)
 
 
-def make_predict_fn(model, variables, devices=None) -> PredictFn:
+def make_predict_fn(model, variables, devices=None, input_range=(-1.0, 1.0)) -> PredictFn:
   """A jitted, deterministic predict_fn for :func:`predict_video` from a Flax detector.
 
   ``model.apply(variables, video, train=False)`` must return a dict with ``seg_logits (B, 8, H, W)``
@@ -98,6 +99,7 @@ def make_predict_fn(model, variables, devices=None) -> PredictFn:
     model: the Flax module.
     variables: its variables (params and batch statistics).
     devices: devices to use; None = ``jax.local_devices()``.
+    input_range: pixel range fed to the model (``config.model.input_range``).
 
   Returns:
     ``predict_fn(video (B, L, H, W, 3) uint8) -> (seg_logits (B, L, H, W) float32,
@@ -116,7 +118,7 @@ def make_predict_fn(model, variables, devices=None) -> PredictFn:
     variables = parallel.host_local_copy(variables)
 
   def forward(variables, video):
-    out = model.apply(variables, _preprocess(video), train=False)
+    out = model.apply(variables, _preprocess(video, input_range), train=False)
     return out["seg_logits"].astype(jnp.float32), out["class_probs"].astype(jnp.float32)
 
   if num_devices > 1:

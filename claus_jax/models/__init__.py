@@ -24,7 +24,7 @@ from claus_jax.models.capsules import ConvCapsules, PrimaryCapsules, em_routing
 from claus_jax.models.detector import CLAUSDetector, Decoder
 from claus_jax.models.i3d import CONV_IMPLS, InceptionI3d
 
-__all__ = ["build_model", "preprocess", "load_encoder_init", "save_encoder_variables",
+__all__ = ["build_model", "preprocess", "input_range", "load_encoder_init", "save_encoder_variables",
            "count_params", "primary_kernel", "CLAUSDetector", "InceptionI3d", "ConvCapsules",
            "PrimaryCapsules", "Decoder", "em_routing", "ENCODER_VARIABLES_SUBDIR"]
 
@@ -61,12 +61,26 @@ def build_model(config: ml_collections.ConfigDict) -> CLAUSDetector:
                        routing_iters=m.routing_iters, coord_add=m.coord_add,
                        routing_lambda=m.routing_lambda, dropout=m.dropout, dtype=_DTYPES[m.dtype],
                        conv_impl=m.conv_impl, seg_prior=m.seg_prior,
-                       routing_cost_scale=m.routing_cost_scale, routing_sign=m.routing_sign)
+                       routing_cost_scale=m.routing_cost_scale, routing_sign=m.routing_sign,
+                       routing=m.routing, init_scheme=m.init)
 
 
-def preprocess(video: jax.Array | np.ndarray) -> jax.Array:
-  """uint8 frames (..., H, W, 3) in [0, 255] -> float32 in [-1, 1] (the I3D input range)."""
-  return jnp.asarray(video, jnp.float32) / 127.5 - 1.0
+def preprocess(video: jax.Array | np.ndarray, input_range=(-1.0, 1.0)) -> jax.Array:
+  """uint8 frames (..., H, W, 3) in [0, 255] -> float32 in ``input_range`` (``config.model.input_range``).
+
+  The default [-1, 1] is the range the public pytorch_i3d Charades weights were trained on; the
+  authors' code fed x / 255 in [0, 1] to those weights ('authors' preset: ``(0.0, 1.0)``).
+  """
+  low, high = (float(v) for v in input_range)
+  if (low, high) == (-1.0, 1.0):
+    return jnp.asarray(video, jnp.float32) / 127.5 - 1.0  # Bit-identical to the earlier form.
+  return jnp.asarray(video, jnp.float32) * ((high - low) / 255.0) + low
+
+
+def input_range(config: ml_collections.ConfigDict) -> tuple[float, float]:
+  """``config.model.input_range`` as floats."""
+  low, high = config.model.input_range
+  return float(low), float(high)
 
 
 def count_params(tree: Any) -> int:

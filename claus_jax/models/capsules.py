@@ -8,18 +8,27 @@ EM routing (REFERENCE.md "Model"), for votes V[i, c, h] of input capsule i for o
   M-step:  R <- R * a_in;  r_sum_c = sum_i R_ic;  mu_c = sum_i R_ic V_ic / r_sum_c;
            sigma_c^2 = sum_i R_ic (V_ic - mu_c)^2 / r_sum_c + eps;
            cost_c = sum_h (beta_u[c, h] + log sigma_ch) r_sum_c;
-           a_c = sigmoid(lambda (beta_a[c] - (mean_c(cost) - cost_c) / (std_c(cost) + eps)))
+           a_c = sigmoid(lambda (beta_a[c] + s (mean_c(cost) - cost_c) / (std_c(cost) + eps)))
   E-step:  log p_ic = sum_h -(V_ich - mu_ch)^2 / (2 sigma_ch^2) - log sigma_ch - log(2 pi) / 2;
            R_ic = softmax_c(log p_ic + log(a_c + eps))   (log-sum-exp, never exp of raw log p)
 The routing runs in float32 whatever the compute dtype: it takes logs of variances.
 
-lambda (``config.model.routing_lambda``) defaults to 1.0, not the authors' 1e-6. Their code computes
-the cost spread as sqrt((sum_c (cost - mean))^2 / C + eps), i.e. a square of a sum that is ~0, so its
-"std" is ~sqrt(eps) = 1e-4 and the effective scale on (cost - mean) is ~1e-2. With a true standard
-deviation, as REFERENCE.md states the formula, lambda = 1e-6 would pin every activation at 0.5 and the
-class output could not be trained. Their code also renormalises R over the output capsules after
-weighting by a_in, which cancels the input activations; this module weights by a_in as EM routing
-does. The sign of the normalised cost is kept as in REFERENCE.md.
+The sign s (``config.model.routing_sign``): 'em' (s = +1, the default) is EM routing as published
+and as in the TensorFlow capsule code this model descends from (VideoCapsuleNet): agreeing votes, lower
+cost, higher activation. 'port' (s = -1) is the authors' PyTorch port, where a capsule whose votes
+disagree more gets the higher activation.
+
+Two forms of the M-step (``config.model.routing``):
+  * 'paper' (default): as above, R weighted by a_in; the costs standardised by their true standard
+    deviation over the output capsules (or, with ``routing_cost_scale`` > 0, multiplied by that fixed
+    scale). lambda defaults to 1.0: with a true standard deviation, the authors' lambda = 1e-6 would
+    pin every activation at 0.5 and the class output could not be trained.
+  * 'authors' (the authors' ConvCaps): after R <- R * a_in, R is renormalised over the output
+    capsules, R_ic <- R_ic / (sum_c R_ic + eps), which cancels the input activations; the cost spread
+    is sqrt((sum_c (cost_c - mean))^2 / C + eps), a square of a sum that is ~0, so this "std" is
+    ~sqrt(eps) = 1e-4. With their lambda = 1e-6 (the 'authors' preset) the activation is then
+    sigmoid(1e-6 beta_a +- ~0.01 (cost - mean)): beta_a has almost no effect. (A 'paper' routing with
+    lambda 1e-6 and cost scale 1e4 matches it when every a_in = 1.)
 """
 
 from __future__ import annotations
@@ -45,7 +54,8 @@ _unit_normal = fast_init(nn.initializers.normal(1.0))  # As the authors' torch.r
 def em_routing(votes: jax.Array, a_in: jax.Array, beta_u: jax.Array, beta_a: jax.Array,
                iters: int = 3, inverse_temperature: float = 1.0,
                eps: float = EPSILON, cost_scale: float = 0.0,
-               low_cost_wins: bool = False) -> tuple[jax.Array, jax.Array]:
+               low_cost_wins: bool = False,
+               authors_form: bool = False) -> tuple[jax.Array, jax.Array]:
   """EM routing between I input and C output capsules, vectorised over N independent groups.
 
   Args:
@@ -62,6 +72,8 @@ def em_routing(votes: jax.Array, a_in: jax.Array, beta_u: jax.Array, beta_a: jax
       ``sigmoid(lambda (beta_a - (mean - cost) / std))``: more disagreement, higher activation.
       True = EM routing as in Hinton et al. and the TensorFlow capsule code the model descends from,
       ``sigmoid(lambda (beta_a + (mean - cost) / std))``: agreeing votes, higher activation.
+    authors_form: the authors' M-step (module docstring): R renormalised over the outputs after the
+      a_in weighting, and their cost "std". Needs ``cost_scale == 0``.
 
   Returns:
     poses (N, C, D) = mu, activations (N, C) in [0, 1]; both float32.
@@ -71,8 +83,13 @@ def em_routing(votes: jax.Array, a_in: jax.Array, beta_u: jax.Array, beta_a: jax
   n, i, c, _ = votes.shape
   del n, i
 
+  if authors_form and cost_scale > 0:
+    raise ValueError("em_routing: authors_form standardises the costs; use cost_scale=0 with it.")
+
   def m_step(r):
     r = r * a_in[:, :, None]
+    if authors_form:
+      r = r / (jnp.sum(r, axis=2, keepdims=True) + eps)
     r_sum = jnp.sum(r, axis=1)  # (N, C)
     coeff = r / (r_sum[:, None, :] + eps)
     mu = jnp.einsum("nic,nicd->ncd", coeff, votes)
@@ -81,6 +98,9 @@ def em_routing(votes: jax.Array, a_in: jax.Array, beta_u: jax.Array, beta_a: jax
     cost_mean = jnp.mean(cost, axis=-1, keepdims=True)
     if cost_scale > 0:
       normalised = (cost_mean - cost) * cost_scale
+    elif authors_form:  # The square of the sum of deviations (~0), not their sum of squares.
+      spread = jnp.sqrt(jnp.square(jnp.sum(cost - cost_mean, axis=-1, keepdims=True)) / c + eps)
+      normalised = (cost_mean - cost) / (spread + eps)
     else:
       # eps inside the root: equal costs (e.g. an all-zero input) would give an infinite gradient.
       cost_std = jnp.sqrt(jnp.mean(jnp.square(cost - cost_mean), axis=-1, keepdims=True) + eps)
@@ -109,18 +129,20 @@ class PrimaryCapsules(nn.Module):
   Attributes:
     num_caps: capsule types P.
     kernel: square VALID kernel (9 at 224x224 input).
+    kernel_init: of both convs (lecun_normal; the authors' code: N(0, 0.1)).
   """
 
   num_caps: int
   kernel: int
   dtype: Dtype = jnp.float32
+  kernel_init: Any = DEFAULT_KERNEL_INIT
 
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """x: (B, H, W, C_in) -> poses (B, H', W', P, 16), activations (B, H', W', P); H' = H - k + 1."""
     conv = lambda features, name: nn.Conv(features, (self.kernel, self.kernel), padding="VALID",
                                           dtype=self.dtype, param_dtype=jnp.float32,
-                                          kernel_init=DEFAULT_KERNEL_INIT, name=name)
+                                          kernel_init=self.kernel_init, name=name)
     poses = conv(self.num_caps * POSE_DIM, "pose")(x)
     acts = jax.nn.sigmoid(conv(self.num_caps, "activation")(x))
     return poses.reshape(*poses.shape[:-1], self.num_caps, POSE_DIM), acts
@@ -149,6 +171,7 @@ class ConvCapsules(nn.Module):
   inverse_temperature: float = 1.0
   cost_scale: float = 0.0  # em_routing: 0 = standardise the costs, > 0 = this fixed scale.
   low_cost_wins: bool = False  # em_routing: the sign of the normalised cost (False = authors' port).
+  authors_form: bool = False  # em_routing: the authors' M-step.
 
   @nn.compact
   def __call__(self, poses: jax.Array, acts: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -180,5 +203,6 @@ class ConvCapsules(nn.Module):
                                      acts.reshape(b * oh * ow, k * k * i), beta_u, beta_a,
                                      self.iters, self.inverse_temperature,
                                      cost_scale=self.cost_scale,
-                                     low_cost_wins=self.low_cost_wins)
+                                     low_cost_wins=self.low_cost_wins,
+                                     authors_form=self.authors_form)
     return out_poses.reshape(b, oh, ow, c, POSE_DIM), out_acts.reshape(b, oh, ow, c)

@@ -31,11 +31,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from claus_jax.models import capsules
-from claus_jax.models.i3d import (DEFAULT_KERNEL_INIT, Conv3d, InceptionI3d, resolve_conv_impl,
-                                   scaled_channels)
+from claus_jax.models.i3d import (DEFAULT_KERNEL_INIT, Conv3d, InceptionI3d, fast_init,
+                                   resolve_conv_impl, scaled_channels)
 
 Dtype = Any
 ROUTING_SIGNS = ("port", "em")  # CLAUSDetector.routing_sign (config.model.routing_sign).
+ROUTINGS = ("paper", "authors")  # CLAUSDetector.routing (config.model.routing).
+INITS = ("lecun", "authors")  # CLAUSDetector.init_scheme (config.model.init).
+# The authors' initialisation (model.init='authors'): primary-capsule convs N(0, 0.1), the decoder's
+# transposed convs (up28 .. up224 and the last 'smooth' one) N(0, 0.02). Their other convs keep
+# PyTorch's default, for which lecun_normal stands in.
+AUTHORS_PRIMARY_INIT = fast_init(nn.initializers.normal(0.1))
+AUTHORS_DECODER_INIT = fast_init(nn.initializers.normal(0.02))
 
 
 def channel_dropout(rate: float, name: str | None = None) -> nn.Dropout:
@@ -68,9 +75,10 @@ class UpConv3d(nn.Module):
   in_features: int  # C_in: fixed up front, since a call may hold only some of the input channels.
   dtype: Dtype = jnp.float32
   impl: str = "auto"
+  kernel_init: Any = DEFAULT_KERNEL_INIT
 
   def setup(self):
-    self.kernel = self.param("kernel", DEFAULT_KERNEL_INIT,
+    self.kernel = self.param("kernel", self.kernel_init,
                              (3, 3, 3, self.in_features, self.features), jnp.float32)
     self.bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
 
@@ -149,12 +157,13 @@ class ConvToOne3d(nn.Module):
   dtype: Dtype = jnp.float32
   impl: str = "auto"
   bias_init: float = 0.0  # Initial bias, e.g. logit of a foreground prior.
+  kernel_init: Any = DEFAULT_KERNEL_INIT
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: (B, T, H, W, C_in) -> (B, T, H, W, 1)."""
     b, t, h, w, cin = x.shape
-    kernel = self.param("kernel", DEFAULT_KERNEL_INIT, (3, 3, 3, cin, 1), jnp.float32)
+    kernel = self.param("kernel", self.kernel_init, (3, 3, 3, cin, 1), jnp.float32)
     bias = self.param("bias", nn.initializers.constant(self.bias_init), (1,), jnp.float32)
     x = x.astype(self.dtype)
     kernel = kernel.astype(self.dtype)
@@ -189,6 +198,7 @@ class Decoder(nn.Module):
   dtype: Dtype = jnp.float32
   conv_impl: str = "auto"  # Lowering of the 3-D convs (i3d.conv3d); same parameters and results.
   seg_prior: float = 0.5  # Initial foreground probability of every pixel (0.5 = bias 0).
+  up_init: Any = DEFAULT_KERNEL_INIT  # Kernels of the transposed convs (authors: N(0, 0.02)).
 
   def setup(self):
     ch = lambda c: scaled_channels(c, self.width)
@@ -196,21 +206,21 @@ class Decoder(nn.Module):
     impl = resolve_conv_impl(self.conv_impl)
     # A stride-1 VALID transposed conv is a conv with k - 1 zeros padded on each side.
     self.up28 = nn.Conv(ch(64), (k, k), padding=[(k - 1, k - 1)] * 2, dtype=self.dtype,
-                        param_dtype=jnp.float32, kernel_init=DEFAULT_KERNEL_INIT)
+                        param_dtype=jnp.float32, kernel_init=self.up_init)
     # Stride-1 SAME with odd kernels pads (k - 1) / 2 on both sides, as nn.Conv's 'SAME' does.
     conv = lambda k: Conv3d(ch(64), k, padding=[((n - 1) // 2, (n - 1) // 2) for n in k],
                             dtype=self.dtype, impl=impl)
     self.conv28, self.conv56, self.conv112 = conv((1, 3, 3)), conv((3, 3, 3)), conv((3, 3, 3))
     # Every transposed conv reads 64w channels of the path and 64w of a skip map, in that order.
-    self.up56 = UpConv3d(ch(64), 2 * ch(64), self.dtype, impl)
-    self.up112 = UpConv3d(ch(64), 2 * ch(64), self.dtype, impl)
-    self.up224 = UpConv3d(ch(128), 2 * ch(64), self.dtype, impl)
+    self.up56 = UpConv3d(ch(64), 2 * ch(64), self.dtype, impl, self.up_init)
+    self.up112 = UpConv3d(ch(64), 2 * ch(64), self.dtype, impl, self.up_init)
+    self.up224 = UpConv3d(ch(128), 2 * ch(64), self.dtype, impl, self.up_init)
     self.path_in, self.skip_in = slice(0, ch(64)), slice(ch(64), None)  # Their input channels.
     self.dropout = channel_dropout(self.rate, None)
     # A foreground prior on the last bias (as focal-loss detectors do): small actors cover a few
     # percent of the pixels, and starting every pixel at 0.5 spends the first steps unlearning it.
     prior_logit = float(np.log(self.seg_prior) - np.log1p(-self.seg_prior))
-    self.smooth = ConvToOne3d(self.dtype, impl, prior_logit)
+    self.smooth = ConvToOne3d(self.dtype, impl, prior_logit, self.up_init)
 
   def skips(self, cross56: jax.Array, cross112: jax.Array) -> dict[str, jax.Array]:
     """The deterministic part: cross56 (B, 2, 2f, 2f, 192w), cross112 (B, 4, 4f, 4f, 64w) ->
@@ -261,6 +271,9 @@ class CLAUSDetector(nn.Module):
     routing_cost_scale: class-capsule cost normalisation (capsules.em_routing's cost_scale).
     routing_sign: 'port' (the authors' PyTorch: higher cost, higher activation) or 'em' (EM
       routing as published: agreeing votes, lower cost, higher activation).
+    routing: 'paper' or 'authors' (their M-step; capsules.em_routing's authors_form).
+    init_scheme: 'lecun' or 'authors' (primary capsules N(0, 0.1), decoder transposed convs
+      N(0, 0.02)); config.model.init (``init`` itself is Module.init).
   """
 
   num_classes: int
@@ -276,17 +289,29 @@ class CLAUSDetector(nn.Module):
   conv_impl: str = "auto"
   seg_prior: float = 0.5
   routing_cost_scale: float = 0.0
-  routing_sign: str = "port"
+  routing_sign: str = "em"
+  routing: str = "paper"
+  init_scheme: str = "lecun"
 
   def setup(self):
+    for name, value, allowed in (("routing_sign", self.routing_sign, ROUTING_SIGNS),
+                                 ("routing", self.routing, ROUTINGS),
+                                 ("init", self.init_scheme, INITS)):
+      if value not in allowed:
+        raise ValueError(f"CLAUSDetector.{name}={value!r}: use one of {allowed} "
+                         f"(config.model.{name}).")
+    authors_init = self.init_scheme == "authors"
     self.encoder = InceptionI3d("Mixed_4f", self.strides, self.width, self.dtype, self.conv_impl)
     self.feature_dropout = channel_dropout(self.dropout, "feature_dropout")
-    self.primary = capsules.PrimaryCapsules(self.primary_caps, self.primary_kernel, self.dtype)
+    self.primary = capsules.PrimaryCapsules(
+        self.primary_caps, self.primary_kernel, self.dtype,
+        AUTHORS_PRIMARY_INIT if authors_init else DEFAULT_KERNEL_INIT)
     self.class_caps = capsules.ConvCapsules(self.num_classes, 1, self.routing_iters, self.coord_add,
                                             self.routing_lambda, self.routing_cost_scale,
-                                            self.routing_sign == "em")
+                                            self.routing_sign == "em", self.routing == "authors")
     self.decoder = Decoder(self.primary_kernel, self.width, self.dropout, self.dtype,
-                           self.conv_impl, self.seg_prior)
+                           self.conv_impl, self.seg_prior,
+                           AUTHORS_DECODER_INIT if authors_init else DEFAULT_KERNEL_INIT)
 
   def encode(self, video: jax.Array, train: bool = False,
              frozen_encoder: bool = False) -> dict[str, jax.Array]:

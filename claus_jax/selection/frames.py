@@ -16,10 +16,14 @@ Methods of :func:`select_frames`:
          ``g(|j - p|)`` subtracted from its adjusted score. Subtractions accumulate: a frame between
          two picks is pushed down by both (non-maximum suppression, as in the reference), which is
          why this is not the same as recomputing the penalty to the nearest annotated frame.
-    The picked frames are reported with their *raw* scores; the penalty only decides the order.
-    g is in score units (at most 1), so it matters when frame scores are per-pixel means of -log p
-    (the reference implementation's frame score, order 0.1-1); with Eq. 2 summed over all pixels
-    the penalty would be negligible next to the scores.
+    The picked frames are reported with their *raw* scores; the penalty only decides the order
+    (``config.selection.video_score='penalised'``: Eq. 1 over the adjusted scores at pick time, as
+    the authors' code sums them). g is in score units (at most 1): frame scores must be
+    per-foreground-pixel means of -log p (both forms of claus_jax.uncertainty, order 0.1-1), or
+    the penalty would outweigh (Eq. 2 over all pixels) or vanish (a raw sum) next to them.
+    The authors' code also penalises every frame of a video without labels by g(0) = 1 (distance
+    0 when nothing is labelled): a constant, which changes no pick and, as every candidate video is
+    unlabelled, no ranking of Eq. 1; here that video has no penalty.
   * ``'top'``: plain top-k of the scores (the MC-dropout "uncertainty" baseline: no penalty).
   * ``'entropy'``: greedy top-k of the (entropy) scores; after each pick the ``entropy_skip``
     nearest frames on each side become ineligible. If that leaves fewer than k eligible frames,
@@ -46,6 +50,7 @@ from collections.abc import Sequence
 import numpy as np
 
 METHODS = ("uncertainty", "top", "entropy", "random", "equidistant")
+VIDEO_SCORES = ("raw", "penalised")  # config.selection.video_score (Eq. 1 over which scores).
 
 # Defaults equal to configlib.base_config().selection, used when no config is passed.
 _DEFAULT_SIGMA = 8.0 / 3.0
@@ -105,7 +110,9 @@ def _argmax_first(values: np.ndarray, mask: np.ndarray) -> int:
 
 
 def _greedy_penalised(scores: np.ndarray, labelled: np.ndarray, avail: np.ndarray, k: int,
-                      sigma: float, nms_radius: int) -> list[int]:
+                      sigma: float, nms_radius: int,
+                      values: list[float] | None = None) -> list[int]:
+  """Greedy picks; ``values`` (if given) receives each pick's adjusted score at pick time."""
   t_len = scores.shape[0]
   adjusted = scores - proximity_penalty(distance_to_nearest(t_len, labelled), sigma)
   mask = np.zeros((t_len,), dtype=bool)
@@ -116,6 +123,8 @@ def _greedy_penalised(scores: np.ndarray, labelled: np.ndarray, avail: np.ndarra
   for _ in range(k):
     p = _argmax_first(adjusted, mask)
     picks.append(p)
+    if values is not None:
+      values.append(float(adjusted[p]))
     mask[p] = False
     for off, pen in zip(offsets, g):
       for j in (p - off, p + off):
@@ -187,6 +196,29 @@ def select_frames(scores, labelled: Sequence[int], k: int, method: str = "uncert
     n = avail.size
     picks = avail[np.floor((np.arange(k) + 0.5) * n / k).astype(np.int64)]
   return np.sort(np.asarray(picks, dtype=np.int64))
+
+
+def penalised_video_score(scores, labelled: Sequence[int], k: int, config=None,
+                          span: tuple[int, int] | None = None) -> tuple[np.ndarray, float]:
+  """Intra selection (``'uncertainty'``) and the authors' Eq. 1: the mean of the picks' *adjusted*
+  scores at the moment each is picked (frame score minus the proximity penalty and the suppression
+  of earlier picks), as their selection loop sums them (``selection.video_score='penalised'``).
+
+  Returns:
+    ``(picks (min(k, available),) int64 sorted, score)``; score is -inf without a pick.
+  """
+  s = _clean(scores)
+  lab = np.unique(np.asarray(labelled, dtype=np.int64).reshape(-1))
+  avail = available_frames(s.shape[0], lab, span)
+  k = int(min(max(int(k), 0), avail.size))
+  if k == 0:
+    return np.zeros((0,), dtype=np.int64), float("-inf")
+  sel = config.selection if config is not None else None
+  sigma = float(sel.proximity_sigma) if sel is not None else _DEFAULT_SIGMA
+  radius = int(sel.nms_radius) if sel is not None else _DEFAULT_NMS_RADIUS
+  values: list[float] = []
+  picks = _greedy_penalised(s, lab, avail, k, sigma, radius, values)
+  return np.sort(np.asarray(picks, dtype=np.int64)), float(np.mean(values))
 
 
 def video_score(frame_scores, selected: Sequence[int]) -> float:

@@ -23,11 +23,20 @@ The hybrid split of a round (paper Sec. 3.1 and 4.1; used by every strategy but 
 
 Strategies:
   * ``claus``: video score = paper Eq. 1 (mean raw score of the A_t frames that the penalised greedy
-    intra selection picks). Cluster c with n_c eligible videos gets ``floor(n_c * n_new / N_U)``
-    videos; the rounding remainder goes to the clusters with the most unused eligible videos (ties:
-    smaller cluster id), at most one extra per cluster so every quota stays within 1 of its exact
-    share (see :func:`cluster_budgets`); each cluster takes its best-scored videos. Cluster id -1
-    ("unknown") is treated as one more cluster.
+    intra selection picks; ``selection.video_score='penalised'``: the mean of their adjusted scores
+    at pick time, as the authors' code has it). Cluster c with n_c eligible videos gets
+    ``floor(n_c * n_new / N_U)`` videos; the rounding remainder goes to the clusters with the most
+    unused eligible videos (ties: smaller cluster id), at most one extra per cluster so every quota
+    stays within 1 of its exact share (see :func:`cluster_budgets`); each cluster takes its
+    best-scored videos. Cluster id -1 ("unknown") is treated as one more cluster.
+    ``selection.cluster_quota='cap'`` is the authors' rule instead (:func:`capped_cluster_pick`):
+    videos in score order, a cluster taking one while its count of labelled videos (those labelled
+    before the round included) is at most ``int(cluster_cap * its size)``, size counting every pool
+    video of the cluster; it may select fewer than n_new videos.
+
+A_t (frames per new video) is ``frames // n_new``. The authors' code takes round(5% of the video's
+ground-truth tube length), at least 1: that leaks the tube length of an unlabelled video to the
+selector, so it is not offered (a deliberate choice).
   * ``claus_no_cluster``: same scores, global top ``n_new``.
   * ``uncertainty``: video score = mean of the finite MC-dropout frame scores over the whole video;
     top ``n_new``; frames by plain top-k uncertainty (no proximity penalty).
@@ -301,11 +310,43 @@ def _need_entropy(c: VideoCandidate) -> np.ndarray:
 
 def _claus_scores(eligible: list[VideoCandidate], a_t: int, config) -> list[tuple[VideoCandidate, float]]:
   out = []
+  penalised = config.selection.get("video_score", "raw") == "penalised"
   for c in eligible:
+    if penalised:
+      _, score = frames_lib.penalised_video_score(c.frame_scores, c.labelled_frames, a_t, config,
+                                                  _span(c, config))
+      out.append((c, score))
+      continue
     chosen = frames_lib.select_frames(c.frame_scores, c.labelled_frames, a_t, "uncertainty",
                                       config=config, span=_span(c, config))
     out.append((c, frames_lib.video_score(c.frame_scores, chosen)))
   return out
+
+
+CLUSTER_QUOTAS = ("proportional", "cap")  # config.selection.cluster_quota.
+
+
+def capped_cluster_pick(scored: list[tuple[VideoCandidate, float]], all_candidates, n_new: int,
+                        cap: float) -> list[tuple[VideoCandidate, float]]:
+  """The authors' cluster quota: best-scored first, a video is taken while its cluster's count is
+  at most ``int(cap * size)``; the count starts at the cluster's labelled videos and grows with each
+  pick; size counts every pool video of the cluster. Stops at ``n_new`` picks (or fewer)."""
+  size: dict[int, int] = {}
+  count: dict[int, int] = {}
+  for c in all_candidates:
+    size[int(c.cluster)] = size.get(int(c.cluster), 0) + 1
+    count.setdefault(int(c.cluster), 0)
+    if c.video_labelled:
+      count[int(c.cluster)] += 1
+  chosen = []
+  for cs in _by_score(scored):
+    if len(chosen) >= n_new:
+      break
+    k = int(cs[0].cluster)
+    if count[k] <= int(cap * size[k]):
+      chosen.append(cs)
+      count[k] += 1
+  return chosen
 
 
 def _claus(candidates, budget, config, rng, *, use_clusters: bool, name: str) -> Selection:
@@ -316,7 +357,13 @@ def _claus(candidates, budget, config, rng, *, use_clusters: bool, name: str) ->
     return _finish([], budget, config, name)
   a_t = nf // n_new
   scored = _claus_scores(eligible, a_t, config)
-  if use_clusters:
+  quota_rule = config.selection.get("cluster_quota", "proportional")
+  if use_clusters and quota_rule == "cap":
+    chosen = capped_cluster_pick(scored, _sorted(candidates), n_new,
+                                 float(config.selection.cluster_cap))
+    if not chosen:
+      return _finish([], budget, config, name)
+  elif use_clusters:
     groups: dict[int, list[tuple[VideoCandidate, float]]] = {}
     for cs in scored:
       groups.setdefault(int(cs[0].cluster), []).append(cs)
