@@ -135,11 +135,27 @@ def _random_motion(rng: np.random.Generator, label: int, size: int,
   return _PretrainMotion(name=name, values=values)
 
 
-def clip(params: PretrainParams, index: int) -> tuple[np.ndarray, np.ndarray, int]:
+def kinematics(motion, progress: np.ndarray, size: int) -> np.ndarray:
+  """The actor's motion through a clip, relative to its first frame: ``(L, 4) float32``.
+
+  Per frame: the displacement of the actor's centre in the scene (camera pan and jitter excluded),
+  in tenths of the frame side (x, y), the log of its scale, and its rotation in radians: generic
+  kinematics of the corpus's own motions. ``launch/motion_probe.py`` asks whether an encoder can
+  learn them at the CPU budget (at 2000 steps it could not; see claus_jax.pretrain).
+  """
+  dx, dy, scale, dangle = motion(np.asarray(progress, np.float64))
+  unit = 0.1 * size
+  out = np.stack([(dx - dx[0]) / unit, (dy - dy[0]) / unit, np.log(scale / scale[0]),
+                  dangle - dangle[0]], axis=-1)
+  return out.astype(np.float32)
+
+
+def clip(params: PretrainParams, index: int) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
   """Clip ``index`` of the corpus, independent of every other clip.
 
   Returns:
-    ``frames (L, S, S, 3) uint8``, ``masks (L, S, S) uint8`` (visible actor pixels), ``label``.
+    ``frames (L, S, S, 3) uint8``, ``masks (L, S, S) uint8`` (visible actor pixels), ``label``, and
+    the actor's ``kinematics (L, 4) float32`` (see :func:`kinematics`).
   """
   rng = np.random.default_rng(np.random.SeedSequence(
       [PRETRAIN_STREAM, params.seed & 0xFFFFFFFF, (params.seed >> 32) & 0xFFFFFFFF, int(index)]))
@@ -162,14 +178,15 @@ def clip(params: PretrainParams, index: int) -> tuple[np.ndarray, np.ndarray, in
   render = synthetic.GeneratorParams(seed=params.seed, frame_size=s, mode="trimmed",
                                      distractors=params.distractors, occlusion=params.occlusion,
                                      jitter=params.jitter)
-  frames, visible = synthetic._render_frames(render, rng, grp, np.minimum(progress, t_max), (0, n),
-                                             pan=pan)
-  return frames, visible.astype(np.uint8), label
+  progress = np.minimum(progress, t_max)
+  frames, visible = synthetic._render_frames(render, rng, grp, progress, (0, n), pan=pan)
+  return frames, visible.astype(np.uint8), label, kinematics(motion, progress, s)
 
 
 def batch(params: PretrainParams, indices) -> dict[str, np.ndarray]:
   """Clips ``indices`` stacked: ``video (B, L, S, S, 3) uint8``, ``mask (B, L, S, S) uint8``,
-  ``label (B,) int32``."""
+  ``label (B,) int32``, ``kinematics (B, L, 4) float32``."""
   clips = [clip(params, int(i)) for i in indices]
   return {"video": np.stack([c[0] for c in clips]), "mask": np.stack([c[1] for c in clips]),
+          "kinematics": np.stack([c[3] for c in clips]),
           "label": np.array([c[2] for c in clips], np.int32)}
