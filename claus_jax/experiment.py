@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import traverse_util
 from tqdm import auto as tqdm
 
 from claus_jax import clustering
@@ -55,7 +56,7 @@ _RESULT_NEUTRAL = ("quiet", "distributed.coordinator_address", "distributed.num_
 # Videos per scoring shard file (the unit of resume inside the scoring stage).
 SCORE_SHARD = 16
 # Stream ids folded into the root key, one per use.
-_INIT_STREAM, _TRAIN_STREAM, _SCORE_STREAM = 0, 1, 2
+_INIT_STREAM, _TRAIN_STREAM = 0, 1  # Root-key streams; scoring's is uncertainty.SCORE_STREAM.
 
 
 # Exit codes of ``python -m claus_jax.main`` (README): 0 the run finished; 3 the files oracle waits
@@ -91,17 +92,6 @@ def user_error_message(error: BaseException) -> str | None:
   return None
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    key = f"{prefix}{k}"
-    if isinstance(v, dict):
-      out.update(_flatten(v, key + "."))
-    else:
-      out[key] = v
-  return out
-
-
 def check_or_write_config(config: ml_collections.ConfigDict, workdir: str,
                           write: bool = True) -> None:
   """Writes config.json on the first run; later runs must use the same config (but neutral fields).
@@ -113,7 +103,7 @@ def check_or_write_config(config: ml_collections.ConfigDict, workdir: str,
   current = json.loads(json.dumps(configlib.to_dict(config)))  # tuples -> lists, as on disk
   if os.path.exists(path):
     saved = pool_lib.read_json(path, require=("dataset", "seed", "train"))
-    a, b = _flatten(saved), _flatten(current)
+    a, b = (traverse_util.flatten_dict(d, sep=".") for d in (saved, current))
     diff = sorted(k for k in set(a) | set(b)
                   if k not in _RESULT_NEUTRAL and a.get(k, "<absent>") != b.get(k, "<absent>"))
     if diff:
@@ -334,7 +324,7 @@ class Experiment:
 
     from claus_jax.data import clips as clips_lib
 
-    state = train_lib.create_state(self.config, self.model, jax.random.fold_in(self.root_key, 0),
+    state = train_lib.create_state(self.config, self.model, jax.random.fold_in(self.root_key, _INIT_STREAM),
                                    len(self.index))
     pool = self._load_pool(r)
     items = [(self.position[v], pool.labelled_frames(v)) for v in pool.labelled_video_ids()]
@@ -411,7 +401,7 @@ class Experiment:
     if todo:
       variables = {"params": state.params, "batch_stats": state.batch_stats}
       scorer = uncertainty.Scorer(self.model, variables, self.config, mesh=self.mesh)
-      key = jax.random.fold_in(jax.random.fold_in(self.root_key, _SCORE_STREAM), r)
+      key = uncertainty.score_key(self.config.seed, r)
       bar = self._bar(sum(b - a for _, (a, b) in todo), f"round {r} score", "video")
       ids, frames = self.index.video_ids, self.index.num_frames
       for i, (a, b) in todo:

@@ -55,6 +55,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 VARIANTS = ("stew", "interpolation", "frame")
 FORMS = ("paper", "implementation")
@@ -206,9 +207,7 @@ def weighted_bce(logits: jax.Array, target: jax.Array, weight: jax.Array) -> jax
   Args:
     logits: ``(B, F, H, W)``; target, weight: same shape, in [0, 1].
   """
-  logits = logits.astype(jnp.float32)
-  # Stable BCE on logits: max(x, 0) - x y + log(1 + exp(-|x|)).
-  bce = jnp.maximum(logits, 0.0) - logits * target + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+  bce = optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), target)
   return jnp.mean(weight * bce)
 
 

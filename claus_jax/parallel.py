@@ -13,8 +13,6 @@ what happens next (scores, metrics, the selection) are gathered to every process
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Iterator
 
@@ -22,6 +20,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from claus_jax import pool as pool_lib
 
 DATA_AXIS = "data"
 
@@ -232,15 +232,8 @@ def allgather_rows(tree):
 
 
 def digest(obj) -> str:
-  """sha256 of ``obj``'s canonical JSON (sorted keys; numpy values as lists)."""
-  def default(x):
-    if isinstance(x, np.ndarray):
-      return x.tolist()
-    if isinstance(x, np.generic):
-      return x.item()
-    raise TypeError(f"{type(x).__name__} is not JSON-serialisable")
-  text = json.dumps(obj, sort_keys=True, default=default, allow_nan=True)
-  return hashlib.sha256(text.encode()).hexdigest()
+  """The full sha256 of ``obj``'s canonical JSON (pool.fingerprint)."""
+  return pool_lib.fingerprint(obj, length=64)
 
 
 def assert_same_across_processes(obj, what: str = "value") -> str:

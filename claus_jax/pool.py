@@ -12,6 +12,7 @@ index and names the offending entry.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import secrets
@@ -21,6 +22,22 @@ from typing import BinaryIO
 import numpy as np
 
 FORMAT_VERSION = 1
+
+
+def fingerprint(obj, length: int = 12) -> str:
+  """A stable sha256 hex digest of ``obj``'s canonical JSON: sorted keys, compact separators, numpy
+  values as Python values. The one hasher: tfds dataset names, pretrained-encoder caches and the
+  cross-process agreement checks (parallel.assert_same_across_processes)."""
+  text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_json_value)
+  return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+
+
+def _json_value(value):
+  if isinstance(value, np.generic):
+    return value.item()
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  raise TypeError(f"not JSON-able: {value!r}")
 
 
 class PoolError(ValueError):

@@ -49,7 +49,6 @@ from claus_jax import models
 from claus_jax import pool as pool_lib
 from claus_jax import train as train_lib
 from claus_jax.data import pretrain_corpus
-from claus_jax.data import tfds_store
 from claus_jax.models import i3d as i3d_lib
 
 RESULT_FILE = "pretrain.json"  # Settings, loss history and held-out accuracy, beside variables/.
@@ -109,7 +108,7 @@ def cache_dir(config: ml_collections.ConfigDict) -> str:
   root = (config.pretrain.cache_dir
           or os.path.join(os.environ.get("CLAUS_CACHE_DIR", "") or "~/.cache/claus_jax",
                           "pretrained"))
-  key = tfds_store.fingerprint(cache_key(config))
+  key = pool_lib.fingerprint(cache_key(config))
   size = int(config.data.frame_size)
   return os.path.join(os.path.abspath(os.path.expanduser(root)),
                       f"synthetic_{size}px_w{config.model.width:g}_{key}")

@@ -57,7 +57,6 @@ _ROUND = flags.DEFINE_integer(
 _QUIET = flags.DEFINE_bool("quiet", False, "Turn off the progress bar.")
 
 PER_VIDEO_FIELDS = ("frame_scores", "entropy", "mean_prob", "latent", "class_probs")
-SCORE_STREAM = 2  # experiment._SCORE_STREAM: the root-key stream a run scores with.
 
 
 from claus_jax.train import CheckpointError  # pylint: disable=g-bad-import-order  (re-exported)
@@ -187,7 +186,7 @@ def run(config: ml_collections.ConfigDict, checkpoint: str, split: str, out: str
                    else (dataset.test, dataset.test_index))
   video_ids = list(index.video_ids)
   r = round_from_path(directory) if round_index < 0 else round_index
-  key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), SCORE_STREAM), r)
+  key = uncertainty.score_key(config.seed, r)
   scorer = uncertainty.Scorer(model, variables, config)
   passes = stored_passes(config)
   bar = tqdm.tqdm(total=len(video_ids), desc=f"score {split}", unit="video",

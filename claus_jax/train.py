@@ -76,7 +76,7 @@ def encoder_frozen(config: ml_collections.ConfigDict) -> bool:
 
 
 def latent_dim(config) -> int:
-  return config.model.num_classes * 17
+  return models.latent_dim(config.model.num_classes)
 
 
 def create_state(config: ml_collections.ConfigDict, model, key: jax.Array,

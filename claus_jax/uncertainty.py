@@ -122,7 +122,7 @@ def make_score_fn(model, config, thresholds: Sequence[float]) -> Callable:
       return carry, jnp.swapaxes(scores, 1, 2)  # (c, n, B, L)
 
     frame_shape = video.shape[:2] + video.shape[2:4]
-    d = config.model.num_classes * 17
+    d = models.latent_dim(config.model.num_classes)
     init = (jnp.zeros(frame_shape), jnp.zeros(frame_shape), jnp.zeros((batch, d)),
             jnp.zeros((batch, config.model.num_classes)))
     pass_ids = jnp.arange(passes, dtype=jnp.uint32).reshape(passes // chunk, chunk)
@@ -163,6 +163,15 @@ def pixel_scores_reference(probs: np.ndarray, threshold: float, form: str) -> np
     if fg[f].any():
       out[f] = nll[f][fg[f]].mean()
   return out
+
+
+SCORE_STREAM = 2  # The root-key stream of scoring (experiment's init and train streams are 0 and 1).
+
+
+def score_key(seed: int, round_index: int) -> jax.Array:
+  """The key round ``round_index`` of a run with ``seed`` scores with: the main job and the score CLI
+  use this one function, so the CLI reproduces a run's scores."""
+  return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), SCORE_STREAM), round_index)
 
 
 def clip_keys(key: jax.Array, video_uid: int, clip_ids: np.ndarray) -> np.ndarray:
@@ -279,7 +288,8 @@ class Scorer:
     """Every process's VideoScores, padded to the longest video, gathered in process order."""
     t_max = max(int(t) for t in num_frames)
     n_thr, passes = len(self.thresholds), self.config.uncertainty.passes
-    d, c = self.config.model.num_classes * 17, self.config.model.num_classes
+    c = self.config.model.num_classes
+    d = models.latent_dim(c)
     m = len(local)
     packed = {"frame_scores": np.zeros((m, passes, n_thr, t_max), np.float32),
               "entropy": np.zeros((m, t_max), np.float32),

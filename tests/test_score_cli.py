@@ -81,7 +81,7 @@ def test_cli_writes_every_stored_r_and_threshold_equal_to_a_direct_scorer_run(ru
   # Direct scorer run with the saved (perturbed) variables and the run's round-1 key.
   state = run_dir["state"]
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(5), experiment._SCORE_STREAM), 1)
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(5), 2), 1)  # Seed 5, round 1.
   scorer = uncertainty.Scorer(run_dir["model"], variables, config)
   direct = scorer.score_videos((dataset.test[i] for i in range(len(index))), range(len(index)), key)
   assert len(direct) == len(index) == len(got["videos"])
@@ -107,7 +107,9 @@ def test_stored_passes_default_is_all_prefixes():
   assert score.stored_passes(c) == (1, 3, 5)
   assert score.round_from_path("/a/round_003/checkpoints") == 3
   assert score.round_from_path("/a/b") == 0
-  assert score.SCORE_STREAM == experiment._SCORE_STREAM
+  # The main job and the CLI share one key function: stream 2 of the seed, folded with the round.
+  np.testing.assert_array_equal(uncertainty.score_key(5, 1), jax.random.fold_in(
+      jax.random.fold_in(jax.random.PRNGKey(5), 2), 1))
 
 
 def test_restored_variables_are_the_saved_ones(run_dir):

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from claus_jax import pool
 from claus_jax.data import tfds_store
 from claus_jax.data.record import VideoRecord
 
@@ -81,9 +82,9 @@ def test_duplicate_video_ids_are_rejected(tmp_path):
 
 
 def test_fingerprint_is_stable_and_order_free():
-  a = tfds_store.fingerprint({"x": 1, "y": [1, 2], "z": np.float32(0.5)})
-  assert a == tfds_store.fingerprint({"z": 0.5, "y": [1, 2], "x": 1})
-  assert a != tfds_store.fingerprint({"x": 2, "y": [1, 2], "z": 0.5})
+  a = pool.fingerprint({"x": 1, "y": [1, 2], "z": np.float32(0.5)})
+  assert a == pool.fingerprint({"z": 0.5, "y": [1, 2], "x": 1})
+  assert a != pool.fingerprint({"x": 2, "y": [1, 2], "z": 0.5})
   assert len(a) == 12 and int(a, 16) >= 0
 
 

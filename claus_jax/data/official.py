@@ -26,6 +26,7 @@ from PIL import Image
 import tensorflow_datasets as tfds
 import tqdm
 
+from claus_jax import pool as pool_lib
 from claus_jax.data import tfds_store
 from claus_jax.data.record import VideoDataset, VideoRecord
 
@@ -76,7 +77,7 @@ def source_fingerprint(root: str) -> str:
       path = os.path.join(folder, name)
       st = os.stat(path)
       files.append([os.path.relpath(path, root), st.st_size, st.st_mtime_ns])
-  return tfds_store.fingerprint({"files": files}, length=16)
+  return pool_lib.fingerprint({"files": files}, length=16)
 
 
 ON_BAD_VIDEO = ("error", "skip")
@@ -293,7 +294,7 @@ def make_builder(config, builder_name: str, version: str, config_prefix: str, se
     yield from non_empty(records_for_split(split_name, report), f"{what} {split_name}", root)
     builder.info.metadata["prepare_report"] = report.to_dict()
 
-  config_name = f"{config_prefix}_{tfds_store.fingerprint(settings, length=8)}"
+  config_name = f"{config_prefix}_{pool_lib.fingerprint(settings, length=8)}"
 
   def make():
     return tfds_store.make_builder(

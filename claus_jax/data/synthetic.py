@@ -44,6 +44,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from scipy import ndimage
 
+from claus_jax import pool as pool_lib
 from claus_jax.data import tfds_store
 from claus_jax.data.record import VideoDataset, VideoRecord
 
@@ -560,7 +561,7 @@ def generate_split(params: GeneratorParams, split: str) -> Iterator[VideoRecord]
 
 def builder_for(params: GeneratorParams, data_dir: str):
   """The tfds builder of ``params``; its config name changes with any generator setting."""
-  config_name = f"{params.mode}_{params.frame_size}px_{tfds_store.fingerprint(params.to_dict())}"
+  config_name = f"{params.mode}_{params.frame_size}px_{pool_lib.fingerprint(params.to_dict())}"
   return tfds_store.make_builder(
       name=TFDS_NAME, version=VERSION, config_name=config_name,
       generate_records=lambda split: generate_split(params, split),

@@ -18,8 +18,6 @@ without decoding any frames. Examples are written in generation order (``disable
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -41,20 +39,6 @@ def resolve_tfds_dir(config=None) -> str:
     configured = config.data.tfds_dir
   path = configured or os.environ.get("CLAUS_TFDS_DIR", "") or "~/.cache/claus_jax/tfds"
   return os.path.abspath(os.path.expanduser(path))
-
-
-def fingerprint(params: Mapping[str, Any], length: int = 12) -> str:
-  """A stable hex digest of JSON-able parameters (key order does not matter)."""
-  text = json.dumps(params, sort_keys=True, separators=(",", ":"), default=_json_default)
-  return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
-
-
-def _json_default(value):
-  if isinstance(value, np.generic):
-    return value.item()
-  if isinstance(value, np.ndarray):
-    return value.tolist()
-  raise TypeError(f"not JSON-able: {value!r}")
 
 
 def features() -> tfds.features.FeaturesDict:

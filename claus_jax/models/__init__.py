@@ -18,13 +18,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import traverse_util
 
 from claus_jax import configlib
 from claus_jax.models.capsules import ConvCapsules, PrimaryCapsules, em_routing
-from claus_jax.models.detector import CLAUSDetector, Decoder
+from claus_jax.models.detector import CAPSULE_DIM, CLAUSDetector, Decoder, latent_dim
 from claus_jax.models.i3d import CONV_IMPLS, InceptionI3d
 
-__all__ = ["build_model", "preprocess", "input_range", "load_encoder_init", "save_encoder_variables",
+__all__ = ["build_model", "preprocess", "input_range", "latent_dim", "CAPSULE_DIM", "load_encoder_init", "save_encoder_variables",
            "count_params", "primary_kernel", "CLAUSDetector", "InceptionI3d", "ConvCapsules",
            "PrimaryCapsules", "Decoder", "em_routing", "ENCODER_VARIABLES_SUBDIR"]
 
@@ -88,17 +89,6 @@ def count_params(tree: Any) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for key, value in tree.items():
-    path = f"{prefix}/{key}" if prefix else str(key)
-    if isinstance(value, dict) or hasattr(value, "items"):
-      out.update(_flatten(value, path))
-    else:
-      out[path] = value
-  return out
-
-
 def save_encoder_variables(encoder_variables: dict, directory: str) -> str:
   """Saves InceptionI3d variables {'params', 'batch_stats'} with orbax under ``directory``.
 
@@ -142,8 +132,8 @@ def load_encoder_init(variables: dict, directory: str) -> dict:
   new_vars = {k: v for k, v in variables.items()}
   problems = []
   for collection in ("params", "batch_stats"):
-    target = _flatten(variables[collection]["encoder"])
-    source = _flatten(restored.get(collection, {}))
+    target = traverse_util.flatten_dict(dict(variables[collection]["encoder"]), sep="/")
+    source = traverse_util.flatten_dict(dict(restored.get(collection, {})), sep="/")
     for key, leaf in target.items():
       if key not in source:
         problems.append(f"missing {collection}/{key} {tuple(leaf.shape)}")

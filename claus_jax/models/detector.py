@@ -36,6 +36,12 @@ from claus_jax.models.i3d import (DEFAULT_KERNEL_INIT, Conv3d, InceptionI3d, fas
 
 Dtype = Any
 ROUTING_SIGNS = ("port", "em")  # CLAUSDetector.routing_sign (config.model.routing_sign).
+CAPSULE_DIM = 17  # A class capsule in the latent: its 4x4 pose and its activation.
+
+
+def latent_dim(num_classes: int) -> int:
+  """Length of the detector's latent (``head()['latent']``): every class capsule's pose and activation."""
+  return num_classes * CAPSULE_DIM
 ROUTINGS = ("paper", "authors")  # CLAUSDetector.routing (config.model.routing).
 INITS = ("lecun", "authors")  # CLAUSDetector.init_scheme (config.model.init).
 # The authors' initialisation (model.init='authors'): primary-capsule convs N(0, 0.1), the decoder's
