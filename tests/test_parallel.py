@@ -31,6 +31,13 @@ def tiny_config(dtype: str = "float32"):
   c.model.primary_caps = 4
   c.model.dtype = dtype
   c.train.batch_size = 4
+  # The sharding under test does not depend on the routing sign, but the float32 floor of the
+  # sharded-step check does: with the 'em' sign (the base default) this random tiny model's gradient
+  # at dropout 0.5 moved by 4.2% between 1 and 4 devices against a dropout-0 row-permutation floor of
+  # 0.2%, while the loss (so the dropout masks) agreed to 1.2e-5; with 'port' the same figures are
+  # 0.36% against 1.7%. The floor is measured at dropout 0 (a permutation would move the masks), so
+  # the check needs a model whose gradient is no more reorder-sensitive with dropout than without.
+  c.model.routing_sign = "port"
   return c
 
 
