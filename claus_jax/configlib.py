@@ -128,8 +128,11 @@ def base_config() -> ml_collections.ConfigDict:
       variant="stew",  # Localisation targets: 'stew', 'interpolation' (weight 1) or 'frame' (labelled only).
       stew_form="paper",  # 'paper' (Eq. 4) or 'implementation' (authors' code: the spatial mean is over the whole clip).
       stew_window=2,  # Paper form: half window W of Eq. 4, in video frames (f-W..f+W).
-      stew_sigma=4.0 / 3.0,  # Temporal Gaussian sigma of the distance term, in video frames (authors: 8/3).
-      stew_radius=4,  # Implementation form: temporal weight is 0 beyond this many video frames from a label (authors: 8).
+      # Eq. 4's Dist(f_a - f): a Gaussian in the distance to the nearest labelled frame, in video frames.
+      # The paper gives no scale; the authors' code uses sigma 4/3 over +-4 *clip slots* at skip 2,
+      # i.e. sigma 8/3 over +-8 video frames (REFERENCE.md, Corrections), the default here.
+      stew_sigma=8.0 / 3.0,  # Temporal Gaussian sigma of the distance term, in video frames.
+      stew_radius=8,  # Implementation form: temporal weight is 0 beyond this many video frames from a label.
       weight_mode="loss",  # 'loss': STeW weights the per-pixel BCE and Dice; 'logit': weight x logits, then BCE + Dice (authors).
       p_low=0.1,  # Window mean <= p_low: consistent background, weight 1.
       p_high=0.9,  # Window mean >= p_high: consistent foreground, weight 1.
