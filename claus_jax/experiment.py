@@ -324,7 +324,8 @@ class Experiment:
 
     from claus_jax.data import clips as clips_lib
 
-    state = train_lib.create_state(self.config, self.model, jax.random.fold_in(self.root_key, _INIT_STREAM),
+    state = train_lib.create_state(self.config, self.model,
+                                   jax.random.fold_in(self.root_key, _INIT_STREAM),
                                    len(self.index))
     pool = self._load_pool(r)
     items = [(self.position[v], pool.labelled_frames(v)) for v in pool.labelled_video_ids()]

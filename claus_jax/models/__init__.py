@@ -25,9 +25,10 @@ from claus_jax.models.capsules import ConvCapsules, PrimaryCapsules, em_routing
 from claus_jax.models.detector import CAPSULE_DIM, CLAUSDetector, Decoder, latent_dim
 from claus_jax.models.i3d import CONV_IMPLS, InceptionI3d
 
-__all__ = ["build_model", "preprocess", "input_range", "latent_dim", "CAPSULE_DIM", "load_encoder_init", "save_encoder_variables",
-           "count_params", "primary_kernel", "CLAUSDetector", "InceptionI3d", "ConvCapsules",
-           "PrimaryCapsules", "Decoder", "em_routing", "ENCODER_VARIABLES_SUBDIR"]
+__all__ = ["build_model", "preprocess", "input_range", "latent_dim", "CAPSULE_DIM",
+           "load_encoder_init", "save_encoder_variables", "count_params", "primary_kernel",
+           "CLAUSDetector", "InceptionI3d", "ConvCapsules", "PrimaryCapsules", "Decoder", "em_routing",
+           "ENCODER_VARIABLES_SUBDIR"]
 
 ENCODER_VARIABLES_SUBDIR = "variables"  # Orbax tree inside an encoder_init directory.
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
