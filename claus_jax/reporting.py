@@ -17,6 +17,16 @@ HEADLINE = ("accuracy", "capsule/v-mAP@0.5", "capsule/f-mAP@0.5", "detection/v-m
             "detection/f-mAP@0.5")
 
 
+def emit_row(row: dict, path: str = "") -> None:
+  """Prints ``row`` as one JSON line and, when ``path`` is set, appends it there (the diagnostics
+  under launch/ keep their measurements this way)."""
+  line = json.dumps(row)
+  print(line, flush=True)
+  if path:
+    with open(path, "a") as f:
+      f.write(line + "\n")
+
+
 def _rounds(workdir: str) -> list[int]:
   """Evaluated rounds. A round whose pool.json is missing is left out until the run rebuilds it."""
   out = []

@@ -14,7 +14,6 @@ train and validation accuracy (validation = held-out training groups; the test s
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -49,6 +48,7 @@ def main(argv):
   from claus_jax import losses
   from claus_jax import models
   from claus_jax import pretrain as pretrain_lib
+  from claus_jax import reporting
   from claus_jax import train as train_lib
   from claus_jax.data import clips as clips_lib
   from claus_jax.models import capsules
@@ -139,10 +139,7 @@ def main(argv):
            "train_clip_acc": acc(x_tr, y_tr), "train_video_acc": acc(x_fit, y_fit),
            "val_acc": acc(x_va, y_va), "seconds": round(time.time() - t0, 1)}
     rows.append(row)
-    print(json.dumps(row), flush=True)
-    if _OUT.value:
-      with open(_OUT.value, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    reporting.emit_row(row, _OUT.value)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ reports:
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -62,6 +61,7 @@ def main(argv):
   from claus_jax import experiment
   from claus_jax import models
   from claus_jax import pretrain as pretrain_lib
+  from claus_jax import reporting
   from claus_jax import train as train_lib
   from claus_jax.data import clips as clips_lib
 
@@ -126,10 +126,7 @@ def main(argv):
       "act_spread": float(np.mean(tr_probs.max(-1) - np.median(tr_probs, -1))),
       "last_losses": {k: round(v, 4) for k, v in result.history[-1].items()},
   }
-  print(json.dumps(row), flush=True)
-  if _OUT.value:
-    with open(_OUT.value, "a") as f:
-      f.write(json.dumps(row) + "\n")
+  reporting.emit_row(row, _OUT.value)
 
 
 if __name__ == "__main__":

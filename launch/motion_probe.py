@@ -19,7 +19,6 @@ head and the Huber loss, then reports R^2 of the x/y displacements on held-out c
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 import time
@@ -54,6 +53,7 @@ def main(argv):
   from claus_jax import experiment
   from claus_jax import models
   from claus_jax import pretrain as pretrain_lib
+  from claus_jax import reporting
   from claus_jax.data import pretrain_corpus
   from claus_jax.models import i3d
 
@@ -136,10 +136,7 @@ def main(argv):
     row.update(steps=_STEPS.value, lr=_LR.value, last_train_loss=float(np.mean(losses[-50:])),
                val_loss_no_motion=zero_loss, val_r2_xy=r2(pred, val["kinematics"]))
   row["seconds"] = round(time.time() - t0, 1)
-  print(json.dumps(row), flush=True)
-  if _OUT.value:
-    with open(_OUT.value, "a") as f:
-      f.write(json.dumps(row) + "\n")
+  reporting.emit_row(row, _OUT.value)
 
 
 if __name__ == "__main__":
