@@ -264,14 +264,20 @@ class Experiment:
                                    round=0)
 
   # -------------------------------------------------------------------------------- training
+  def _sampler(self, r: int, pool: pool_lib.PoolState):
+    """Round ``r``'s training clips: one per labelled frame of ``pool``."""
+    from claus_jax.data import clips as clips_lib
+
+    items = [(self.position[v], pool.labelled_frames(v)) for v in pool.labelled_video_ids()]
+    return clips_lib.ClipSampler(self.train_source, items, self.config, seed=self.config.seed,
+                                 round_index=r)
+
   def _train(self, r: int, pool: pool_lib.PoolState):
     from claus_jax import train as train_lib
-    from claus_jax.data import clips as clips_lib
 
     cfg = self.config
     rd = round_dir(self.workdir, r)
-    items = [(self.position[v], pool.labelled_frames(v)) for v in pool.labelled_video_ids()]
-    sampler = clips_lib.ClipSampler(self.train_source, items, cfg, seed=cfg.seed, round_index=r)
+    sampler = self._sampler(r, pool)
     init_vars = None
     if cfg.train.warm_start and r > 0:
       prev = self._final_state(r - 1)
@@ -322,16 +328,10 @@ class Experiment:
     """The trained state of round ``r`` (restored from its checkpoint)."""
     from claus_jax import train as train_lib
 
-    from claus_jax.data import clips as clips_lib
-
     state = train_lib.create_state(self.config, self.model,
                                    jax.random.fold_in(self.root_key, _INIT_STREAM),
                                    len(self.index))
-    pool = self._load_pool(r)
-    items = [(self.position[v], pool.labelled_frames(v)) for v in pool.labelled_video_ids()]
-    sampler = clips_lib.ClipSampler(self.train_source, items, self.config, seed=self.config.seed,
-                                    round_index=r)
-    steps = train_lib.round_steps(self.config, sampler.steps_per_epoch)
+    steps = train_lib.round_steps(self.config, self._sampler(r, self._load_pool(r)).steps_per_epoch)
     restored = train_lib.restore_latest(os.path.join(round_dir(self.workdir, r), "checkpoints"),
                                         jax.eval_shape(lambda s: s, state), self.config)
     if restored is None or int(restored.step) != steps:
