@@ -1,4 +1,5 @@
-"""Reports of a run, rebuilt from the rounds' files: metrics.jsonl, summary.md and plots.
+"""Reports of a run, rebuilt from the rounds' files: metrics.jsonl, summary.md and plots; and the
+Markdown of one evaluation (a round's eval.md, :func:`to_markdown`).
 
 Everything here reads the workdir only, so reports can be rebuilt at any time (also after a crash)
 and always describe exactly the finished rounds.
@@ -60,6 +61,48 @@ def collect(workdir: str) -> list[dict]:
 
 def _pct(x) -> str:
   return "-" if x is None else f"{100 * x:.1f}"
+
+
+def _cell(x) -> str:
+  return _pct(x) if x is None or isinstance(x, float) else str(x)
+
+
+def to_markdown(res: dict) -> str:
+  """Markdown of one evaluation (an ``evaluation.Evaluator.result`` dict): the summary, the metric
+  table by threshold, the per-class table and the confusion matrix (percentages, one decimal)."""
+  # Metric keys end in "@<threshold formatted with :g>", as the evaluator writes them.
+  lines = [f"**Videos:** {res['num_videos']}  **Frames with ground truth:** "
+           f"{res['num_frames_counted']}  **Accuracy:** {_cell(res['accuracy'])}%", ""]
+  metric_keys = [k for k in res if k.startswith(("capsule/f-mAP@", "capsule/v-mAP@", "detection/"))]
+  thresholds = sorted({float(k.split("@")[1]) for k in metric_keys})
+  lines.append("| metric (%) | " + " | ".join(f"@{t:g}" for t in thresholds) + " |")
+  lines.append("|---|" + "---|" * len(thresholds))
+  for name in ("capsule/f-mAP", "capsule/v-mAP", "detection/f-mAP", "detection/v-mAP"):
+    lines.append(f"| {name} | " + " | ".join(
+        _cell(res.get(f"{name}@{t:g}")) for t in thresholds) + " |")
+  lines.append("")
+  lines.append("capsule = hit rate of frame/video mask IoU (VideoCapsuleNet/CLAUS tables); "
+               "detection = ACT frame-AP / video-AP of mask-derived boxes.")
+  if res["excluded_classes"]:
+    lines.append("")
+    lines.append("Excluded from the means (no test videos): " + ", ".join(res["excluded_classes"]))
+  lines.append("")
+  per_class = res["per_class"]
+  cols = [k for k in per_class[0] if k != "class"] if per_class else []
+  lines.append("| class | " + " | ".join(cols) + " |")
+  lines.append("|---|" + "---|" * len(cols))
+  for row in per_class:
+    lines.append(f"| {row['class']} | " + " | ".join(
+        str(row[k]) if k in ("videos", "gt_frames") else _cell(row[k]) for k in cols) + " |")
+  lines.append("")
+  names = res["class_names"]
+  lines.append("Confusion matrix (rows: ground truth, columns: predicted)")
+  lines.append("")
+  lines.append("| gt \\ pred | " + " | ".join(str(i) for i in range(len(names))) + " |")
+  lines.append("|---|" + "---|" * len(names))
+  for i, row in enumerate(res["confusion_matrix"]):
+    lines.append(f"| {i} {names[i]} | " + " | ".join(str(x) for x in row) + " |")
+  return "\n".join(lines) + "\n"
 
 
 def summary_markdown(rows: list[dict], title: str = "") -> str:

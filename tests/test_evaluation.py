@@ -11,9 +11,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from claus_jax import configlib, evaluation, tiling
+from claus_jax import configlib, evaluation, reporting, tiling
 from claus_jax.data.record import VideoRecord
-from claus_jax.evaluation import metrics
+from claus_jax.evaluation import evaluator, metrics
 
 
 def eval_config(**overrides):
@@ -154,6 +154,83 @@ def test_make_tube_trims_to_the_first_and_last_box():
   assert metrics.make_tube(np.full((3, 4), np.nan)) is None
 
 
+# ------------------------------------------------------------------ metric objects
+def whole_and_merged(empty, calls, k):
+  """A metric fed every call, and the merge of one fed ``calls[:k]`` with one fed the rest."""
+  whole, first, second = empty(), empty(), empty()
+  for i, args in enumerate(calls):
+    whole.add(*args)
+    (first if i < k else second).add(*args)
+  return whole, first.merge(second)
+
+
+def test_confusion_merge_of_two_halves_equals_adding_all():
+  calls = [(0, 0), (0, 1), (1, 1), (2, 1), (0, 0)]  # (ground truth, predicted); no class 3 video.
+  whole, merged = whole_and_merged(lambda: evaluator.Confusion.empty(4), calls, 2)
+  np.testing.assert_array_equal(merged.counts, whole.counts)
+  np.testing.assert_array_equal(whole.counts, [[2, 1, 0, 0], [0, 1, 0, 0], [0, 1, 0, 0], [0] * 4])
+  res = merged.compute()
+  assert res["accuracy"] == 3 / 5
+  np.testing.assert_array_equal(res["videos"], [3, 1, 1, 0])
+  np.testing.assert_array_equal(res["class_accuracy"], [2 / 3, 1, 0, np.nan])
+
+
+def test_capsule_hit_rates_merge_of_two_halves_equals_adding_all():
+  # (label, intersections, unions) of the counted frames; frame IoUs: class 0 .5, 1 | 0, 1 (video
+  # IoUs 6/8 and 2/6), class 1 .25 (video .25); the class 2 video has no counted frame.
+  calls = [(0, np.array([2, 4]), np.array([4, 4])), (0, np.array([0, 2]), np.array([4, 2])),
+           (1, np.array([2]), np.array([8])), (2, np.zeros(0, int), np.zeros(0, int))]
+  empty = lambda: evaluator.CapsuleHitRates.empty(3, (0.25, 0.5))
+  whole, merged = whole_and_merged(empty, calls, 1)
+  for name in ("frame_hits", "frames", "video_hits", "videos"):
+    np.testing.assert_array_equal(getattr(merged, name), getattr(whole, name))
+  frame_rate, video_rate = merged.compute()
+  np.testing.assert_array_equal(frame_rate, [[3 / 4, 3 / 4], [1, 0], [np.nan, np.nan]])
+  np.testing.assert_array_equal(video_rate, [[1, 1 / 2], [1, 0], [np.nan, np.nan]])
+  assert empty().add(*calls[0]) == 0.75 and empty().add(*calls[3]) is None
+
+
+def test_frame_ap_merge_of_two_halves_equals_adding_all():
+  # The hand-worked case above as three videos (id, label, detections, ground truth); class 2 has
+  # no ground truth. Detections (frame, class, score, box): v0 holds d1, d2, d4 and e1, v1 holds
+  # d3 and d5, v2 holds e2; the ties d2/d3 and d4/d5 go to the smaller video id, as in the case.
+  b = [0, 0, 9, 9]
+  calls = [("v0", 0, [0, 0, 1, 0], [0, 0, 0, 1], [0.9, 0.8, 0.7, 0.95],
+            [b, b, [0, 0, 9, 4], b], [0, 1], [b, b]),
+           ("v1", 0, [5, 0], [0, 0], [0.8, 0.7], [b, [15, 15, 24, 24]], [0], [[10, 10, 19, 19]]),
+           ("v2", 1, [0], [1], [0.6], [[5, 5, 14, 14]], [0], [[5, 5, 14, 14]])]
+  empty = lambda: evaluator.FrameAP.empty(3, (0.5, 0.1))
+  whole, merged = whole_and_merged(empty, calls, 1)
+  ap = whole.compute()
+  np.testing.assert_allclose(ap[:2], [[17 / 36, 59 / 90], [1 / 4, 1 / 4]], rtol=1e-12)
+  assert np.isnan(ap[2]).all()
+  np.testing.assert_array_equal(merged.compute(), ap)
+  # Merging the other way round orders the videos differently; ties still go by video id.
+  first, second = empty(), empty()
+  first.add(*calls[0])
+  for call in calls[1:]:
+    second.add(*call)
+  np.testing.assert_array_equal(second.merge(first).compute(), ap)
+  with pytest.raises(ValueError, match="thresholds"):
+    empty().merge(evaluator.FrameAP.empty(3, (0.5,)))
+
+
+def test_video_ap_merge_of_two_halves_equals_adding_all():
+  # test_detection_protocol_by_hand's tubes: a and b (class 0) found with tube IoU 1 and 0.5, c
+  # (class 1) found but classified as 0; d (class 2) has no tube at all.
+  tube = lambda start, stop, box: metrics.Tube(start, np.tile(np.float32(box), (stop - start, 1)))
+  small, big = [0, 0, 3, 3], [4, 4, 7, 7]
+  calls = [("a", 0, [(0, 0.9, tube(0, 4, small))], [tube(0, 4, small)]),
+           ("b", 0, [(0, 0.8, tube(2, 4, small))], [tube(0, 4, small)]),
+           ("c", 1, [(0, 0.7, tube(0, 4, big))], [tube(0, 4, big)]),
+           ("d", 2, [], [])]
+  whole, merged = whole_and_merged(lambda: evaluator.VideoAP.empty(3, (0.5, 0.6)), calls, 2)
+  ap = whole.compute()
+  np.testing.assert_allclose(ap[:2], [[1.0, 0.5], [0.0, 0.0]], rtol=1e-12)
+  assert np.isnan(ap[2]).all()
+  np.testing.assert_array_equal(merged.compute(), ap)
+
+
 # ------------------------------------------------------------------ capsule protocol
 def test_capsule_protocol_on_hand_built_masks():
   t, h, w = 3, 4, 4
@@ -199,7 +276,7 @@ def test_capsule_protocol_on_hand_built_masks():
   assert res["confusion_matrix"] == [[1, 1, 0], [0, 1, 0], [0, 0, 0]]
   assert res["excluded_classes"] == ["two"]
   assert res["per_class"][2]["accuracy"] is None
-  md = ev.markdown()
+  md = reporting.to_markdown(res)
   assert "Excluded from the means (no test videos): two" in md and "| 0 zero | 1 | 1 | 0 |" in md
 
 
@@ -440,6 +517,32 @@ def test_evaluate_end_to_end_with_a_perfect_fake_model():
     assert res[key] == 1.0
   assert "| detection/v-mAP | 100.0 | 100.0 | 100.0 | 100.0 |" in md
   assert "| detection/f-mAP | - | - | - | 100.0 |" in md
+
+
+def coded_records(num, num_classes, seed):
+  """Videos whose frames carry a noisy copy of the mask (channel 2), a class hint (channel 1) and a
+  confidence (channel 0): :func:`coded_predict_fn` reads a prediction back out of them."""
+  rng = np.random.default_rng(seed)
+  records = []
+  for i, (rec, probs, _) in enumerate(random_videos(num, num_classes, seed, t_range=(5, 20))):
+    hint = rec.label if rng.random() < 0.7 else (rec.label + 1) % num_classes
+    frames = np.zeros(rec.masks.shape + (3,), np.uint8)
+    frames[..., 0] = 25 * int(rng.integers(2, 10))
+    frames[..., 1] = hint
+    frames[..., 2] = np.round(255 * probs)
+    records.append(VideoRecord(video_id=f"coded{i:02d}", group_id="g", label=rec.label,
+                               frames=frames, masks=rec.masks, boxes=rec.boxes, has_gt=rec.has_gt,
+                               span=rec.span, annotation="mask"))
+  return records
+
+
+def coded_predict_fn(video, num_classes=3):
+  """NumPy predict_fn for :func:`coded_records`: ``(B, L, H, W, 3) uint8 -> (seg (B, L, H, W),
+  class_probs (B, C))``; coarse class scores, so ties across videos happen."""
+  seg = (video[..., 2].astype(np.float32) - 127.5) / 32.0
+  confidence = video[:, 0, 0, 0, 0].astype(np.float32) / 255.0
+  onehot = np.eye(num_classes, dtype=np.float32)[video[:, 0, 0, 0, 1]]
+  return seg, onehot * confidence[:, None] + (1.0 - confidence[:, None]) / num_classes
 
 
 class TinyDetector:

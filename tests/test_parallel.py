@@ -301,7 +301,8 @@ def test_sharded_train_step_equals_single_device():
 
 
 def _child_helpers(port: int, process_id: int, out_path: str) -> None:
-  """Two processes: row gathers with unequal counts, local rows, and the hash check both ways."""
+  """Two processes: row gathers with unequal counts, local rows, the hash check both ways, and a
+  sharded evaluation."""
   import jax
 
   jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
@@ -327,6 +328,23 @@ def _child_helpers(port: int, process_id: int, out_path: str) -> None:
   state = parallel.replicate({"w": np.float32(2.0)}, mesh)
   assert not state["w"].is_fully_addressable
   seg, cls = inference.make_predict_fn(Scale(), state)(np.full((3, 8, 4, 4, 3), 255, np.uint8))
+  # Evaluation of the test split: each process predicts its share; all merge every share.
+  from claus_jax import evaluation, reporting
+  from tests import test_evaluation as te
+
+  records, read = te.coded_records(*EVAL_RECORDS), []
+
+  class Logged:  # The records, noting which ones this process reads.
+    def __len__(self):
+      return len(records)
+
+    def __getitem__(self, i):
+      read.append(i)
+      return records[i]
+
+  result, markdown = evaluation.evaluate(te.coded_predict_fn, Logged(), 3, ["a", "b", "c"],
+                                         te.eval_config(**EVAL_CONFIG), progress=False)
+  assert markdown == reporting.to_markdown(result)
   try:
     parallel.assert_same_across_processes({"picks": [me]}, "selection")
     mismatch = ""
@@ -337,12 +355,19 @@ def _child_helpers(port: int, process_id: int, out_path: str) -> None:
                "full": full.tolist(), "back": back.tolist(), "same": same,
                "mismatch": mismatch, "seg": float(np.asarray(seg).mean()),
                "cls": np.asarray(cls).shape, "shard": [parallel.process_slice(5).start,
-                                               parallel.process_slice(5).stop]}, f)
+                                               parallel.process_slice(5).stop],
+               "eval": result, "read": read}, f)
   jax.distributed.shutdown()
 
 
+# The evaluation the two-process test runs: coded_records(num, classes, seed) and config.eval.
+EVAL_RECORDS = (7, 3, 5)
+EVAL_CONFIG = {"batch_size": 2, "video_top_k": 2, "score_rule": "class_prob_x_mask_mean"}
+
+
 def test_two_process_helpers(tmp_path):
-  from claus_jax import parallel
+  from claus_jax import evaluation, parallel
+  from tests import test_evaluation as te
 
   port = _free_port()
   env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
@@ -351,6 +376,8 @@ def test_two_process_helpers(tmp_path):
   for p in procs:
     _wait(p, timeout=300)
   res = [json.loads((tmp_path / f"h{i}.json").read_text()) for i in range(2)]
+  one, _ = evaluation.evaluate(te.coded_predict_fn, te.coded_records(*EVAL_RECORDS), 3,
+                               ["a", "b", "c"], te.eval_config(**EVAL_CONFIG), progress=False)
   for i, r in enumerate(res):
     # Process 0 had 2 rows, process 1 had 3: everyone gets all 5, in process order.
     assert r["x"] == [[0.0] * 3] * 2 + [[1.0] * 3] * 3
@@ -362,6 +389,12 @@ def test_two_process_helpers(tmp_path):
     assert "selection differs between processes" in r["mismatch"] and "[1]" in r["mismatch"]
     assert r["shard"] == [[0, 3], [3, 5]][i]
     assert abs(r["seg"] - 2.0) < 1e-5 and r["cls"] == [3, 3]  # preprocess: 255 -> 1.0; w = 2.
+    # Each process predicted its own 4 or 3 of the 7 test videos, and both hold the one-process
+    # evaluation exactly (JSON keeps every float bit).
+    assert r["read"] == [[0, 1, 2, 3], [4, 5, 6]][i]
+    assert r["eval"] == json.loads(json.dumps(one))
+  assert one["num_videos"] == 7 and 0 < one["detection/f-mAP@0.5"] < 1
+  assert 0 < one["accuracy"] < 1 and 0 < one["detection/v-mAP@0.5"] < 1
 
 
 def smoke_config():

@@ -1,18 +1,30 @@
 """Streaming evaluation of both metric protocols, accuracy, per-class table and confusion matrix.
 
-``Evaluator.add`` reduces one video's dense prediction to small numbers at once (hit counts, boxes
-and tube boxes), so memory grows only with the number of detections, never with frames x pixels.
+One small metric object per protocol quantity, each with ``add`` (one video), ``merge`` (another
+object's videos, e.g. another process's share of the test split) and ``compute``, in the style of
+``clu.metrics``:
+
+  * :class:`Confusion`: video classification counts, accuracy.
+  * :class:`CapsuleHitRates`: frame and video mask-IoU hit rates of the capsule protocol.
+  * :class:`FrameAP`: ACT frame-AP.
+  * :class:`VideoAP`: ACT video-AP.
+
+``merge`` is exact: counts are summed and per-video rows concatenated, so merged partial metrics
+compute the same numbers, bit for bit, as one object fed every video. :class:`Evaluator` turns one
+video's dense prediction into the inputs of the four at once (hit counts, boxes and tube boxes), so
+memory grows only with the number of detections, never with frames x pixels.
 
 Protocols (../shared/REFERENCE.md "Evaluation"):
   * ``capsule/...``: the VideoCapsuleNet-family hit rates. Only frames with a non-empty ground-truth
     mask count; predicted mask = prob >= mask_threshold; frame IoU per frame and video IoU = sum of
-    intersections / sum of unions; per class (ground-truth label) the fraction of frames / videos with
-    IoU >= threshold; f-mAP / v-mAP = class means. The predicted class plays no part.
+    intersections / sum of unions; per class (ground-truth label) the fraction of frames / videos
+    with IoU >= threshold; f-mAP / v-mAP = class means. The predicted class plays no part.
   * ``detection/...``: ACT-style frame-AP and video-AP. Detections come from the predicted mask: box
-    = tight box of the thresholded mask on every frame where it is non-empty, repeated for each of the
-    video's top-k classes (``video_top_k``), score by ``score_rule``. One tube per video and top-k
-    class. Ground truth: ``record.boxes`` (several actor tubes) for 'box' videos, the tight box of
-    the mask on ``has_gt`` frames for 'mask' videos; all ground truth of a video has its label.
+    = tight box of the thresholded mask on every frame where it is non-empty, repeated for each of
+    the video's top-k classes (``video_top_k``), score by ``score_rule``. One tube per video and
+    top-k class. Ground truth: ``record.boxes`` (several actor tubes) for 'box' videos, the tight
+    box of the mask on ``has_gt`` frames for 'mask' videos; all ground truth of a video has its
+    label.
 
 Ranking ties: detections are ranked by descending score, then by video id (string order), frame and
 class ascending. The order is therefore independent of the order videos were added, so streaming,
@@ -21,6 +33,8 @@ merging and batch evaluation agree exactly.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -39,13 +53,252 @@ def _fmt_thr(thr: float) -> str:
   return f"{thr:g}"
 
 
-def _mean_or_none(values) -> float | None:
-  values = [v for v in values if v is not None]
-  return float(np.mean(values)) if values else None
+def _video_rank(video_ids: Sequence[str]) -> np.ndarray:
+  """Rank of each video id in string order (the order-independent tie-break)."""
+  order = sorted(range(len(video_ids)), key=video_ids.__getitem__)
+  rank = np.empty(len(order), np.int64)
+  rank[order] = np.arange(len(order))
+  return rank
 
 
+def _concat(parts: Sequence[np.ndarray], dtype, empty_shape=(0,)) -> np.ndarray:
+  return np.concatenate(parts).astype(dtype) if parts else np.zeros(empty_shape, dtype)
+
+
+def _check_same(a, b, fields: Sequence[str]) -> None:
+  for name in fields:
+    if getattr(a, name) != getattr(b, name):
+      raise ValueError(f"cannot merge {type(a).__name__}s with different {name}: "
+                       f"{getattr(a, name)} and {getattr(b, name)}")
+
+
+# ------------------------------------------------------------------------------------ metrics
+@dataclasses.dataclass
+class Confusion:
+  """Video classification counts.
+
+  Attributes:
+    counts: ``(C, C) int64``; ``counts[ground truth, predicted]``.
+  """
+
+  counts: np.ndarray
+
+  @classmethod
+  def empty(cls, num_classes: int) -> "Confusion":
+    return cls(np.zeros((num_classes, num_classes), np.int64))
+
+  def add(self, label: int, predicted: int) -> None:
+    """Counts one video of class ``label`` predicted as ``predicted``."""
+    self.counts[label, predicted] += 1
+
+  def merge(self, other: "Confusion") -> "Confusion":
+    if self.counts.shape != other.counts.shape:
+      raise ValueError(f"cannot merge Confusions of shapes {self.counts.shape} and "
+                       f"{other.counts.shape}")
+    return Confusion(self.counts + other.counts)
+
+  def compute(self) -> dict:
+    """``videos (C,) int64`` per class, ``accuracy`` (None without videos) and ``class_accuracy
+    (C,) float64`` (NaN for classes without videos)."""
+    videos = self.counts.sum(axis=1)
+    n = int(videos.sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
+      class_accuracy = np.diag(self.counts) / videos
+    return {"videos": videos, "accuracy": float(np.trace(self.counts) / n) if n else None,
+            "class_accuracy": class_accuracy}
+
+
+@dataclasses.dataclass
+class CapsuleHitRates:
+  """Capsule-protocol hit counts per class (ground-truth label) and IoU threshold.
+
+  Attributes:
+    thresholds: the K IoU thresholds.
+    frame_hits: ``(C, K) int64`` counted frames with IoU >= threshold.
+    frames: ``(C,) int64`` counted frames (non-empty ground-truth mask).
+    video_hits: ``(C, K) int64`` videos with video IoU >= threshold.
+    videos: ``(C,) int64`` videos with at least one counted frame.
+  """
+
+  thresholds: tuple[float, ...]
+  frame_hits: np.ndarray
+  frames: np.ndarray
+  video_hits: np.ndarray
+  videos: np.ndarray
+
+  @classmethod
+  def empty(cls, num_classes: int, thresholds: Sequence[float]) -> "CapsuleHitRates":
+    k = len(thresholds)
+    return cls(tuple(thresholds), np.zeros((num_classes, k), np.int64),
+               np.zeros((num_classes,), np.int64), np.zeros((num_classes, k), np.int64),
+               np.zeros((num_classes,), np.int64))
+
+  def add(self, label: int, inter: np.ndarray, union: np.ndarray) -> float | None:
+    """Adds one video's counted frames.
+
+    Args:
+      label: the video's class.
+      inter: ``(F,) int`` pixel intersections of the F counted frames.
+      union: ``(F,) int`` pixel unions (> 0: the ground truth of a counted frame is non-empty).
+
+    Returns:
+      The video IoU (sum of intersections / sum of unions), None without counted frames.
+    """
+    if not len(inter):
+      return None
+    thr = np.asarray(self.thresholds)
+    frame_iou = inter / union
+    self.frame_hits[label] += (frame_iou[:, None] >= thr[None, :]).sum(axis=0)
+    self.frames[label] += len(inter)
+    video_iou = float(inter.sum() / union.sum())
+    self.video_hits[label] += video_iou >= thr
+    self.videos[label] += 1
+    return video_iou
+
+  def merge(self, other: "CapsuleHitRates") -> "CapsuleHitRates":
+    _check_same(self, other, ("thresholds",))
+    return CapsuleHitRates(self.thresholds, self.frame_hits + other.frame_hits,
+                           self.frames + other.frames, self.video_hits + other.video_hits,
+                           self.videos + other.videos)
+
+  def compute(self) -> tuple[np.ndarray, np.ndarray]:
+    """``(frame hit rate, video hit rate)``, each ``(C, K) float64``, NaN where nothing counted."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+      return self.frame_hits / self.frames[:, None], self.video_hits / self.videos[:, None]
+
+
+@dataclasses.dataclass
+class FrameAP:
+  """ACT frame-AP over per-frame detection and ground-truth boxes.
+
+  One entry per video in each list; a video is its position, so ``merge`` only concatenates. Video
+  ids must be unique over everything merged. A video's ground truth has the video's label.
+
+  Attributes:
+    num_classes: C.
+    thresholds: box IoU thresholds.
+    video_ids: the videos' ids.
+    labels: the videos' classes.
+    detections: per video ``(frame (D,) int32, class (D,) int32, score (D,) float64, box (D, 4))``.
+    ground_truth: per video ``(frame (G,) int32, box (G, 4))``; several actors may share a frame.
+  """
+
+  num_classes: int
+  thresholds: tuple[float, ...]
+  video_ids: list[str] = dataclasses.field(default_factory=list)
+  labels: list[int] = dataclasses.field(default_factory=list)
+  detections: list[tuple] = dataclasses.field(default_factory=list)
+  ground_truth: list[tuple] = dataclasses.field(default_factory=list)
+
+  @classmethod
+  def empty(cls, num_classes: int, thresholds: Sequence[float]) -> "FrameAP":
+    return cls(int(num_classes), tuple(thresholds))
+
+  def add(self, video_id: str, label: int, det_frame: np.ndarray, det_class: np.ndarray,
+          det_score: np.ndarray, det_box: np.ndarray, gt_frame: np.ndarray,
+          gt_box: np.ndarray) -> None:
+    """Adds one video: D detections (frame, class, score, box) and G ground-truth boxes."""
+    self.video_ids.append(video_id)
+    self.labels.append(int(label))
+    self.detections.append((np.asarray(det_frame, np.int32), np.asarray(det_class, np.int32),
+                            np.asarray(det_score, np.float64), np.asarray(det_box).reshape(-1, 4)))
+    self.ground_truth.append((np.asarray(gt_frame, np.int32), np.asarray(gt_box).reshape(-1, 4)))
+
+  def merge(self, other: "FrameAP") -> "FrameAP":
+    _check_same(self, other, ("num_classes", "thresholds"))
+    return dataclasses.replace(self, video_ids=self.video_ids + other.video_ids,
+                               labels=self.labels + other.labels,
+                               detections=self.detections + other.detections,
+                               ground_truth=self.ground_truth + other.ground_truth)
+
+  def compute(self) -> np.ndarray:
+    """``(C, len(thresholds))`` frame-AP, NaN for classes without ground truth."""
+    det = list(zip(*self.detections)) or [()] * 4  # Frames, classes, scores, boxes.
+    gt = list(zip(*self.ground_truth)) or [()] * 2  # Frames, boxes.
+    det_v = _concat([np.full(len(f), v) for v, f in enumerate(det[0])], np.int64)
+    det_f, det_c = _concat(det[0], np.int64), _concat(det[1], np.int64)
+    det_s, det_b = _concat(det[2], np.float64), _concat(det[3], np.float64, (0, 4))
+    gt_v = _concat([np.full(len(f), v) for v, f in enumerate(gt[0])], np.int64)
+    gt_f, gt_b = _concat(gt[0], np.int64), _concat(gt[1], np.float64, (0, 4))
+    gt_c = np.asarray(self.labels, np.int64)[gt_v]
+    rank = _video_rank(self.video_ids)
+    out = np.full((self.num_classes, len(self.thresholds)), np.nan)
+    for cls in range(self.num_classes):
+      g = gt_c == cls
+      if not g.any():
+        continue
+      d = det_c == cls
+      order = metrics.ranking(det_s[d], rank[det_v[d]], det_f[d])
+      out[cls] = metrics.frame_ap(np.stack([det_v[d], det_f[d]], 1), det_s[d], det_b[d],
+                                  np.stack([gt_v[g], gt_f[g]], 1), gt_b[g], self.thresholds,
+                                  order)
+    return out
+
+
+@dataclasses.dataclass
+class VideoAP:
+  """ACT video-AP over detected and ground-truth tubes.
+
+  One entry per video in each list; a video is its position, so ``merge`` only concatenates. Video
+  ids must be unique over everything merged. A video's ground-truth tubes have the video's label.
+
+  Attributes:
+    num_classes: C.
+    thresholds: tube IoU thresholds.
+    video_ids: the videos' ids.
+    labels: the videos' classes.
+    detections: per video, its ``(class, score, tube)`` detections.
+    ground_truth: per video, its ground-truth tubes.
+  """
+
+  num_classes: int
+  thresholds: tuple[float, ...]
+  video_ids: list[str] = dataclasses.field(default_factory=list)
+  labels: list[int] = dataclasses.field(default_factory=list)
+  detections: list[list[tuple[int, float, metrics.Tube]]] = dataclasses.field(default_factory=list)
+  ground_truth: list[list[metrics.Tube]] = dataclasses.field(default_factory=list)
+
+  @classmethod
+  def empty(cls, num_classes: int, thresholds: Sequence[float]) -> "VideoAP":
+    return cls(int(num_classes), tuple(thresholds))
+
+  def add(self, video_id: str, label: int, detections: Sequence[tuple[int, float, metrics.Tube]],
+          gt_tubes: Sequence[metrics.Tube]) -> None:
+    """Adds one video: its ``(class, score, tube)`` detections and its ground-truth tubes."""
+    self.video_ids.append(video_id)
+    self.labels.append(int(label))
+    self.detections.append([(int(c), float(s), tube) for c, s, tube in detections])
+    self.ground_truth.append(list(gt_tubes))
+
+  def merge(self, other: "VideoAP") -> "VideoAP":
+    _check_same(self, other, ("num_classes", "thresholds"))
+    return dataclasses.replace(self, video_ids=self.video_ids + other.video_ids,
+                               labels=self.labels + other.labels,
+                               detections=self.detections + other.detections,
+                               ground_truth=self.ground_truth + other.ground_truth)
+
+  def compute(self) -> np.ndarray:
+    """``(C, len(thresholds))`` video-AP, NaN for classes without ground-truth tubes."""
+    rank = _video_rank(self.video_ids)
+    out = np.full((self.num_classes, len(self.thresholds)), np.nan)
+    for cls in range(self.num_classes):
+      gts = [(v, tube) for v, tubes in enumerate(self.ground_truth) if self.labels[v] == cls
+             for tube in tubes]
+      if not gts:
+        continue
+      dets = [(v, s, tube) for v, video in enumerate(self.detections) for c, s, tube in video
+              if c == cls]
+      det_v = np.array([v for v, _, _ in dets], np.int64)
+      det_s = np.array([s for _, s, _ in dets], np.float64)
+      order = metrics.ranking(det_s, rank[det_v])
+      out[cls] = metrics.video_ap(det_v, det_s, [t for _, _, t in dets], [v for v, _ in gts],
+                                  [t for _, t in gts], self.thresholds, order)
+    return out
+
+
+# ---------------------------------------------------------------------------------- evaluator
 class Evaluator:
-  """Accumulates per-video statistics of both protocols; see the module docstring.
+  """Feeds each video's prediction to the four metrics of both protocols; see the module docstring.
 
   Args:
     num_classes: C.
@@ -68,33 +321,22 @@ class Evaluator:
         if not 0.0 < thr <= 1.0:
           raise ConfigError(f"config.eval.{name}: {thr} must be in (0, 1].")
     if not 0.0 < eval_config.mask_threshold < 1.0:
-      raise ConfigError(f"config.eval.mask_threshold: {eval_config.mask_threshold} must be in (0, 1).")
+      raise ConfigError(f"config.eval.mask_threshold: {eval_config.mask_threshold} must be in "
+                        "(0, 1).")
     self.num_classes = int(num_classes)
     self.class_names = tuple(class_names)
     self.mask_threshold = float(eval_config.mask_threshold)
     self.score_rule = str(eval_config.score_rule)
     self.top_k = int(eval_config.video_top_k)
-    self.video_thresholds = tuple(float(t) for t in eval_config.iou_thresholds)
-    self.frame_thresholds = tuple(float(t) for t in getattr(eval_config, "frame_iou_thresholds",
-                                                            (0.5,)))
-    self.capsule_thresholds = tuple(sorted(set(CAPSULE_GRID) | set(self.video_thresholds)
-                                           | set(self.frame_thresholds)))
-    c, k = self.num_classes, len(self.capsule_thresholds)
-    self._video_ids: list[str] = []
-    self._id_set: set[str] = set()
-    self._labels: list[int] = []
-    self._rows: list[dict] = []  # Small per-video numbers for the report.
-    self.confusion = np.zeros((c, c), np.int64)
-    self._cap_frame_hits = np.zeros((c, k), np.int64)
-    self._cap_frames = np.zeros((c,), np.int64)
-    self._cap_video_hits = np.zeros((c, k), np.int64)
-    self._cap_videos = np.zeros((c,), np.int64)
-    # Detection protocol, one list entry per video (concatenated at result time).
-    self._det_video, self._det_frame, self._det_class = [], [], []
-    self._det_score, self._det_box = [], []
-    self._gt_video, self._gt_frame, self._gt_box = [], [], []
-    self._tubes: list[tuple[int, int, float, metrics.Tube]] = []  # (video, class, score, tube)
-    self._gt_tubes: list[tuple[int, metrics.Tube]] = []  # (video, tube); class = video label.
+    video_thresholds = tuple(float(t) for t in eval_config.iou_thresholds)
+    frame_thresholds = tuple(float(t) for t in getattr(eval_config, "frame_iou_thresholds", (0.5,)))
+    capsule_thresholds = tuple(sorted(set(CAPSULE_GRID) | set(video_thresholds)
+                                      | set(frame_thresholds)))
+    self._video_ids: set[str] = set()
+    self.confusion = Confusion.empty(self.num_classes)
+    self.capsule = CapsuleHitRates.empty(self.num_classes, capsule_thresholds)
+    self.frame_ap = FrameAP.empty(self.num_classes, frame_thresholds)
+    self.video_ap = VideoAP.empty(self.num_classes, video_thresholds)
 
   def __len__(self) -> int:
     return len(self._video_ids)
@@ -128,36 +370,23 @@ class Evaluator:
       raise ValueError(f"video {vid!r}: the prediction holds NaN or inf")
     if not 0 <= record.label < self.num_classes:
       raise ValueError(f"video {vid!r}: label {record.label} outside [0, {self.num_classes})")
-    if vid in self._id_set:
+    if vid in self._video_ids:
       raise ValueError(f"video {vid!r} was added twice")
-    v = len(self._video_ids)
-    self._video_ids.append(vid)
-    self._id_set.add(vid)
+    self._video_ids.add(vid)
     label = int(record.label)
-    self._labels.append(label)
 
-    # Classification.
     ranked = np.argsort(-class_probs, kind="stable")
     pred_label = int(ranked[0])
-    self.confusion[label, pred_label] += 1
+    self.confusion.add(label, pred_label)
 
     pred = mask_probs >= self.mask_threshold
     gt_masks = record.masks.astype(bool) & np.asarray(record.has_gt, bool)[:, None, None]
 
     # Capsule protocol: frames with a non-empty ground-truth mask.
     counted = gt_masks.any(axis=(1, 2))
-    inter, union = metrics.frame_iou_stats(pred[counted], gt_masks[counted])
-    thr = np.asarray(self.capsule_thresholds)
-    video_iou = None
-    if counted.any():
-      frame_iou = inter / union  # union > 0 since the ground truth is non-empty.
-      self._cap_frame_hits[label] += (frame_iou[:, None] >= thr[None, :]).sum(axis=0)
-      self._cap_frames[label] += int(counted.sum())
-      video_iou = float(inter.sum() / union.sum())
-      self._cap_video_hits[label] += video_iou >= thr
-      self._cap_videos[label] += 1
+    video_iou = self.capsule.add(label, *metrics.frame_iou_stats(pred[counted], gt_masks[counted]))
 
-    # Detection protocol: predictions.
+    # Detection protocol: one box per frame with a predicted mask, for each of the top-k classes.
     pred_boxes, present = metrics.mask_boxes(pred)
     frames = np.flatnonzero(present)
     if self.score_rule == "class_prob_x_mask_mean":
@@ -166,117 +395,45 @@ class Evaluator:
       mask_mean = sums[frames] / counts[frames]
     else:
       mask_mean = np.ones(len(frames))
+    top = [int(c) for c in ranked[:self.top_k]]
     tube = metrics.make_tube(pred_boxes)
-    for cls in ranked[:self.top_k]:
-      cls = int(cls)
-      p = float(class_probs[cls])
-      self._det_video.append(np.full(len(frames), v, np.int32))
-      self._det_frame.append(frames.astype(np.int32))
-      self._det_class.append(np.full(len(frames), cls, np.int32))
-      self._det_score.append(p * mask_mean)
-      self._det_box.append(pred_boxes[frames])
-      if tube is not None:
-        self._tubes.append((v, cls, p * float(np.mean(mask_mean)), tube))
+    tube_dets = [] if tube is None else [
+        (c, float(class_probs[c]) * float(np.mean(mask_mean)), tube) for c in top]
 
-    # Detection protocol: ground truth.
+    # Detection protocol: ground truth, one row of boxes per actor.
     if record.annotation == "box":
       has_gt = np.asarray(record.has_gt, bool)
       actor_boxes = np.where(has_gt[None, :, None], record.boxes, np.nan).astype(np.float32)
     else:
-      gt_boxes, _ = metrics.mask_boxes(gt_masks)
-      actor_boxes = gt_boxes[None]
-    for boxes in actor_boxes:
-      gt_frames = np.flatnonzero(~np.isnan(boxes).any(axis=1))
-      self._gt_video.append(np.full(len(gt_frames), v, np.int32))
-      self._gt_frame.append(gt_frames.astype(np.int32))
-      self._gt_box.append(boxes[gt_frames])
-      gt_tube = metrics.make_tube(boxes)
-      if gt_tube is not None:
-        self._gt_tubes.append((v, gt_tube))
+      actor_boxes = metrics.mask_boxes(gt_masks)[0][None]
+    gt_frames = [np.flatnonzero(~np.isnan(boxes).any(axis=1)) for boxes in actor_boxes]
+    gt_tubes = [tb for tb in map(metrics.make_tube, actor_boxes) if tb is not None]
 
-    row = {"video_id": vid, "label": label, "pred": pred_label,
-           "capsule_video_iou": video_iou, "gt_frames": int(counted.sum()),
-           "pred_frames": int(len(frames))}
-    self._rows.append(row)
-    return row
+    self.frame_ap.add(
+        vid, label, np.tile(frames, len(top)), np.repeat(top, len(frames)),
+        np.concatenate([float(class_probs[c]) * mask_mean for c in top]),
+        np.tile(pred_boxes[frames], (len(top), 1)), _concat(gt_frames, np.int64),
+        _concat([boxes[f] for boxes, f in zip(actor_boxes, gt_frames)], np.float32, (0, 4)))
+    self.video_ap.add(vid, label, tube_dets, gt_tubes)
+    return {"video_id": vid, "label": label, "pred": pred_label, "capsule_video_iou": video_iou,
+            "gt_frames": int(counted.sum()), "pred_frames": int(len(frames))}
 
   def merge(self, other: "Evaluator") -> "Evaluator":
-    """Adds everything ``other`` accumulated (e.g. from another host); returns self."""
-    if (other.num_classes, other.capsule_thresholds) != (self.num_classes, self.capsule_thresholds):
-      raise ValueError("cannot merge evaluators with different classes or thresholds")
-    dup = self._id_set & other._id_set
+    """A new evaluator holding this one's videos, then ``other``'s (e.g. another process's)."""
+    if (other.num_classes, other.class_names) != (self.num_classes, self.class_names):
+      raise ValueError("cannot merge evaluators with different classes")
+    dup = self._video_ids & other._video_ids
     if dup:
       raise ValueError(f"videos {sorted(dup)[:3]} are in both evaluators")
-    off = len(self._video_ids)
-    self._video_ids += other._video_ids
-    self._id_set.update(other._id_set)
-    self._labels += other._labels
-    self._rows += other._rows
-    self.confusion += other.confusion
-    self._cap_frame_hits += other._cap_frame_hits
-    self._cap_frames += other._cap_frames
-    self._cap_video_hits += other._cap_video_hits
-    self._cap_videos += other._cap_videos
-    self._det_video += [a + off for a in other._det_video]
-    self._det_frame += other._det_frame
-    self._det_class += other._det_class
-    self._det_score += other._det_score
-    self._det_box += other._det_box
-    self._gt_video += [a + off for a in other._gt_video]
-    self._gt_frame += other._gt_frame
-    self._gt_box += other._gt_box
-    self._tubes += [(v + off, c, s, tb) for v, c, s, tb in other._tubes]
-    self._gt_tubes += [(v + off, tb) for v, tb in other._gt_tubes]
-    return self
+    merged = copy.copy(self)
+    merged._video_ids = self._video_ids | other._video_ids
+    merged.confusion = self.confusion.merge(other.confusion)
+    merged.capsule = self.capsule.merge(other.capsule)
+    merged.frame_ap = self.frame_ap.merge(other.frame_ap)
+    merged.video_ap = self.video_ap.merge(other.video_ap)
+    return merged
 
   # ---------------------------------------------------------------- results
-  def _video_rank(self) -> np.ndarray:
-    """Rank of each video id in string order (order-independent tie-break)."""
-    order = sorted(range(len(self._video_ids)), key=self._video_ids.__getitem__)
-    rank = np.empty(len(order), np.int64)
-    rank[order] = np.arange(len(order))
-    return rank
-
-  def _frame_ap(self) -> np.ndarray:
-    """``(C, len(frame_thresholds))`` frame-AP, NaN for classes without ground truth."""
-    labels = np.asarray(self._labels, np.int64)
-    cat = lambda xs, dt, shape=(0,): np.concatenate(xs).astype(dt) if xs else np.zeros(shape, dt)
-    det_v, det_f = cat(self._det_video, np.int64), cat(self._det_frame, np.int64)
-    det_c, det_s = cat(self._det_class, np.int64), cat(self._det_score, np.float64)
-    det_b = cat(self._det_box, np.float64, (0, 4))
-    gt_v, gt_f = cat(self._gt_video, np.int64), cat(self._gt_frame, np.int64)
-    gt_b = cat(self._gt_box, np.float64, (0, 4))
-    gt_c = labels[gt_v]
-    rank = self._video_rank()
-    out = np.full((self.num_classes, len(self.frame_thresholds)), np.nan)
-    for cls in range(self.num_classes):
-      g = gt_c == cls
-      if not g.any():
-        continue
-      d = det_c == cls
-      order = metrics.ranking(det_s[d], rank[det_v[d]], det_f[d])
-      out[cls] = metrics.frame_ap(np.stack([det_v[d], det_f[d]], 1), det_s[d], det_b[d],
-                                  np.stack([gt_v[g], gt_f[g]], 1), gt_b[g], self.frame_thresholds,
-                                  order)
-    return out
-
-  def _video_ap(self) -> np.ndarray:
-    """``(C, len(video_thresholds))`` video-AP, NaN for classes without ground-truth tubes."""
-    labels = np.asarray(self._labels, np.int64)
-    rank = self._video_rank()
-    out = np.full((self.num_classes, len(self.video_thresholds)), np.nan)
-    for cls in range(self.num_classes):
-      gts = [(v, tube) for v, tube in self._gt_tubes if labels[v] == cls]
-      if not gts:
-        continue
-      dets = [(v, s, tube) for v, c, s, tube in self._tubes if c == cls]
-      det_v = np.array([v for v, _, _ in dets], np.int64)
-      det_s = np.array([s for _, s, _ in dets], np.float64)
-      order = metrics.ranking(det_s, rank[det_v])
-      out[cls] = metrics.video_ap(det_v, det_s, [t for _, _, t in dets], [v for v, _ in gts],
-                                  [t for _, t in gts], self.video_thresholds, order)
-    return out
-
   def result(self) -> dict:
     """The report as a JSON-able dict.
 
@@ -287,102 +444,55 @@ class Evaluator:
     ``excluded_classes`` (no test videos), ``num_videos``, ``num_frames_counted``. A mean over no
     class is None.
     """
-    c = self.num_classes
-    videos_per_class = self.confusion.sum(axis=1)
+    confusion = self.confusion.compute()
+    videos_per_class = confusion["videos"]
     present = videos_per_class > 0
-    n = int(videos_per_class.sum())
-    res: dict = {"num_videos": n, "num_frames_counted": int(self._cap_frames.sum())}
-    res["accuracy"] = float(np.trace(self.confusion) / n) if n else None
-    with np.errstate(invalid="ignore", divide="ignore"):
-      cap_f = self._cap_frame_hits / self._cap_frames[:, None]  # NaN where no frames.
-      cap_v = self._cap_video_hits / self._cap_videos[:, None]
-    frame_ap = self._frame_ap()
-    video_ap = self._video_ap()
+    cap_f, cap_v = self.capsule.compute()
+    frame_ap, video_ap = self.frame_ap.compute(), self.video_ap.compute()
+    capsule_thresholds = self.capsule.thresholds
+    frame_thresholds, video_thresholds = self.frame_ap.thresholds, self.video_ap.thresholds
+    res: dict = {"num_videos": int(videos_per_class.sum()),
+                 "num_frames_counted": int(self.capsule.frames.sum()),
+                 "accuracy": confusion["accuracy"]}
 
     def class_mean(values: np.ndarray) -> float | None:
       values = values[present & ~np.isnan(values)]
       return float(values.mean()) if len(values) else None
 
-    reported = sorted(set(self.video_thresholds) | set(self.frame_thresholds))
+    def or_none(x: float) -> float | None:
+      return None if math.isnan(x) else float(x)
+
+    reported = sorted(set(video_thresholds) | set(frame_thresholds))
     for thr in reported:
-      k = self.capsule_thresholds.index(thr)
+      k = capsule_thresholds.index(thr)
       res[f"capsule/f-mAP@{_fmt_thr(thr)}"] = class_mean(cap_f[:, k])
       res[f"capsule/v-mAP@{_fmt_thr(thr)}"] = class_mean(cap_v[:, k])
-    for j, thr in enumerate(self.frame_thresholds):
+    for j, thr in enumerate(frame_thresholds):
       res[f"detection/f-mAP@{_fmt_thr(thr)}"] = class_mean(frame_ap[:, j])
-    for j, thr in enumerate(self.video_thresholds):
+    for j, thr in enumerate(video_thresholds):
       res[f"detection/v-mAP@{_fmt_thr(thr)}"] = class_mean(video_ap[:, j])
     res["capsule/curve"] = {
-        "thresholds": list(self.capsule_thresholds),
-        "f-mAP": [class_mean(cap_f[:, k]) for k in range(len(self.capsule_thresholds))],
-        "v-mAP": [class_mean(cap_v[:, k]) for k in range(len(self.capsule_thresholds))],
+        "thresholds": list(capsule_thresholds),
+        "f-mAP": [class_mean(cap_f[:, k]) for k in range(len(capsule_thresholds))],
+        "v-mAP": [class_mean(cap_v[:, k]) for k in range(len(capsule_thresholds))],
     }
-    nan_to_none = lambda x: None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
     per_class = []
-    for cls in range(c):
+    for cls in range(self.num_classes):
       row = {"class": self.class_names[cls], "videos": int(videos_per_class[cls]),
-             "accuracy": (float(self.confusion[cls, cls] / videos_per_class[cls])
-                          if present[cls] else None),
-             "gt_frames": int(self._cap_frames[cls])}
+             "accuracy": or_none(confusion["class_accuracy"][cls]),
+             "gt_frames": int(self.capsule.frames[cls])}
       for thr in reported:
-        k = self.capsule_thresholds.index(thr)
-        row[f"capsule/frame_hit@{_fmt_thr(thr)}"] = nan_to_none(cap_f[cls, k])
-        row[f"capsule/video_hit@{_fmt_thr(thr)}"] = nan_to_none(cap_v[cls, k])
-      for j, thr in enumerate(self.frame_thresholds):
-        row[f"detection/frame_AP@{_fmt_thr(thr)}"] = nan_to_none(frame_ap[cls, j])
-      for j, thr in enumerate(self.video_thresholds):
-        row[f"detection/video_AP@{_fmt_thr(thr)}"] = nan_to_none(video_ap[cls, j])
+        k = capsule_thresholds.index(thr)
+        row[f"capsule/frame_hit@{_fmt_thr(thr)}"] = or_none(cap_f[cls, k])
+        row[f"capsule/video_hit@{_fmt_thr(thr)}"] = or_none(cap_v[cls, k])
+      for j, thr in enumerate(frame_thresholds):
+        row[f"detection/frame_AP@{_fmt_thr(thr)}"] = or_none(frame_ap[cls, j])
+      for j, thr in enumerate(video_thresholds):
+        row[f"detection/video_AP@{_fmt_thr(thr)}"] = or_none(video_ap[cls, j])
       per_class.append(row)
     res["per_class"] = per_class
-    res["confusion_matrix"] = self.confusion.tolist()
+    res["confusion_matrix"] = self.confusion.counts.tolist()
     res["class_names"] = list(self.class_names)
-    res["excluded_classes"] = [self.class_names[i] for i in range(c) if not present[i]]
+    res["excluded_classes"] = [self.class_names[i] for i in range(self.num_classes)
+                               if not present[i]]
     return res
-
-  def markdown(self, result: dict | None = None) -> str:
-    """The report as Markdown: summary, per-class table, confusion matrix."""
-    return to_markdown(self.result() if result is None else result)
-
-
-def _cell(x) -> str:
-  if x is None:
-    return "-"
-  if isinstance(x, float):
-    return f"{100 * x:.1f}"
-  return str(x)
-
-
-def to_markdown(res: dict) -> str:
-  """Markdown of an :meth:`Evaluator.result` dict (percentages with one decimal)."""
-  lines = [f"**Videos:** {res['num_videos']}  **Frames with ground truth:** "
-           f"{res['num_frames_counted']}  **Accuracy:** {_cell(res['accuracy'])}%", ""]
-  metric_keys = [k for k in res if k.startswith(("capsule/f-mAP@", "capsule/v-mAP@", "detection/"))]
-  thresholds = sorted({float(k.split("@")[1]) for k in metric_keys})
-  lines.append("| metric (%) | " + " | ".join(f"@{_fmt_thr(t)}" for t in thresholds) + " |")
-  lines.append("|---|" + "---|" * len(thresholds))
-  for name in ("capsule/f-mAP", "capsule/v-mAP", "detection/f-mAP", "detection/v-mAP"):
-    lines.append(f"| {name} | " + " | ".join(
-        _cell(res.get(f"{name}@{_fmt_thr(t)}")) for t in thresholds) + " |")
-  lines.append("")
-  lines.append("capsule = hit rate of frame/video mask IoU (VideoCapsuleNet/CLAUS tables); "
-               "detection = ACT frame-AP / video-AP of mask-derived boxes.")
-  if res["excluded_classes"]:
-    lines.append("")
-    lines.append("Excluded from the means (no test videos): " + ", ".join(res["excluded_classes"]))
-  lines.append("")
-  per_class = res["per_class"]
-  cols = [k for k in per_class[0] if k != "class"] if per_class else []
-  lines.append("| class | " + " | ".join(cols) + " |")
-  lines.append("|---|" + "---|" * len(cols))
-  for row in per_class:
-    lines.append(f"| {row['class']} | " + " | ".join(
-        str(row[k]) if k in ("videos", "gt_frames") else _cell(row[k]) for k in cols) + " |")
-  lines.append("")
-  names = res["class_names"]
-  lines.append("Confusion matrix (rows: ground truth, columns: predicted)")
-  lines.append("")
-  lines.append("| gt \\ pred | " + " | ".join(str(i) for i in range(len(names))) + " |")
-  lines.append("|---|" + "---|" * len(names))
-  for i, row in enumerate(res["confusion_matrix"]):
-    lines.append(f"| {i} {names[i]} | " + " | ".join(str(x) for x in row) + " |")
-  return "\n".join(lines) + "\n"

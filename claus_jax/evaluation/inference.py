@@ -107,14 +107,14 @@ def make_predict_fn(model, variables, devices=None, input_range=(-1.0, 1.0)) -> 
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from jax.sharding import Mesh, NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
+
+  from claus_jax import parallel  # pylint: disable=g-import-not-at-top
 
   devices = list(jax.local_devices() if devices is None else devices)
   num_devices = len(devices)
   if any(isinstance(x, jax.Array) and not x.is_fully_addressable
          for x in jax.tree.leaves(variables)):
     # A multi-process run's global (replicated) state: each process evaluates on its own devices.
-    from claus_jax import parallel  # pylint: disable=g-import-not-at-top
     variables = parallel.host_local_copy(variables)
 
   def forward(variables, video):
@@ -122,9 +122,8 @@ def make_predict_fn(model, variables, devices=None, input_range=(-1.0, 1.0)) -> 
     return out["seg_logits"].astype(jnp.float32), out["class_probs"].astype(jnp.float32)
 
   if num_devices > 1:
-    mesh = Mesh(np.asarray(devices), ("data",))
-    data = NamedSharding(mesh, PartitionSpec("data"))
-    replicated = NamedSharding(mesh, PartitionSpec())
+    mesh = parallel.make_mesh(devices)
+    data, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
     variables = jax.device_put(variables, replicated)
     jitted = jax.jit(forward, in_shardings=(replicated, data), out_shardings=(data, data))
   else:
