@@ -248,19 +248,25 @@ def bench_train(config: ml_collections.ConfigDict) -> dict:
 # ------------------------------------------------------------------------------------ uncertainty
 
 
+def synthetic_lengths(config: ml_collections.ConfigDict, num_videos: int, seed: int = 0
+                      ) -> np.ndarray:
+  """``(num_videos,)`` frame counts of :func:`synthetic_records` (known before any video is made),
+  drawn from ``[data.synthetic.min_frames, max_frames]``."""
+  syn = config.data.synthetic
+  return np.random.default_rng([seed, 0]).integers(syn.min_frames, syn.max_frames + 1, num_videos)
+
+
 def synthetic_records(config: ml_collections.ConfigDict, num_videos: int, seed: int = 0):
   """Yields ``num_videos`` VideoRecords of the synthetic dataset's size (random pixels, no labels).
 
-  Lengths are drawn from ``[data.synthetic.min_frames, max_frames]``, frames are
-  ``(T, frame_size, frame_size, 3) uint8``; made one at a time so the pool never sits in memory.
+  Lengths are :func:`synthetic_lengths`, frames are ``(T, frame_size, frame_size, 3) uint8``; made
+  one at a time so the pool never sits in memory.
   """
   from claus_jax.data.record import VideoRecord
 
-  syn = config.data.synthetic
   size = config.data.frame_size
-  rng = np.random.default_rng(seed)
-  for i in range(num_videos):
-    t = int(rng.integers(syn.min_frames, syn.max_frames + 1))
+  rng = np.random.default_rng([seed, 1])
+  for i, t in enumerate(int(t) for t in synthetic_lengths(config, num_videos, seed)):
     frames = rng.integers(0, 256, (t, size, size, 3), dtype=np.uint8)
     yield VideoRecord(f"v{i:05d}", f"g{i:05d}", 0, frames, np.zeros((t, size, size), np.uint8),
                       np.full((1, t, 4), np.nan, np.float32), np.zeros(t, bool), (0, t))
@@ -310,7 +316,9 @@ def pool_memory(config: ml_collections.ConfigDict, num_videos: int, batch: int) 
   key = jax.random.key_data(jax.random.key(1))
   scorer.score_videos(synthetic_records(config, 1, seed=1), [0], key)  # Compile.
   t0 = time.perf_counter()
-  results = scorer.score_videos(synthetic_records(config, num_videos), range(num_videos), key)
+  # With the frame counts the scorer plans the pool up front and reads one video at a time.
+  results = scorer.score_videos(synthetic_records(config, num_videos), range(num_videos), key,
+                                num_frames=synthetic_lengths(config, num_videos))
   seconds = time.perf_counter() - t0
   try:
     stats = jax.devices()[0].memory_stats() or {}

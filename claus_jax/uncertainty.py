@@ -197,11 +197,76 @@ class VideoScores:
     return self.frame_scores[r - 1, threshold_index]
 
 
+@dataclasses.dataclass(frozen=True)
+class ScorePlan:
+  """Every (video, clip) item of a list of videos, in order, cut into batches of one size.
+
+  Made from the frame counts alone, before any video is read, so every process can make every
+  process's plan.
+
+  Attributes:
+    layouts: the clip layout of each of the V videos.
+    video: ``(M, B) int32`` the video of each batch slot; -1 throughout a padding batch.
+    clip: ``(M, B) int32`` the clip of that video.
+    valid: ``(M, B) bool`` the slot holds a real item; the padding slots of the last real batch
+      repeat its last item (``tiling.batch_indices``), a padding batch holds none.
+    last_batch: ``(V,) int64`` the batch holding each video's last clip.
+  """
+
+  layouts: tuple[tiling.ClipLayout, ...]
+  video: np.ndarray
+  clip: np.ndarray
+  valid: np.ndarray
+  last_batch: np.ndarray
+
+  @property
+  def num_videos(self) -> int:
+    return len(self.layouts)
+
+  @property
+  def num_batches(self) -> int:
+    return int(self.video.shape[0])
+
+
+def score_plan(layouts: Sequence[tiling.ClipLayout], batch_size: int,
+               num_batches: int | None = None) -> ScorePlan:
+  """The plan that scores the clips of ``layouts`` in batches of ``batch_size``.
+
+  Args:
+    layouts: one clip layout per video, in scoring order.
+    batch_size: B, items per batch.
+    num_batches: pad the plan with padding batches to this many (the most any process needs, so
+      that every process makes the same number of device calls); None = as many as it needs.
+  """
+  layouts = tuple(layouts)
+  counts = np.asarray([layout.num_clips for layout in layouts], np.int64)
+  video_of = np.repeat(np.arange(len(layouts), dtype=np.int32), counts)
+  clip_of = (np.concatenate([np.arange(n, dtype=np.int32) for n in counts]) if len(layouts)
+             else np.zeros(0, np.int32))
+  idx, valid = tiling.batch_indices(len(video_of), batch_size)
+  video, clip = video_of[idx], clip_of[idx]
+  extra = (idx.shape[0] if num_batches is None else num_batches) - idx.shape[0]
+  if extra < 0:
+    raise ValueError(f"the plan needs {idx.shape[0]} batches of {batch_size}, more than "
+                     f"num_batches={num_batches}.")
+  video = np.concatenate([video, np.full((extra, batch_size), -1, np.int32)])
+  clip = np.concatenate([clip, np.full((extra, batch_size), -1, np.int32)])
+  valid = np.concatenate([valid, np.zeros((extra, batch_size), bool)])
+  return ScorePlan(layouts=layouts, video=video, clip=clip, valid=valid,
+                   last_batch=(np.cumsum(counts) - 1) // batch_size)
+
+
+def _take_rows(tree, rows: np.ndarray):
+  """``tree``'s leaves at the rows where ``rows`` (a bool mask of the leading axis) is True."""
+  return jax.tree.map(lambda x: x[rows], tree)
+
+
 class Scorer:
   """Scores whole videos with the shared-encoder MC-dropout scorer, sharded over a mesh.
 
-  Clips of consecutive videos are packed into fixed-size batches (``clip_chunk`` clips, padded to a
-  multiple of the mesh size), so every device call has one static shape and peak memory does not
+  The (video, clip) items of all videos are planned up front from their frame counts
+  (:class:`ScorePlan`) and cut into fixed-size batches (``clip_chunk`` clips, padded to a multiple
+  of the mesh size), so every device call has one static shape and peak memory does not
   depend on the pool size.
   """
 
@@ -228,15 +293,28 @@ class Scorer:
     return tiling.named_layout(self.layout_name, num_frames, self.clip_length,
                                interleave=self.layout_name != "skip2")
 
+  def plan(self, num_frames: Sequence[int], batch_size: int | None = None,
+           num_batches: int | None = None) -> ScorePlan:
+    """The :class:`ScorePlan` of videos of ``num_frames`` frames, in this scorer's clip layout."""
+    return score_plan([self.layout(int(t)) for t in num_frames], batch_size or self.batch_size,
+                      num_batches)
+
   def score_videos(self, records, uids: Sequence[int], key: jax.Array,
-                   progress: Callable[[int], None] | None = None) -> list[VideoScores]:
-    """Scores ``records`` (an iterable of VideoRecord); ``uids`` are stable ids for their keys.
+                   progress: Callable[[int], None] | None = None,
+                   num_frames: Sequence[int] | None = None) -> list[VideoScores]:
+    """Scores ``records`` (VideoRecords); ``uids`` are stable ids for their keys.
+
+    With ``num_frames`` (the records' frame counts, known without decoding) the records are read
+    one at a time, as the batches reach them, so memory does not grow with their number. Without it
+    the frame counts are read from the records, which are all held in memory first.
 
     Every process scores the records it is given; in a multi-process run use :meth:`score_pool`.
     """
-    def call(video, keys):
-      return jax.device_get(self._fn(self.variables, video, keys))
-    return self._score_stream(records, uids, key, progress, self.batch_size, call)
+    if num_frames is None:
+      records = list(records)
+      num_frames = [r.num_frames for r in records]
+    plan = self.plan(num_frames)
+    return self._run(plan, records, list(uids), key, self.batch_size, progress)
 
   def score_pool(self, source, video_ids: Sequence[str], num_frames: Sequence[int], key: jax.Array,
                  uids: Sequence[int] | None = None,
@@ -245,8 +323,8 @@ class Scorer:
 
     Process p reads only ``source[i]`` for ``i`` in ``parallel.process_slice(n, p)`` and feeds its
     clips as its rows of each global batch (``batch_size / process_count`` per call), on the global
-    mesh. Processes whose videos have fewer clips make padding calls, so that all make the same
-    number of device calls (computed from ``num_frames`` on every process, without communication).
+    mesh. Every process builds every process's plan from ``num_frames`` (no communication) and pads
+    its own with empty batches to the longest one, so all make the same number of device calls.
     The per-video results are then all-gathered. With one process this is :meth:`score_videos`.
 
     Args:
@@ -257,31 +335,22 @@ class Scorer:
     """
     n = len(video_ids)
     uids = list(range(n) if uids is None else uids)
-    if jax.process_count() == 1:
-      return self.score_videos((source[i] for i in range(n)), uids, key, progress)
     pc = jax.process_count()
     if self.batch_size % pc:
       raise ValueError(f"scoring batch {self.batch_size} does not split over {pc} processes.")
     local_batch = self.batch_size // pc
-
-    def calls_of(p):
-      sl = parallel.process_slice(n, p)
-      clips = sum(self.layout(int(num_frames[i])).num_clips for i in range(sl.start, sl.stop))
-      return -(-clips // local_batch)
-
-    calls = max(calls_of(p) for p in range(pc))
+    layouts = [self.layout(int(t)) for t in num_frames]
+    calls = max(score_plan(layouts[parallel.process_slice(n, p)], local_batch).num_batches
+                for p in range(pc))
     mine = parallel.process_slice(n)
-
-    def call(video, keys):
-      out = self._fn(self.variables, parallel.shard_batch(video, self.mesh),
-                     parallel.shard_batch(keys, self.mesh))
-      return jax.tree.map(parallel.local_part, out)
-
-    local = self._score_stream((source[i] for i in range(mine.start, mine.stop)),
-                               uids[mine], key, progress, local_batch, call, min_calls=calls)
+    plan = score_plan(layouts[mine], local_batch, num_batches=calls)
+    local = self._run(plan, (source[i] for i in range(mine.start, mine.stop)), uids[mine], key,
+                      local_batch, progress)
     for res, i in zip(local, range(mine.start, mine.stop)):
       if res.video_id != video_ids[i]:
         raise ValueError(f"source[{i}] is {res.video_id!r}, video_ids[{i}] is {video_ids[i]!r}.")
+    if pc == 1:
+      return local
     return self._allgather_videos(local, video_ids, num_frames)
 
   def _allgather_videos(self, local: list[VideoScores], video_ids, num_frames) -> list[VideoScores]:
@@ -311,74 +380,53 @@ class Scorer:
                              latent=every["latent"][i], class_probs=every["class_probs"][i]))
     return out
 
-  def _score_stream(self, records, uids, key, progress, batch_size: int, call,
-                    min_calls: int = 0) -> list[VideoScores]:
-    """Packs the clips of ``records`` into batches of ``batch_size``; ``call(video, keys)`` runs
-    one batch and returns its host outputs. At least ``min_calls`` calls are made (padding ones at
-    the end), so that processes stay in step."""
+  def _call(self, video: np.ndarray, keys: np.ndarray) -> dict:
+    """One device call on this process's rows of a global batch; returns its rows of the outputs."""
+    out = self._fn(self.variables, parallel.shard_batch(video, self.mesh),
+                   parallel.shard_batch(keys, self.mesh))
+    return jax.tree.map(parallel.local_part, out)
+
+  def _run(self, plan: ScorePlan, records, uids: Sequence[int], key: jax.Array, batch_size: int,
+           progress: Callable[[int], None] | None) -> list[VideoScores]:
+    """Runs ``plan``, one device call per batch, and splits the outputs back per video.
+
+    ``records`` are the plan's videos in order; each is read when the first batch holding one of
+    its clips comes up and dropped once the batch holding its last clip has run.
+    """
+    records = iter(records)
+    if len(uids) != plan.num_videos:
+      raise ValueError(f"{len(uids)} uids for a plan of {plan.num_videos} videos.")
+    reading: dict[int, tuple] = {}  # video -> (record, (N, 2) clip keys), read and not finished
+    outputs: dict[int, list[dict]] = {}  # video -> its rows of each batch's outputs so far
     results: list[VideoScores] = []
-    made = [0]
-    frame_shape = [None]
-    pending: list = []  # (video slot, clip ids, frames, keys)
-    outputs: dict[int, list] = {}
-    meta: list = []
-
-    def flush(final=False):
-      while pending and (final or sum(len(p[1]) for p in pending) >= batch_size):
-        clips, keys, owners = [], [], []
-        room = batch_size
-        while pending and room:
-          slot, ids, frames, kk = pending[0]
-          n = min(room, len(ids))
-          clips.append(frames[:n]); keys.append(kk[:n]); owners.append((slot, n))
-          if n == len(ids):
-            pending.pop(0)
-          else:
-            pending[0] = (slot, ids[n:], frames[n:], kk[n:])
-          room -= n
-        video = np.concatenate(clips)
-        kk = np.concatenate(keys)
-        real = video.shape[0]
-        if real < batch_size:
-          video = tiling.pad_batch(video, batch_size)
-          kk = tiling.pad_batch(kk, batch_size)
-        out = call(video, kk)
-        made[0] += 1
-        start = 0
-        for slot, n in owners:
-          outputs.setdefault(slot, []).append(jax.tree.map(
-              lambda x, s=start, n=n: x[s:s + n], out))
-          start += n
-        _finish_ready()
-
-    def _finish_ready():
-      while meta and meta[0][0] not in {p[0] for p in pending}:
-        slot, record, layout = meta[0]
-        if slot not in outputs:
-          break
-        parts = outputs.pop(slot)
-        merged = jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
-        results.append(self._to_video(record, layout, merged))
-        meta.pop(0)
+    size = int(self.config.data.frame_size)
+    frame_shape = (size, size, 3)  # Of the padding batches: that of the videos read, if any.
+    for m in range(plan.num_batches):
+      videos, clips, valid = plan.video[m], plan.clip[m], plan.valid[m]
+      for v in range(len(results) + len(reading), int(videos.max()) + 1):
+        record, layout = next(records), plan.layouts[v]
+        if record.num_frames != layout.num_frames:
+          raise ValueError(f"video {record.video_id!r} has {record.num_frames} frames; the plan "
+                           f"was made for {layout.num_frames}.")
+        reading[v] = (record, clip_keys(key, int(uids[v]), np.arange(layout.num_clips)))
+        frame_shape = record.frames.shape[1:]
+      if videos[0] < 0:  # A padding batch: this process has no clip left.
+        video = np.zeros((batch_size, self.clip_length) + tuple(frame_shape), np.uint8)
+        keys = np.zeros((batch_size, 2), np.uint32)
+      else:  # Padding slots repeat the batch's last real clip (tiling.batch_indices).
+        groups = [(v, clips[videos == v]) for v in np.unique(videos)]
+        video = np.concatenate([tiling.gather_clips(reading[v][0].frames, plan.layouts[v], ids)
+                                for v, ids in groups])
+        keys = np.concatenate([reading[v][1][ids] for v, ids in groups])
+      out = self._call(video, keys)
+      for v in np.unique(videos[valid]):
+        outputs.setdefault(int(v), []).append(_take_rows(out, valid & (videos == v)))
+      for v in np.flatnonzero(plan.last_batch == m):
+        record, _ = reading.pop(int(v))
+        merged = jax.tree.map(lambda *xs: np.concatenate(xs), *outputs.pop(int(v)))
+        results.append(self._to_video(record, plan.layouts[v], merged))
         if progress is not None:
           progress(1)
-
-    for slot, (record, uid) in enumerate(zip(records, uids)):
-      layout = self.layout(record.num_frames)
-      ids = np.arange(layout.num_clips)
-      meta.append((slot, record, layout))
-      pending.append((slot, ids, tiling.gather_clips(record.frames, layout),
-                      clip_keys(key, int(uid), ids)))
-      frame_shape[0] = record.frames.shape[1:]
-      flush()
-    flush(final=True)
-    if made[0] < min_calls:
-      size = int(self.config.data.frame_size)
-      shape = frame_shape[0] or (size, size, 3)
-      video = np.zeros((batch_size, self.clip_length) + tuple(shape), np.uint8)
-      kk = np.zeros((batch_size, 2), np.uint32)
-      for _ in range(min_calls - made[0]):
-        call(video, kk)  # Keeps this process in step with the others' collective calls.
     return results
 
   def _to_video(self, record, layout, out) -> VideoScores:

@@ -112,8 +112,23 @@ def test_scorer_scores_every_frame_independently_of_batching(setup):
   key = jax.random.PRNGKey(3)
   s1 = uncertainty.Scorer(model, variables, config, batch_size=1).score_videos(
       records, [0, 1, 2], key)
-  s3 = uncertainty.Scorer(model, variables, config, batch_size=3).score_videos(
-      records, [0, 1, 2], key)
+  scorer3 = uncertainty.Scorer(model, variables, config, batch_size=3)
+  s3 = scorer3.score_videos(records, [0, 1, 2], key)
+  # Streamed from the frame counts: a video is read when the plan reaches it. Clips a0 a1 b0 | c0
+  # c1 c2: a and b are done after the first batch, before c is read.
+  read, read_when_done = [], []
+
+  def stream():
+    for r in records:
+      read.append(r.video_id)
+      yield r
+
+  streamed = scorer3.score_videos(stream(), [0, 1, 2], key, num_frames=[21, 5, 40],
+                                  progress=lambda n: read_when_done.append(len(read)))
+  assert read_when_done == [2, 2, 3]
+  for a, b in zip(s3, streamed):
+    np.testing.assert_array_equal(a.frame_scores, b.frame_scores)
+    np.testing.assert_array_equal(a.latent, b.latent)
   alone = uncertainty.Scorer(model, variables, config, batch_size=2).score_videos(
       records[2:], [2], key)
   assert [s.video_id for s in s3] == ["a", "b", "c"]
@@ -125,6 +140,25 @@ def test_scorer_scores_every_frame_independently_of_batching(setup):
   # skip2 reference layout: one clip per 16 frames, each output repeated for the skipped frame.
   t = s3[0].frame_scores
   np.testing.assert_array_equal(t[..., 0::2][..., :10], t[..., 1::2][..., :10])
+
+
+def test_score_plan_cuts_the_flat_clip_list_into_fixed_batches():
+  from claus_jax import tiling
+  # 2, 1 and 3 clips (one clip per 16 frames).
+  layouts = [tiling.named_layout("skip2", t, interleave=False) for t in (21, 5, 40)]
+  plan = uncertainty.score_plan(layouts, 4)
+  np.testing.assert_array_equal(plan.video, [[0, 0, 1, 2], [2, 2, 2, 2]])
+  np.testing.assert_array_equal(plan.clip, [[0, 1, 0, 0], [1, 2, 2, 2]])  # padding repeats c2
+  np.testing.assert_array_equal(plan.valid, [[1, 1, 1, 1], [1, 1, 0, 0]])
+  np.testing.assert_array_equal(plan.last_batch, [0, 0, 1])
+  # Padded to the calls of a longer process: empty batches (video -1), nothing valid in them.
+  padded = uncertainty.score_plan(layouts, 4, num_batches=4)
+  assert padded.num_batches == 4 and not padded.valid[2:].any() and (padded.video[2:] == -1).all()
+  np.testing.assert_array_equal(padded.video[:2], plan.video)
+  empty = uncertainty.score_plan([], 4, num_batches=2)  # A process without videos still calls.
+  assert empty.num_batches == 2 and empty.num_videos == 0
+  with pytest.raises(ValueError, match="needs 2 batches"):
+    uncertainty.score_plan(layouts, 4, num_batches=1)
 
 
 _SHARDED = r"""
