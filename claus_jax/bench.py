@@ -102,8 +102,7 @@ def bench_model(config: ml_collections.ConfigDict) -> dict:
   size = config.data.frame_size
   video = jax.random.uniform(jax.random.key(0), (batch, config.model.clip_length, size, size, 3),
                              minval=-1.0, maxval=1.0)
-  variables = jax.jit(lambda k: model.init({"params": k, "dropout": k}, video, train=False))(
-      jax.random.key(config.seed))
+  variables = models.init_variables(model, config, jax.random.key(config.seed))
   params = count_params(variables["params"])
 
   def forward(v, x):
@@ -272,13 +271,6 @@ def synthetic_records(config: ml_collections.ConfigDict, num_videos: int, seed: 
                       np.full((1, t, 4), np.nan, np.float32), np.zeros(t, bool), (0, t))
 
 
-def _init_variables(model, config, batch: int = 1):
-  size = config.data.frame_size
-  dummy = jnp.zeros((batch, config.model.clip_length, size, size, 3), jnp.float32)
-  return jax.jit(lambda k: model.init({"params": k, "dropout": k}, dummy, train=False))(
-      jax.random.key(config.seed))
-
-
 def peak_rss_mb() -> float:
   """This process's peak resident set size in MB.
 
@@ -311,7 +303,7 @@ def pool_memory(config: ml_collections.ConfigDict, num_videos: int, batch: int) 
   from claus_jax import uncertainty
 
   model = build_model(config)
-  variables = _init_variables(model, config)
+  variables = models.init_variables(model, config, jax.random.key(config.seed))
   scorer = uncertainty.Scorer(model, variables, config, batch_size=batch)
   key = jax.random.key_data(jax.random.key(1))
   scorer.score_videos(synthetic_records(config, 1, seed=1), [0], key)  # Compile.
@@ -378,7 +370,7 @@ def bench_uncertainty(config: ml_collections.ConfigDict) -> dict:
   size = config.data.frame_size
   video = jax.random.randint(jax.random.key(2), (batch, config.model.clip_length, size, size, 3),
                              0, 256).astype(jnp.uint8)
-  variables = _init_variables(model, config)
+  variables = models.init_variables(model, config, jax.random.key(config.seed))
   thresholds = (config.uncertainty.bg_threshold,) + tuple(
       t for t in config.uncertainty.sweep_thresholds if t != config.uncertainty.bg_threshold)
   keys = jnp.asarray(uncertainty.clip_keys(jax.random.key_data(jax.random.key(3)), 0,
@@ -490,7 +482,7 @@ def bench_chunks(config: ml_collections.ConfigDict) -> dict:
   model = build_model(config)
   passes = config.uncertainty.passes
   size = config.data.frame_size
-  variables = _init_variables(model, config)
+  variables = models.init_variables(model, config, jax.random.key(config.seed))
   thresholds = (config.uncertainty.bg_threshold,) + tuple(
       t for t in config.uncertainty.sweep_thresholds if t != config.uncertainty.bg_threshold)
   pass_chunks = sorted({uncertainty.pass_chunk_size(passes, int(p)) for p in _PASS_CHUNKS.value})

@@ -90,12 +90,9 @@ def create_state(config: ml_collections.ConfigDict, model, key: jax.Array,
       (and load the encoder from ``encoder_init``, else from ``config.model.encoder_init``, if set).
     encoder_init: an encoder_init directory (e.g. claus_jax.pretrain's cache).
   """
-  size = frame_size or config.data.frame_size
   init_key, state_key = jax.random.split(key)
   if variables is None:
-    dummy = jnp.zeros((1, config.model.clip_length, size, size, 3), jnp.float32)
-    variables = jax.jit(functools.partial(model.init, train=False))(
-        {"params": init_key, "dropout": init_key}, dummy)
+    variables = models.init_variables(model, config, init_key, frame_size)
     source = encoder_init or config.model.encoder_init
     if source and source != SCRATCH:
       variables = models.load_encoder_init(variables, source)

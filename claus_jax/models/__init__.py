@@ -11,6 +11,7 @@ Usage:
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -25,10 +26,10 @@ from claus_jax.models.capsules import ConvCapsules, PrimaryCapsules, em_routing
 from claus_jax.models.detector import CAPSULE_DIM, CLAUSDetector, Decoder, latent_dim
 from claus_jax.models.i3d import CONV_IMPLS, InceptionI3d
 
-__all__ = ["build_model", "preprocess", "input_range", "latent_dim", "CAPSULE_DIM",
-           "load_encoder_init", "save_encoder_variables", "count_params", "primary_kernel",
-           "CLAUSDetector", "InceptionI3d", "ConvCapsules", "PrimaryCapsules", "Decoder", "em_routing",
-           "ENCODER_VARIABLES_SUBDIR"]
+__all__ = ["build_model", "init_variables", "preprocess", "input_range", "latent_dim",
+           "CAPSULE_DIM", "load_encoder_init", "save_encoder_variables", "count_params",
+           "primary_kernel", "CLAUSDetector", "InceptionI3d", "ConvCapsules", "PrimaryCapsules",
+           "Decoder", "em_routing", "ENCODER_VARIABLES_SUBDIR"]
 
 ENCODER_VARIABLES_SUBDIR = "variables"  # Orbax tree inside an encoder_init directory.
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -65,6 +66,23 @@ def build_model(config: ml_collections.ConfigDict) -> CLAUSDetector:
                        conv_impl=m.conv_impl, seg_prior=m.seg_prior,
                        routing_cost_scale=m.routing_cost_scale, routing_sign=m.routing_sign,
                        routing=m.routing, init_scheme=m.init)
+
+
+def init_variables(model: CLAUSDetector, config: ml_collections.ConfigDict, key: jax.Array,
+                   frame_size: int | None = None) -> dict:
+  """Fresh ``{'params', 'batch_stats'}`` of ``model``: the jitted ``model.init`` on one blank clip.
+
+  The one way a run, a benchmark and a test start a detector.
+
+  Args:
+    model: from :func:`build_model`.
+    config: gives the clip length (``model.clip_length``) and, by default, the frame size.
+    key: the ``params`` and ``dropout`` key (raw uint32 or typed).
+    frame_size: side of the blank clip; None = ``config.data.frame_size``.
+  """
+  size = frame_size or config.data.frame_size
+  dummy = jnp.zeros((1, config.model.clip_length, size, size, 3), jnp.float32)
+  return jax.jit(functools.partial(model.init, train=False))({"params": key, "dropout": key}, dummy)
 
 
 def preprocess(video: jax.Array | np.ndarray, input_range=(-1.0, 1.0)) -> jax.Array:
