@@ -26,7 +26,6 @@ are defined here at module level.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import pickle
@@ -47,6 +46,7 @@ from ml_collections import config_flags
 
 from claus_jax import configlib
 from claus_jax import models
+from claus_jax import parallel
 from claus_jax.models import build_model, count_params
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variant]).")
@@ -187,8 +187,9 @@ def bench_train(config: ml_collections.ConfigDict) -> dict:
     consumer that never waits;
   * step: the jitted, donated :func:`claus_jax.train.train_step` on a batch already on the device
     (median of ``--repeats``);
-  * train: ``--steps`` steps fed by the prefetching pipeline, fetching the metrics every step as
-    :func:`claus_jax.train.fit` does (no checkpoints): what a run gets.
+  * train: ``--steps`` steps fed by the prefetching pipeline, fetching the metrics every
+    ``train.log_every`` steps and at the end, as :func:`claus_jax.train.fit` does (no
+    checkpoints): what a run gets.
   """
   from claus_jax import train as train_lib
   from claus_jax.data import clips as clips_lib
@@ -201,7 +202,7 @@ def bench_train(config: ml_collections.ConfigDict) -> dict:
   model = build_model(config)
   state = train_lib.create_state(config, model, jax.random.key_data(jax.random.key(config.seed)),
                                  len(dataset.train_index))
-  step_fn = jax.jit(functools.partial(train_lib.train_step, config=config), donate_argnums=(0,))
+  step_fn = train_lib.make_train_step(config, parallel.make_mesh(jax.local_devices()[:1]))
   epoch = jnp.asarray(0.0, jnp.float32)
   device_batch = jax.device_put(sampler.batch_at(0))
   t0 = time.perf_counter()
@@ -217,9 +218,14 @@ def bench_train(config: ml_collections.ConfigDict) -> dict:
   step_s = statistics.median(times)
 
   t0 = time.perf_counter()
-  for batch_np in sampler.iterate(1, steps):
+  window = []
+  for done, batch_np in enumerate(sampler.iterate(1, steps), start=1):
     state, metrics = step_fn(state, batch_np, epoch)
-    jax.device_get(metrics)
+    window.append(metrics)
+    if done % config.train.log_every == 0:
+      jax.device_get(window)
+      window = []
+  jax.device_get(window)  # The last window: fit fetches at the last step.
   train_s = time.perf_counter() - t0
 
   step_clips = batch / step_s

@@ -131,6 +131,19 @@ def train_step(state: TrainState, batch: dict, epoch: jax.Array, config) -> tupl
   return state, metrics
 
 
+def make_train_step(config: ml_collections.ConfigDict, mesh) -> Callable:
+  """:func:`train_step`, jitted for ``mesh`` with explicit shardings.
+
+  ``step(state, batch, epoch) -> (state, metrics)``: the state, the epoch and the metrics are
+  replicated over the mesh, the batch is split along its ``data`` axis, and the input state is
+  donated (its buffers become the new state's).
+  """
+  replicated = parallel.replicated(mesh)
+  return jax.jit(functools.partial(train_step, config=config),
+                 in_shardings=(replicated, parallel.batch_sharding(mesh), replicated),
+                 out_shardings=(replicated, replicated), donate_argnums=(0,))
+
+
 @dataclasses.dataclass
 class FitResult:
   state: TrainState
@@ -245,13 +258,29 @@ def recalibrate_batch_stats(state: TrainState, batches, momentum: float | None =
   return state.replace(batch_stats=jax.tree.map(lambda x: x / count, total))
 
 
-def _check_finite(metrics: dict, step: int) -> None:
-  bad = [k for k, v in metrics.items() if not np.isfinite(v)]
-  if bad:
-    raise NonFiniteLossError(
-        f"training step {step}: non-finite {', '.join(bad)} "
-        f"({', '.join(f'{k}={metrics[k]}' for k in bad)}); lower train.learning_rate, check the "
-        "input data, or try model.dtype='float32'.")
+def _fetch_checked(pending: list[tuple[int, dict]]) -> list[dict]:
+  """Host floats of the device metrics of ``pending`` ``(step, metrics)`` pairs, in one transfer.
+
+  Raises:
+    NonFiniteLossError: naming the first step with a NaN or inf part, and the parts.
+  """
+  fetched = jax.device_get([metrics for _, metrics in pending])
+  rows = []
+  for (step, _), metrics in zip(pending, fetched):
+    row = {k: float(v) for k, v in metrics.items()}
+    bad = [k for k, v in row.items() if not math.isfinite(v)]
+    if bad:
+      raise NonFiniteLossError(
+          f"training step {step}: non-finite {', '.join(bad)} "
+          f"({', '.join(f'{k}={row[k]}' for k in bad)}); lower train.learning_rate, check the "
+          "input data, or try model.dtype='float32'.")
+    rows.append(row)
+  return rows
+
+
+def _window_mean(rows: list[dict]) -> dict:
+  """The mean of each metric over the rows of a log window."""
+  return {k: float(np.mean([row[k] for row in rows])) for k in rows[0]}
 
 
 def fit(config: ml_collections.ConfigDict, state: TrainState, sampler, checkpoint_dir: str,
@@ -266,19 +295,23 @@ def fit(config: ml_collections.ConfigDict, state: TrainState, sampler, checkpoin
       length when ``train.epochs`` > 0).
     cluster_init: called once, at step ``cluster_start``, to initialise the centres from the model
       (k-means on the labelled videos' latents); its result is checkpointed with the state.
-    progress: ``progress(step, metrics)``, for bars and logs.
+    progress: ``progress(step, metrics)`` after every step, for bars and logs; ``metrics`` is the
+      history row of a log step, None at other steps.
     mesh: a ``data`` mesh to shard batches over (``config.train.data_parallel``); None = one device.
     history_path: JSON file of the logged metrics, rewritten atomically at each log step and
       trimmed to the restored step on resume, so the loss curve survives interruptions.
+
+  The metrics stay on the device between log steps (fetching them would make the host wait for
+  every step). At each log step, and before each checkpoint, they are fetched in one transfer and
+  checked (a NaN or inf raises :class:`NonFiniteLossError` naming the step and the loss part, so no
+  checkpoint holds an unchecked step); a log step's history row holds each metric's mean over the
+  steps since the previous row (after a resume: since the restored step).
   """
   total_steps = round_steps(config, steps_per_epoch)
   cluster_start = cluster_start_step(config, total_steps)
-  step_fn = functools.partial(train_step, config=config)
   if mesh is not None:
     state = parallel.replicate(state, mesh)
-    step_fn = jax.jit(step_fn, donate_argnums=(0,))
-  else:
-    step_fn = jax.jit(step_fn, donate_argnums=(0,))
+  step_fn = make_train_step(config, mesh or parallel.make_mesh(jax.local_devices()[:1]))
 
   restored = restore_latest(checkpoint_dir, jax.eval_shape(lambda s: s, state), config)
   if restored is not None:
@@ -290,6 +323,8 @@ def fit(config: ml_collections.ConfigDict, state: TrainState, sampler, checkpoin
   with _full_disk_named(checkpoint_dir), _checkpoint_manager(checkpoint_dir, config) as mngr:
     if start >= total_steps:
       return FitResult(state, history)
+    pending: list[tuple[int, dict]] = []  # (step, device metrics) not fetched yet
+    window: list[dict] = []  # host metrics of the steps since the last history row
     for step, batch in zip(range(start, total_steps), sampler.iterate(start)):
       if step == cluster_start and cluster_init is not None and not bool(state.cluster_active):
         state = cluster_init(state)
@@ -299,16 +334,21 @@ def fit(config: ml_collections.ConfigDict, state: TrainState, sampler, checkpoin
         batch = parallel.shard_batch(batch, mesh)
       epoch = jnp.asarray(step / max(steps_per_epoch, 1e-9), jnp.float32)
       state, metrics = step_fn(state, batch, epoch)
-      metrics = jax.device_get(metrics)
-      metrics = {k: float(v) for k, v in metrics.items()}
-      _check_finite(metrics, step)
+      pending.append((step, metrics))
       done = step + 1
-      if done % config.train.log_every == 0 or done == total_steps:
-        history.append({"step": done, **metrics})
+      log = done % config.train.log_every == 0 or done == total_steps
+      if log or done % config.train.checkpoint_every == 0:
+        window += _fetch_checked(pending)
+        pending = []
+      row = None
+      if log:
+        row = {"step": done, **_window_mean(window)}
+        window = []
+        history.append(row)
         if history_path:
           pool_lib.atomic_write_json(history_path, history)
       if progress is not None:
-        progress(done, metrics)
+        progress(done, row)
       if done == total_steps and not encoder_frozen(config):  # A frozen encoder keeps its BN.
         n = int(config.train.bn_recalibration_batches)
         state = recalibrate_batch_stats(state, (sampler.batch_at(i) for i in range(n)), mesh=mesh,

@@ -158,6 +158,24 @@ def test_fit_resumes_to_the_parameters_of_an_uninterrupted_run(smoke, tmp_path):
   assert [h["step"] for h in resumed.history] == [1, 2, 3, 4, 5, 6]
   np.testing.assert_allclose([h["total"] for h in resumed.history],
                              [h["total"] for h in whole.history], rtol=1e-6)
+  # Logged every 3 steps: the metrics stay on the device in between, and each history row is the
+  # mean over its window of the per-step rows of the run logged at every step.
+  cfg3 = cfg.copy_and_resolve_references()
+  cfg3.train.log_every = 3
+  rows = []
+  windowed = train_lib.fit(cfg3, fresh(), sampler, str(tmp_path / "windowed"), spe,
+                           progress=lambda step, row: rows.append((step, row)))
+  assert [step for step, _ in rows] == [1, 2, 3, 4, 5, 6]
+  assert [row is None for _, row in rows] == [True, True, False, True, True, False]
+  assert windowed.history == [row for _, row in rows if row is not None]
+  assert [h["step"] for h in windowed.history] == [3, 6]
+  for h, window in zip(windowed.history, (whole.history[:3], whole.history[3:])):
+    assert set(h) == set(window[0])
+    for name in set(h) - {"step"}:
+      np.testing.assert_allclose(h[name], np.mean([w[name] for w in window]), rtol=1e-6)
+  # The jitted step's explicit out shardings: the state stays replicated on its mesh.
+  assert all(isinstance(x.sharding, jax.sharding.NamedSharding) and x.sharding.is_fully_replicated
+             for x in jax.tree.leaves(windowed.state.params))
   # A finished run restarted returns its final state without training again.
   again = train_lib.fit(cfg, fresh(), sampler, str(tmp_path / "whole"), spe)
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
