@@ -17,9 +17,7 @@ UCF101_24_SCHEDULE = ((0.25, 5), (0.5, 10), (0.75, 15), (1.0, 20), (1.25, 25), (
 JHMDB_SCHEDULE = ((0.15, 5), (0.30, 10), (0.45, 15), (0.60, 20), (0.75, 25), (0.90, 30),
                   (1.20, 40), (1.50, 50), (5.40, 80))
 
-STRATEGIES = ("claus", "claus_no_cluster", "uncertainty", "entropy", "random", "equidistant",
-              "inter_only", "intra_only")
-DATASETS = ("synthetic", "jhmdb", "ucf101_24")
+DATASETS = ("synthetic", "jhmdb", "ucf101_24")  # config.dataset (claus_jax.data.get_dataset).
 
 
 class ConfigError(ValueError):
@@ -34,7 +32,7 @@ def base_config() -> ml_collections.ConfigDict:
   """The full schema with the paper's defaults (J-HMDB-like sizes); configs override fields."""
   c = ml_collections.ConfigDict()
   c.seed = 0  # Root PRNG seed: data generation, round-0 pool, training, scoring and selection.
-  c.dataset = "synthetic"  # One of DATASETS.
+  c.dataset = "synthetic"  # One of DATASETS: 'synthetic', 'jhmdb' or 'ucf101_24'.
 
   c.data = _cd(
       root="",  # Dataset root (J-HMDB / UCF-101-24 official layout); unused for synthetic.
@@ -169,7 +167,7 @@ def base_config() -> ml_collections.ConfigDict:
   )
 
   c.selection = _cd(
-      strategy="claus",  # One of STRATEGIES.
+      strategy="claus",  # One of selection.strategies.STRATEGIES ('claus', 'random', ...).
       proximity_sigma=8.0 / 3.0,  # sigma of the Gaussian proximity penalty g(d).
       nms_radius=4,  # Frames either side of a pick that get the penalty subtracted.
       entropy_skip=5,  # Entropy baseline: frames ignored around each pick.
@@ -321,27 +319,56 @@ def geometry(frame_size: int, clip_length: int = 8) -> dict:
           "encoder_frames": max(1, clip_length // 8)}
 
 
-# Allowed values of string fields. The modules that read them hold the same tuples (models.i3d,
-# data.synthetic, data.pseudo_labels, evaluation, tiling); test_config checks that they agree.
-CHOICES = {
-    "data.on_bad_video": ("error", "skip"),
-    "data.synthetic.mode": ("untrimmed", "trimmed"),
-    "model.conv_impl": ("auto", "native", "frames"),
-    "model.routing_sign": ("port", "em"),
-    "model.routing": ("paper", "authors"),
-    "model.init": ("lecun", "authors"),
-    "loss.weight_mode": ("loss", "logit"),
-    "train.sampling": ("frame", "video"),
-    "cluster.latents": ("mc_mean", "eval"),
-    "selection.video_score": ("raw", "penalised"),
-    "selection.cluster_quota": ("proportional", "cap"),
-    "loss.mask_interp": ("sdf", "nearest"),
-    "eval.score_rule": ("class_prob", "class_prob_x_mask_mean"),
-    "eval.tiling": ("skip2", "dense"),
-}
+def choices() -> dict[str, tuple[str, ...]]:
+  """The allowed values of every enumerated field, each the constant of the module that reads it.
+
+  The modules are imported here rather than at the top because they import this one (ConfigError,
+  geometry).
+  """
+  # pylint: disable=g-import-not-at-top
+  from claus_jax import clustering, losses, models, oracle, tiling, uncertainty
+  from claus_jax.data import clips, official, pseudo_labels, synthetic
+  from claus_jax.evaluation import evaluator
+  from claus_jax.models import detector, i3d
+  from claus_jax.selection import frames, strategies
+  return {
+      "dataset": DATASETS,
+      "data.on_bad_video": official.ON_BAD_VIDEO,
+      "data.synthetic.mode": synthetic.MODES,
+      "model.strides": models.DETECTOR_STRIDES,
+      "model.dtype": tuple(models.DTYPES),
+      "model.conv_impl": i3d.CONV_IMPLS,
+      "model.routing_sign": detector.ROUTING_SIGNS,
+      "model.routing": detector.ROUTINGS,
+      "model.init": detector.INITS,
+      "train.sampling": clips.SAMPLINGS,
+      "loss.variant": losses.VARIANTS,
+      "loss.stew_form": losses.FORMS,
+      "loss.weight_mode": losses.WEIGHT_MODES,
+      "loss.mask_interp": pseudo_labels.MASK_INTERPOLATIONS,
+      "cluster.latents": clustering.LATENT_MODES,
+      "uncertainty.form": uncertainty.FORMS,
+      "uncertainty.tiling": tiling.TILINGS,
+      "selection.strategy": tuple(strategies.STRATEGIES),
+      "selection.video_score": frames.VIDEO_SCORES,
+      "selection.cluster_quota": strategies.CLUSTER_QUOTAS,
+      "eval.score_rule": evaluator.SCORE_RULES,
+      "eval.tiling": tiling.TILINGS,
+      "oracle.kind": oracle.KINDS,
+  }
+
+
+def __getattr__(name: str):
+  """``CHOICES`` (= :func:`choices`) and ``STRATEGIES``, the names older callers import."""
+  if name == "CHOICES":
+    return choices()
+  if name == "STRATEGIES":
+    return choices()["selection.strategy"]
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # Ranges of numeric fields (a tuple field: of each of its values), checked before anything runs.
-# The fields not listed here have their own checks in validate().
+# Checks that relate fields to each other are written out in validate().
 RANGES = {
     "seed": "[0, 2147483647]",
     "data.frame_size": "[16, inf)",
@@ -419,6 +446,36 @@ RANGES = {
     "pretrain.occlusion": "[0, 1]",
     "pretrain.jitter": "[0, inf)",
     "pretrain.val_clips": "[0, inf)",
+    "model.width": "(0, inf)",
+    "model.dropout": "[0, 1)",
+    "model.routing_cost_scale": "[0, inf)",
+    "train.bn_recalibration_batches": "[0, inf)",
+    "uncertainty.passes": "[1, inf)",
+    "cluster.k": "[1, inf)",
+    "selection.proximity_sigma": "(0, inf)",
+    "selection.nms_radius": "[0, inf)",
+    "selection.entropy_skip": "[0, inf)",
+    "budget.initial_videos_pct": "(0, 100]",
+    "budget.cost_video": "(0, inf)",
+    "budget.cost_frame": "(0, inf)",
+    "budget.max_rounds": "[0, inf)",
+}
+
+# What to do, added to a field's choice or range error.
+_HINTS = {
+    "model.strides": "The detector needs 'claus' (Mixed_4f must keep one frame for the 2-D "
+                     "capsules); 'standard' is only for InceptionI3d used on its own.",
+    "model.width": "1.0 is the paper's width.",
+    "model.routing_cost_scale": "0 standardises the costs over the classes.",
+    "train.bn_recalibration_batches": "0 keeps the running statistics.",
+    "uncertainty.passes": "It counts MC-dropout passes (paper: 10).",
+    "cluster.k": "It counts deep-clustering centres (paper: 5).",
+    "selection.proximity_sigma": "In frames; the paper's is 8/3.",
+    "selection.nms_radius": "In frames.",
+    "selection.entropy_skip": "In frames.",
+    "budget.cost_video": "It is the cost of one video label.",
+    "budget.cost_frame": "It is the cost of one frame annotation.",
+    "budget.max_rounds": "0 runs the whole schedule.",
 }
 
 
@@ -447,17 +504,32 @@ def _in_range(value, interval: str) -> bool:
   return above and below  # False for NaN.
 
 
-def _check_fields(config: ml_collections.ConfigDict) -> None:
-  """Every field of CHOICES and RANGES; the first bad one raises, naming the field and the range."""
-  for field, allowed in CHOICES.items():
+def check_fields(config: ml_collections.ConfigDict, section: str | None = None) -> None:
+  """Every field of :func:`choices` and RANGES, or only those under ``section`` (e.g. 'model').
+
+  Raises:
+    ConfigError: for the first bad field, naming it, the allowed values and what to do.
+  """
+  prefix = "" if section is None else section + "."
+  for field, allowed in choices().items():
+    if not field.startswith(prefix):
+      continue
     value = field_value(config, field)
     if value not in allowed:
-      _fail(field, f"{value!r} is not allowed; use one of {allowed}.")
+      _fail(field, " ".join(filter(None, (f"{value!r} is not allowed; use one of {allowed}.",
+                                          _HINTS.get(field)))))
   for field, interval in RANGES.items():
+    if not field.startswith(prefix):
+      continue
     value = field_value(config, field)
     for v in (value if isinstance(value, (tuple, list)) else (value,)):
       if not _in_range(v, interval):
-        _fail(field, f"{v!r} must be {_range_text(interval)}.")
+        _fail(field, " ".join(filter(None, (f"{v!r} must be {_range_text(interval)}.",
+                                            _HINTS.get(field)))))
+
+
+def _check_relations(config: ml_collections.ConfigDict) -> None:
+  """Checks that relate fields to each other or to the environment."""
   p = config.pretrain
   if p.min_speed > p.max_speed:
     _fail("pretrain.min_speed", f"{p.min_speed} is above pretrain.max_speed={p.max_speed}.")
@@ -483,10 +555,13 @@ def _check_fields(config: ml_collections.ConfigDict) -> None:
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Checks a config before any compute; raises ConfigError naming the field and the fix."""
-  _check_fields(config)
-  if config.dataset not in DATASETS:
-    _fail("dataset", f"{config.dataset!r} is unknown; use one of {DATASETS}.")
+  """Checks a config before any compute; raises ConfigError naming the field and the fix.
+
+  Pure apart from looking for ``data.root``: it builds no model and reads no data, so a run calls it
+  first, and a bad value stops the run before round 0 trains.
+  """
+  check_fields(config)
+  _check_relations(config)
   if config.dataset != "synthetic":
     root = config.data.root or os.environ.get("CLAUS_DATA_DIR", "")
     if not root:
@@ -502,20 +577,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
           f"{geo['feature']} feature map at frame_size {fs}; use 0 (derived) or at most {geo['feature']}.")
   if config.model.clip_length != 8:
     _fail("model.clip_length", "the detector geometry needs 8-frame clips; set it to 8.")
-  if not config.model.width > 0:
-    _fail("model.width", f"{config.model.width} must be positive (1.0 = paper).")
-  if config.model.dtype not in ("float32", "bfloat16"):
-    _fail("model.dtype", f"{config.model.dtype!r}: use 'float32' or 'bfloat16'.")
-  if config.model.strides not in ("claus", "standard"):
-    _fail("model.strides", f"{config.model.strides!r}: use 'claus' or 'standard'.")
-  if not 0.0 <= config.model.dropout < 1.0:
-    _fail("model.dropout", f"{config.model.dropout} must be in [0, 1).")
-  if not config.model.routing_cost_scale >= 0:
-    _fail("model.routing_cost_scale", f"{config.model.routing_cost_scale} must be >= 0 "
-          "(0 = costs standardised over classes).")
-  if config.train.bn_recalibration_batches < 0:
-    _fail("train.bn_recalibration_batches", f"{config.train.bn_recalibration_batches} must be >= 0 "
-          "(0 = keep the running statistics).")
   if config.dataset == "synthetic":
     syn = config.data.synthetic
     if config.model.num_classes != syn.num_classes:
@@ -526,38 +587,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if syn.min_frames < config.model.clip_length:
       _fail("data.synthetic.min_frames", f"{syn.min_frames} is shorter than one clip "
             f"({config.model.clip_length} frames).")
-  if config.selection.strategy not in STRATEGIES:
-    _fail("selection.strategy", f"{config.selection.strategy!r} is unknown; use one of {STRATEGIES}.")
-  if not config.selection.proximity_sigma > 0:
-    _fail("selection.proximity_sigma", f"{config.selection.proximity_sigma} must be positive "
-          "(frames; paper 8/3).")
-  for field in ("nms_radius", "entropy_skip"):
-    if getattr(config.selection, field) < 0:
-      _fail(f"selection.{field}", f"{getattr(config.selection, field)} must be >= 0 (frames).")
-  for field in ("cost_video", "cost_frame"):
-    if not getattr(config.budget, field) > 0:
-      _fail(f"budget.{field}", f"{getattr(config.budget, field)} must be positive (cost of one label).")
-  if config.budget.max_rounds < 0:
-    _fail("budget.max_rounds", f"{config.budget.max_rounds} must be >= 0 (0 = whole schedule).")
-  if config.loss.variant not in ("stew", "interpolation", "frame"):
-    _fail("loss.variant", f"{config.loss.variant!r}: use 'stew', 'interpolation' or 'frame'.")
-  if config.loss.stew_form not in ("paper", "implementation"):
-    _fail("loss.stew_form", f"{config.loss.stew_form!r}: use 'paper' or 'implementation'.")
-  if config.uncertainty.form not in ("paper", "implementation"):
-    _fail("uncertainty.form", f"{config.uncertainty.form!r}: use 'paper' or 'implementation'.")
-  if config.uncertainty.tiling not in ("skip2", "dense"):
-    _fail("uncertainty.tiling", f"{config.uncertainty.tiling!r}: use 'skip2' or 'dense'.")
-  if config.uncertainty.passes < 1:
-    _fail("uncertainty.passes", "needs at least 1 MC-dropout pass.")
   for r in config.uncertainty.sweep_passes:
     if not 1 <= r <= config.uncertainty.passes:
       _fail("uncertainty.sweep_passes", f"{r} is outside [1, passes={config.uncertainty.passes}].")
-  if config.oracle.kind not in ("simulated", "files"):
-    _fail("oracle.kind", f"{config.oracle.kind!r}: use 'simulated' or 'files'.")
   b = config.budget
   prev_a, prev_v = b.initial_frames_pct, b.initial_videos_pct
-  if not 0 < prev_v <= 100:
-    _fail("budget.initial_videos_pct", f"{prev_v} must be in (0, 100].")
   for i, step in enumerate(b.schedule):
     if len(step) != 2:
       _fail(f"budget.schedule[{i}]", f"{step} must be a pair (A%, V%).")
@@ -569,8 +603,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       _fail(f"budget.schedule[{i}]", f"({a}, {v}) is below the previous round ({prev_a}, {prev_v}); "
             "the schedule is cumulative and must not decrease.")
     prev_a, prev_v = a, v
-  if config.cluster.k < 1:
-    _fail("cluster.k", "needs at least one cluster.")
   return config
 
 

@@ -38,6 +38,7 @@ from claus_jax import models
 from claus_jax import parallel
 from claus_jax import tiling
 
+FORMS = ("paper", "implementation")  # config.uncertainty.form: the frame-score rules above.
 NO_FOREGROUND = -10.0  # Implementation form: score of a frame with no foreground pixel.
 _EPS = 1e-6
 
@@ -95,6 +96,8 @@ def make_score_fn(model, config, thresholds: Sequence[float]) -> Callable:
   passes = config.uncertainty.passes
   chunk = pass_chunk_size(passes, config.uncertainty.pass_chunk)
   form = config.uncertainty.form
+  if form not in FORMS:
+    raise ValueError(f"config.uncertainty.form={form!r}: use one of {FORMS}.")
   thr = jnp.asarray(thresholds, jnp.float32)
 
   def head_one(variables, feats_one, key):

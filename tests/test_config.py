@@ -166,21 +166,67 @@ def test_every_numeric_field_has_a_range_check():
 
 
 def test_choices_are_the_modules_own_names():
-  from claus_jax import clustering, losses, tiling
-  from claus_jax.data import clips, pseudo_labels, synthetic
+  from claus_jax import clustering, losses, models, oracle, tiling, uncertainty
+  from claus_jax.data import clips, official, pseudo_labels, synthetic
   from claus_jax.evaluation import evaluator
   from claus_jax.models import detector, i3d
   from claus_jax.selection import frames, strategies
 
-  assert configlib.CHOICES == {
-      "data.on_bad_video": ("error", "skip"), "data.synthetic.mode": synthetic.MODES,
+  owners = {
+      "dataset": configlib.DATASETS, "data.on_bad_video": official.ON_BAD_VIDEO,
+      "data.synthetic.mode": synthetic.MODES, "model.strides": models.DETECTOR_STRIDES,
       "model.conv_impl": i3d.CONV_IMPLS, "model.routing_sign": detector.ROUTING_SIGNS,
       "model.routing": detector.ROUTINGS, "model.init": detector.INITS,
-      "loss.weight_mode": losses.WEIGHT_MODES, "train.sampling": clips.SAMPLINGS,
-      "cluster.latents": clustering.LATENT_MODES, "selection.video_score": frames.VIDEO_SCORES,
-      "selection.cluster_quota": strategies.CLUSTER_QUOTAS,
+      "train.sampling": clips.SAMPLINGS, "loss.variant": losses.VARIANTS,
+      "loss.stew_form": losses.FORMS, "loss.weight_mode": losses.WEIGHT_MODES,
       "loss.mask_interp": pseudo_labels.MASK_INTERPOLATIONS,
-      "eval.score_rule": evaluator.SCORE_RULES, "eval.tiling": tiling.TILINGS}
+      "cluster.latents": clustering.LATENT_MODES, "uncertainty.form": uncertainty.FORMS,
+      "uncertainty.tiling": tiling.TILINGS, "selection.video_score": frames.VIDEO_SCORES,
+      "selection.cluster_quota": strategies.CLUSTER_QUOTAS,
+      "eval.score_rule": evaluator.SCORE_RULES, "eval.tiling": tiling.TILINGS,
+      "oracle.kind": oracle.KINDS}
+  table = configlib.choices()
+  assert set(table) == set(owners) | {"model.dtype", "selection.strategy"}
+  for field, constant in owners.items():
+    assert table[field] is constant, field  # The module's own tuple, not a copy.
+  assert table["model.dtype"] == tuple(models.DTYPES)
+  assert table["selection.strategy"] == tuple(strategies.STRATEGIES) == configlib.STRATEGIES
+  assert configlib.CHOICES == table
+
+
+@pytest.fixture
+def refuse_models_and_data(monkeypatch):
+  """Building or initialising a detector, or reading a dataset, fails the test."""
+  from claus_jax import data, models
+
+  def refuse(*args, **kwargs):
+    raise AssertionError("a model was built or data read before the config was validated")
+
+  for owner, name in ((models, "build_model"), (models, "init_variables"),
+                      (models.CLAUSDetector, "init"), (data, "get_dataset")):
+    monkeypatch.setattr(owner, name, refuse)
+  # The run's process-wide setup (compilation cache, library log levels) is not under test here.
+  monkeypatch.setattr(experiment, "enable_compilation_cache", lambda: None)
+  monkeypatch.setattr(experiment, "quiet_library_logs", lambda: None)
+
+
+@pytest.mark.parametrize("field", sorted(configlib.choices()))
+def test_every_enumerated_field_refuses_a_bad_value_before_any_model_is_built(
+    field, refuse_models_and_data, tmp_path):
+  c = load("synthetic")
+  section, _, name = field.rpartition(".")
+  setattr(configlib.field_value(c, section) if section else c, name, "no_such_value")
+  want = (f"config.{field}: 'no_such_value' is not allowed; use one of "
+          f"{configlib.choices()[field]}.")
+  with pytest.raises(ValueError) as e:  # ConfigError, itself a ValueError.
+    configlib.validate(c)
+  assert isinstance(e.value, configlib.ConfigError) and str(e.value).startswith(want), str(e.value)
+  # A run validates first: the same error, with no model built, no data read, no workdir made.
+  workdir = tmp_path / "run"
+  with pytest.raises(configlib.ConfigError) as e:
+    experiment.run(c, str(workdir))
+  assert str(e.value).startswith(want), str(e.value)
+  assert not workdir.exists()
 
 
 def test_pretraining_fields_are_checked_with_the_fix():

@@ -24,15 +24,19 @@ from flax import traverse_util
 from claus_jax import configlib
 from claus_jax.models.capsules import ConvCapsules, PrimaryCapsules, em_routing
 from claus_jax.models.detector import CAPSULE_DIM, CLAUSDetector, Decoder, latent_dim
-from claus_jax.models.i3d import CONV_IMPLS, InceptionI3d
+from claus_jax.models.i3d import InceptionI3d
 
 __all__ = ["build_model", "init_variables", "preprocess", "input_range", "latent_dim",
-           "CAPSULE_DIM", "load_encoder_init", "save_encoder_variables", "count_params",
-           "primary_kernel", "CLAUSDetector", "InceptionI3d", "ConvCapsules", "PrimaryCapsules",
-           "Decoder", "em_routing", "ENCODER_VARIABLES_SUBDIR"]
+           "CAPSULE_DIM", "DTYPES", "DETECTOR_STRIDES", "load_encoder_init",
+           "save_encoder_variables", "count_params", "primary_kernel", "CLAUSDetector",
+           "InceptionI3d", "ConvCapsules", "PrimaryCapsules", "Decoder", "em_routing",
+           "ENCODER_VARIABLES_SUBDIR"]
 
 ENCODER_VARIABLES_SUBDIR = "variables"  # Orbax tree inside an encoder_init directory.
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # config.model.dtype: compute dtypes.
+# config.model.strides: the detector's Mixed_4f must keep one frame for the 2-D capsules, which only
+# the 'claus' strides do ('standard' is for InceptionI3d used on its own; see i3d.STRIDES).
+DETECTOR_STRIDES = ("claus",)
 
 
 def primary_kernel(config: ml_collections.ConfigDict) -> int:
@@ -48,21 +52,12 @@ def build_model(config: ml_collections.ConfigDict) -> CLAUSDetector:
   Raises:
     configlib.ConfigError: for a model setting the detector cannot run with.
   """
+  configlib.check_fields(config, "model")
   m = config.model
-  if m.strides != "claus":
-    raise configlib.ConfigError(
-        f"config.model.strides={m.strides!r}: the detector needs the 'claus' strides (Mixed_4f must "
-        "keep one frame for the 2-D capsules); 'standard' is only for InceptionI3d used on its own.")
-  if m.dtype not in _DTYPES:
-    raise configlib.ConfigError(f"config.model.dtype={m.dtype!r}: use 'float32' or 'bfloat16'.")
-  if not 0.0 < m.seg_prior < 1.0:
-    raise configlib.ConfigError(f"config.model.seg_prior={m.seg_prior}: must be in (0, 1).")
-  if m.conv_impl not in CONV_IMPLS:
-    raise configlib.ConfigError(f"config.model.conv_impl={m.conv_impl!r}: use one of {CONV_IMPLS}.")
   return CLAUSDetector(num_classes=m.num_classes, primary_kernel=primary_kernel(config),
                        width=m.width, strides=m.strides, primary_caps=m.primary_caps,
                        routing_iters=m.routing_iters, coord_add=m.coord_add,
-                       routing_lambda=m.routing_lambda, dropout=m.dropout, dtype=_DTYPES[m.dtype],
+                       routing_lambda=m.routing_lambda, dropout=m.dropout, dtype=DTYPES[m.dtype],
                        conv_impl=m.conv_impl, seg_prior=m.seg_prior,
                        routing_cost_scale=m.routing_cost_scale, routing_sign=m.routing_sign,
                        routing=m.routing, init_scheme=m.init)
