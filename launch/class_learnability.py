@@ -1,12 +1,13 @@
-"""Are the benchmark's classes learnable from its videos, and from what? A classification diagnostic.
+"""Are the benchmark's classes learnable from its videos, and from what? A class diagnostic.
 
 Draws ``--groups`` train-split groups of the synthetic generator (one video each, the config's other
 settings; never the test split), cuts every action clip (8 frames at skip 2, centres 2 frames apart)
 and holds out every fourth group for validation. Then either:
 
   * ``--mode=oracle``: perfect tracking. Per clip frame, the ground-truth mask's centroid, log area
-    and orientation (second moments) relative to the clip's first frame, fed to a logistic regression
-    and to gradient-boosted trees. How well the class can be read from the actor's trajectory alone.
+    and orientation (second moments) relative to the clip's first frame, fed to a logistic
+    regression and to gradient-boosted trees. How well the class can be read from the actor's
+    trajectory alone.
   * ``--mode=cnn``: a small 3-D CNN (four 3x3x3 convs, 16-64 channels, GroupNorm) trained end to end
     on the clips with softmax cross-entropy, read out by the spatio-temporal mean and max
     (``--head=pool``) or by a dense layer on the flattened map (``--head=flat``). Whether plentiful
@@ -90,8 +91,9 @@ def main(argv):
     from sklearn.preprocessing import StandardScaler
 
     x = np.stack([trajectory_features(m) for m in masks])
-    for name, clf in (("logistic", make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))),
-                      ("trees", HistGradientBoostingClassifier(max_iter=300, random_state=0))):
+    logistic = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
+    trees = HistGradientBoostingClassifier(max_iter=300, random_state=0)
+    for name, clf in (("logistic", logistic), ("trees", trees)):
       clf.fit(x[~val], label[~val])
       row[f"{name}_train_acc"] = round(float(clf.score(x[~val], label[~val])), 3)
       row[f"{name}_val_acc"] = round(float(clf.score(x[val], label[val])), 3)
@@ -110,7 +112,8 @@ def main(argv):
     class Net(nn.Module):
       @nn.compact
       def __call__(self, x):
-        for features, stride in ((16, (1, 2, 2)), (32, (1, 2, 2)), (64, (2, 2, 2)), (64, (1, 1, 1))):
+        for features, stride in ((16, (1, 2, 2)), (32, (1, 2, 2)), (64, (2, 2, 2)),
+                                 (64, (1, 1, 1))):
           x = nn.relu(nn.GroupNorm(8)(i3d.Conv3d(features, (3, 3, 3), stride)(x)))
         if head == "pool":
           x = jnp.concatenate([x.mean(axis=(1, 2, 3)), x.max(axis=(1, 2, 3))], axis=-1)
@@ -146,7 +149,8 @@ def main(argv):
       b = rng.choice(train_idx, _BATCH)
       variables, opt, loss = step(variables, opt, video[b], label[b])
       losses.append(float(loss))
-    row.update(head=head, steps=_STEPS.value, last_train_loss=round(float(np.mean(losses[-50:])), 4),
+    row.update(head=head, steps=_STEPS.value,
+               last_train_loss=round(float(np.mean(losses[-50:])), 4),
                train_acc=accuracy(train_idx), val_acc=accuracy(val_idx))
   row["seconds"] = round(time.time() - t0, 1)
   reporting.emit_row(row, _OUT.value)
