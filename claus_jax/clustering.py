@@ -1,7 +1,8 @@
 """Online deep clustering of clip latents (paper Sec. 3.1; Yang et al. 2017, "k-means-friendly spaces").
 
 * :func:`init_centres`: k-means (scikit-learn, ``n_init`` restarts) on the clip latents of the
-  labelled videos; each video takes the majority cluster of its clips.
+  labelled videos; each video takes the majority cluster of its clips. :func:`initialise` does it
+  for a train state, from the eval-mode latents of every labelled clip of the round.
 * :func:`assign`: nearest centre, pure JAX.
 * :func:`update_centres`: pure JAX. Each member ``x`` of centre ``k`` does ``count_k += 1`` then
   ``c_k -= (c_k - x) / count_k``; applied to a batch in any order this equals the running mean
@@ -13,6 +14,7 @@ scoring. 'eval' is the authors' cluster_extract: eval mode (no dropout), a few c
 (``cluster.latent_clips``; they centre 4 clips on ground-truth frames, which an unlabelled video does
 not have: here the clips are evenly spaced), each clip assigned to its nearest centre and the video
 to the majority (:func:`majority_clusters`). A deliberate default: the MC mean needs no extra pass.
+:func:`video_clusters` gives every pool video its cluster under either mode.
 
 Degenerate cases never crash or produce NaN:
   * fewer distinct latents than K: k-means runs with K' = number of distinct latents; the remaining
@@ -25,14 +27,19 @@ Degenerate cases never crash or produce NaN:
 
 from __future__ import annotations
 
-import logging
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
-log = logging.getLogger(__name__)
+from claus_jax import models
+from claus_jax import parallel
+from claus_jax import tiling
+from claus_jax.data import clips as clips_lib
 
 
 class ClusterInit(NamedTuple):
@@ -98,9 +105,9 @@ def init_centres(latents: np.ndarray, video_index: np.ndarray, k: int, n_init: i
   distinct = len(np.unique(latents, axis=0))
   active = min(k, distinct)
   if active < k:
-    log.warning("deep clustering: only %d distinct latents (from %d videos) for K=%d centres; fitting "
-                "%d centres and keeping %d empty ones.", distinct, len(np.unique(video_index)), k,
-                active, k - active)
+    logging.warning("deep clustering: only %d distinct latents (from %d videos) for K=%d centres; "
+                    "fitting %d centres and keeping %d empty ones.", distinct,
+                    len(np.unique(video_index)), k, active, k - active)
   km = KMeans(n_clusters=active, n_init=n_init, random_state=seed).fit(latents)
   centres = np.empty((k, latents.shape[1]), np.float32)
   centres[:active] = km.cluster_centers_
@@ -109,8 +116,9 @@ def init_centres(latents: np.ndarray, video_index: np.ndarray, k: int, n_init: i
   videos, video_cluster = majority(clip_cluster, video_index, k)
   empty = sorted(set(range(k)) - set(video_cluster.tolist()))
   if empty:
-    log.info("deep clustering: clusters %s have no video as majority member after initialisation; "
-             "their centres stay where k-means put them until a member arrives.", empty)
+    logging.info("deep clustering: clusters %s have no video as majority member after "
+                 "initialisation; their centres stay where k-means put them until a member "
+                 "arrives.", empty)
   counts = np.full((k,), float(count_init), np.float32)
   return ClusterInit(centres, counts, videos, video_cluster, clip_cluster, active)
 
@@ -137,6 +145,114 @@ def majority_clusters(latents: np.ndarray, video_index: np.ndarray, centres) -> 
   clip_cluster = np.asarray(assign(jnp.asarray(latents), jnp.asarray(centres)))
   videos, cluster = majority(clip_cluster, video_index, int(np.asarray(centres).shape[0]))
   return {int(v): int(c) for v, c in zip(videos, cluster)}
+
+
+# ------------------------------------------------------------------ latents of a train state
+
+
+def latent_fn(model, config, state) -> Callable[[np.ndarray], np.ndarray]:
+  """Eval-mode (no dropout) latents with ``state``'s weights: ``(B, L, H, W, 3) uint8 -> (B, D)``.
+
+  Replicated global arrays (multi-process) are read from this process's copy: every process then
+  computes the same latents, with no communication.
+  """
+  variables = parallel.host_local_copy({"params": state.params, "batch_stats": state.batch_stats})
+  low_high = models.input_range(config)
+  forward = jax.jit(lambda v, x: model.apply(v, models.preprocess(x, low_high),
+                                             train=False)["latent"])
+  return lambda video: np.asarray(forward(variables, video))
+
+
+def _batches(items: Iterable, size: int) -> Iterator[list]:
+  items = iter(items)
+  while batch := list(itertools.islice(items, size)):
+    yield batch
+
+
+def clip_latents(latents_of: Callable[[np.ndarray], np.ndarray],
+                 clips: Iterable[tuple[int, np.ndarray]], batch_size: int):
+  """Latents of ``clips``, ``batch_size`` clips per call (the last batch padded: one shape).
+
+  Args:
+    latents_of: ``(batch_size, L, H, W, 3) -> (batch_size, D)``, e.g. :func:`latent_fn`.
+    clips: ``(video index, clip (L, H, W, 3) uint8)`` pairs, read lazily.
+    batch_size: clips per call.
+
+  Returns:
+    ``(latents (N, D), video_index (N,))`` in the order of ``clips``.
+  """
+  latents, owners = [], []
+  for batch in _batches(clips, batch_size):
+    video = np.stack([clip for _, clip in batch])
+    latents.append(latents_of(tiling.pad_batch(video, batch_size))[:len(batch)])
+    owners.extend(owner for owner, _ in batch)
+  return np.concatenate(latents), np.asarray(owners)
+
+
+def initialise(state, model, sampler, config):
+  """``state`` with its clusters initialised: k-means on the labelled clips' latents.
+
+  Every labelled frame of ``sampler`` (a ``ClipSampler``) gives one clip, its latent taken in eval
+  mode (deterministic: no dropout); each labelled video goes to its clips' majority cluster.
+
+  Returns:
+    ``state`` with ``centres``, ``counts``, ``assignments`` (-1 for unlabelled videos) and
+    ``cluster_active`` replaced.
+  """
+  clips = ((sampler.items[pos][0], sampler.clip(pos, int(c))["video"])
+           for pos, (_, frames) in enumerate(sampler.items) for c in frames)
+  latents, owners = clip_latents(latent_fn(model, config, state), clips,
+                                 max(1, int(config.eval.batch_size)))
+  init = init_centres(latents, owners, config.cluster.k, config.cluster.n_init, seed=config.seed,
+                      count_init=config.cluster.count_init)
+  assignments = np.full(state.assignments.shape, -1, np.int32)
+  assignments[init.videos] = init.video_cluster
+  return state.replace(centres=jnp.asarray(init.centres), counts=jnp.asarray(init.counts),
+                       assignments=jnp.asarray(assignments), cluster_active=jnp.asarray(True))
+
+
+def _evenly_spaced_clips(source: Sequence, config) -> Iterator[tuple[int, np.ndarray]]:
+  """``cluster.latent_clips`` clips of every video of ``source``, evenly spaced."""
+  for i in range(len(source)):
+    record = source[i]
+    for centre in latent_clip_centres(record.num_frames, config.cluster.latent_clips):
+      frames = clips_lib.clip_frames(int(centre), record.num_frames, config.model.clip_length,
+                                     config.train.clip_skip)
+      yield i, np.asarray(record.frames[frames])
+
+
+def eval_mode_clusters(state, model, source: Sequence, config) -> np.ndarray:
+  """cluster.latents='eval': each video's majority cluster over its evenly spaced clips.
+
+  Args:
+    source: the pool's videos (records with ``frames`` and ``num_frames``), random access.
+
+  Returns:
+    ``(len(source),) int32``.
+  """
+  latents, owners = clip_latents(latent_fn(model, config, state),
+                                 _evenly_spaced_clips(source, config),
+                                 max(1, int(config.eval.batch_size)))
+  vote = majority_clusters(latents, owners, np.asarray(state.centres))
+  return np.array([vote[i] for i in range(len(source))], np.int32)
+
+
+def video_clusters(state, model, source: Sequence, mc_latents: np.ndarray, config) -> np.ndarray:
+  """The cluster of every pool video for selection (``config.cluster.latents``).
+
+  Args:
+    state: the round's train state (``centres``, ``cluster_active``).
+    source: the pool's videos, read only under cluster.latents='eval'.
+    mc_latents: ``(N, D)`` each video's MC-dropout mean latent (cluster.latents='mc_mean').
+
+  Returns:
+    ``(N,) int32``; all -1 while clustering is not active.
+  """
+  if not bool(state.cluster_active):
+    return np.full(len(mc_latents), -1, np.int32)
+  if config.cluster.latents == "eval":
+    return eval_mode_clusters(state, model, source, config)
+  return np.asarray(assign(jnp.asarray(mc_latents), state.centres))
 
 
 def assign(latents: jax.Array, centres: jax.Array) -> jax.Array:

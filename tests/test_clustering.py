@@ -2,10 +2,14 @@
 
 import logging
 
+import flax
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from claus_jax import clustering
+from claus_jax import configlib
+from claus_jax.data import clips as clips_lib
 
 
 def _sequential_update(centres, counts, latents, assignments, mask):
@@ -81,7 +85,7 @@ def test_majority_ties_go_to_lowest_cluster():
 
 def test_fewer_videos_than_k_is_handled(caplog):
   lat = np.array([[1.0, 2.0], [1.0, 2.0], [3.0, 0.0]])
-  with caplog.at_level(logging.WARNING, logger="claus_jax.clustering"):
+  with caplog.at_level(logging.WARNING, logger="absl"):  # claus_jax logs through absl.
     init = clustering.init_centres(lat, np.array([0, 0, 1]), k=5, n_init=3, seed=0)
   assert "distinct latents" in caplog.text
   assert init.num_active == 2 and init.centres.shape == (5, 2)
@@ -115,3 +119,131 @@ def test_eval_mode_majority_matches_the_authors_vote():
   assert got == want
   np.testing.assert_array_equal(clustering.latent_clip_centres(40, 4), [5, 15, 25, 35])
   np.testing.assert_array_equal(clustering.latent_clip_centres(3, 4), [0, 1, 2])
+
+
+# ------------------------------------------- from a train state (moved here from experiment.py)
+
+
+def test_clip_latents_batches_pad_the_last_and_keep_order():
+  shapes = []
+
+  def latents_of(video):
+    shapes.append(video.shape)
+    return video.reshape(len(video), -1)[:, :1].astype(np.float32)  # The clip's first pixel.
+
+  clips = [(owner, np.full((2, 1, 1, 3), value, np.uint8))
+           for owner, value in [(3, 10), (3, 11), (0, 12), (5, 13), (5, 14)]]
+  latents, owners = clustering.clip_latents(latents_of, iter(clips), batch_size=2)
+  assert shapes == [(2, 2, 1, 1, 3)] * 3  # 5 clips: 2 + 2 + 1 padded to 2, one shape for jit.
+  np.testing.assert_array_equal(latents[:, 0], [10, 11, 12, 13, 14])
+  np.testing.assert_array_equal(owners, [3, 3, 0, 5, 5])
+
+
+class _MeanLatentModel:
+  """A stand-in detector: a clip's latent is its preprocessed pixels' channel means, scaled."""
+
+  def apply(self, variables, x, train):
+    assert not train  # Cluster latents are taken in eval mode.
+    return {"latent": x.mean(axis=(1, 2, 3)) * variables["params"]["scale"]}
+
+
+@flax.struct.dataclass
+class _ClusterState:
+  params: dict
+  batch_stats: dict
+  centres: jax.Array
+  counts: jax.Array
+  assignments: jax.Array
+  cluster_active: jax.Array
+
+
+def _state(centres=np.zeros((2, 3), np.float32), active=False, videos=6):
+  return _ClusterState(params={"scale": np.float32(2.0)}, batch_stats={},
+                       centres=jnp.asarray(centres), counts=jnp.full((len(centres),), 100.0),
+                       assignments=jnp.full((videos,), -1, jnp.int32),
+                       cluster_active=jnp.asarray(active))
+
+
+def _clip(video, frame):
+  """(4, 2, 2, 3) uint8 clip with a colour that depends on (video, frame)."""
+  colour = np.array([40 * video + 3 * frame, 200 - 30 * video, (17 * frame) % 256], np.uint8)
+  return np.broadcast_to(colour, (4, 2, 2, 3)).copy()
+
+
+def _latent(config, clip):
+  from claus_jax import models
+  x = np.asarray(models.preprocess(clip[None], models.input_range(config)))
+  return x.mean(axis=(1, 2, 3))[0] * 2.0
+
+
+class _Sampler:
+  """ClipSampler's two members that initialisation reads: items and clip(pos, frame)."""
+
+  def __init__(self, items):
+    self.items = [(video, np.asarray(frames)) for video, frames in items]
+
+  def clip(self, pos, frame):
+    assert isinstance(frame, int)
+    return {"video": _clip(self.items[pos][0], frame)}
+
+
+def _cluster_config():
+  c = configlib.base_config()
+  c.cluster.k, c.cluster.n_init, c.cluster.count_init = 2, 3, 50.0
+  c.eval.batch_size = 3
+  return c
+
+
+def test_initialise_runs_k_means_on_the_labelled_clips_latents():
+  config = _cluster_config()
+  sampler = _Sampler([(1, [0, 5]), (4, [2, 3, 7]), (5, [1])])
+  state = clustering.initialise(_state(), _MeanLatentModel(), sampler, config)
+  owners = [1, 1, 4, 4, 4, 5]
+  latents = np.stack([_latent(config, _clip(v, f))
+                      for v, frames in [(1, [0, 5]), (4, [2, 3, 7]), (5, [1])] for f in frames])
+  want = clustering.init_centres(latents, np.asarray(owners), 2, 3, seed=config.seed,
+                                 count_init=50.0)
+  np.testing.assert_allclose(np.asarray(state.centres), want.centres, rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(state.counts), [50.0, 50.0])
+  expected = np.full(6, -1)
+  expected[want.videos] = want.video_cluster
+  np.testing.assert_array_equal(np.asarray(state.assignments), expected)  # -1: not labelled.
+  assert bool(state.cluster_active)
+
+
+class _Record:
+  def __init__(self, video, num_frames):
+    self.num_frames = num_frames
+    self.frames = np.stack([_clip(video, f)[0] for f in range(num_frames)])
+
+
+def test_video_clusters_by_mode():
+  config = _cluster_config()
+  config.cluster.latent_clips = 2
+  config.model.clip_length, config.train.clip_skip = 4, 2
+  source = [_Record(v, n) for v, n in enumerate([12, 9, 20])]
+  mc_latents = np.array([[0.0, 0.0, 0.0], [5.0, 5.0, 5.0], [0.2, 0.1, 0.0]], np.float32)
+  centres = np.array([[0.0, 0.0, 0.0], [4.0, 4.0, 4.0]], np.float32)
+  model = _MeanLatentModel()
+  # Clustering not active yet (before cluster_start): every video unknown.
+  inactive = clustering.video_clusters(_state(centres), model, source, mc_latents, config)
+  np.testing.assert_array_equal(inactive, [-1, -1, -1])
+  active = _state(centres, active=True)
+  np.testing.assert_array_equal(clustering.video_clusters(active, model, source, mc_latents,
+                                                          config), [0, 1, 0])  # 'mc_mean'
+  # 'eval': each video's evenly spaced clips in eval mode, its majority cluster.
+  config.cluster.latents = "eval"
+  centres = np.array([[-2.0, 1.2, -1.6], [-0.5, 0.1, -1.6]], np.float32)
+  active = _state(centres, active=True)
+  latents, owners = [], []
+  for i, record in enumerate(source):
+    for centre in clustering.latent_clip_centres(record.num_frames, 2):
+      frames = clips_lib.clip_frames(int(centre), record.num_frames, 4, 2)
+      latents.append(_latent(config, record.frames[frames]))
+      owners.append(i)
+  vote = clustering.majority_clusters(np.stack(latents), np.asarray(owners), centres)
+  got = clustering.video_clusters(active, model, source, mc_latents, config)
+  assert got.dtype == np.int32
+  np.testing.assert_array_equal(got, [vote[i] for i in range(3)])
+  assert sorted(set(got.tolist())) == [0, 1]
+  np.testing.assert_array_equal(got, clustering.eval_mode_clusters(active, model, source, config))

@@ -428,3 +428,27 @@ def test_capped_cluster_quota_matches_the_authors():
     scored = [(c, score[c.video_id]) for c in cands if not c.video_labelled]
     got = [c.video_id for c, _ in S.capped_cluster_pick(scored, cands, n_new, 0.54)]
     assert got == want
+
+
+def test_video_candidates_from_scores_and_pool():
+  from claus_jax import pool as pool_lib
+
+  ids = ["v0", "v1", "v2"]
+  num_frames = {"v0": 4, "v1": 3, "v2": 5}
+  pool = pool_lib.PoolState(num_frames)
+  pool.label_video("v1", 0)
+  pool.label_frames("v1", [2, 0], 0)
+  scores = {v: {"frame_scores": np.arange(t, dtype=np.float32) + i,
+                "entropy": np.full(t, 0.5 * i, np.float32)}
+            for i, (v, t) in enumerate(num_frames.items())}
+  got = S.video_candidates(ids, num_frames, scores, pool, np.array([1, -1, 0], np.int32))
+  assert [c.video_id for c in got] == ids and [c.num_frames for c in got] == [4, 3, 5]
+  assert [c.cluster for c in got] == [1, -1, 0] and all(type(c.cluster) is int for c in got)
+  assert [c.video_labelled for c in got] == [False, True, False]
+  np.testing.assert_array_equal(got[1].labelled_frames, [0, 2])
+  np.testing.assert_array_equal(got[2].frame_scores, [2, 3, 4, 5, 6])
+  np.testing.assert_array_equal(got[1].entropy_scores, [0.5] * 3)
+  assert all(c.gt_span is None for c in got)  # Spans only under restrict_to_gt_span.
+  spans = [(0, 2), (1, 3), (0, 5)]
+  assert [c.gt_span for c in S.video_candidates(ids, num_frames, scores, pool, [0, 0, 0],
+                                                spans)] == spans

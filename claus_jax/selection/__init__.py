@@ -16,3 +16,4 @@ from claus_jax.selection.strategies import Selection
 from claus_jax.selection.strategies import VideoCandidate
 from claus_jax.selection.strategies import cluster_budgets
 from claus_jax.selection.strategies import select
+from claus_jax.selection.strategies import video_candidates

@@ -63,7 +63,7 @@ import dataclasses
 import heapq
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -112,6 +112,31 @@ class VideoCandidate:
                                       or self.labelled_frames[-1] >= self.num_frames):
       raise ValueError(f"video {self.video_id!r}: labelled frames {self.labelled_frames.tolist()} "
                        f"fall outside [0, {self.num_frames}).")
+
+
+def video_candidates(video_ids: Sequence[str], num_frames: Mapping[str, int],
+                     scores: Mapping[str, Mapping[str, np.ndarray]], pool, clusters: Sequence[int],
+                     gt_spans: Sequence[tuple[int, int]] | None = None) -> list[VideoCandidate]:
+  """One :class:`VideoCandidate` per pool video, from a round's scores and pool.
+
+  Args:
+    video_ids: the pool's videos, in split order.
+    num_frames: T of every video.
+    scores: per video, ``frame_scores`` ``(T,)`` (the configured R and threshold) and ``entropy``
+      ``(T,)`` (score_files.for_selection).
+    pool: the labelled map (``labelled_frames(video_id)``, ``is_labelled(video_id)``; a
+      ``pool.PoolState``).
+    clusters: each video's deep-clustering id (-1 unknown), in ``video_ids`` order.
+    gt_spans: each video's ground-truth span, only under ``selection.restrict_to_gt_span`` (it leaks
+      labels to the selector); None otherwise.
+  """
+  return [VideoCandidate(video_id=vid, num_frames=num_frames[vid],
+                         frame_scores=scores[vid]["frame_scores"],
+                         entropy_scores=scores[vid]["entropy"],
+                         labelled_frames=pool.labelled_frames(vid),
+                         video_labelled=pool.is_labelled(vid), cluster=int(clusters[i]),
+                         gt_span=None if gt_spans is None else gt_spans[i])
+          for i, vid in enumerate(video_ids)]
 
 
 @dataclasses.dataclass(frozen=True)
