@@ -15,8 +15,10 @@ Round layout in ``workdir``::
   round_{K+1}/pool.json  the pool after the oracle answered round K's selection
   metrics.jsonl, summary.md, *.png   reports, rebuilt from the rounds' files
 
-Every stage writes its result atomically and is skipped when the result exists, so re-running the
-same command after any interruption (even SIGKILL) finishes with the results of an uninterrupted run.
+Every stage (:func:`stage`: the pool, training, evaluation, each score shard, the selection) writes
+its result atomically and is skipped when the result exists, so re-running the same command after
+any interruption (even SIGKILL) finishes with the results of an uninterrupted run. Status lines go
+through absl logging (:func:`say`; stderr under absl.app); stdout carries the final results table.
 
 Multi-process runs (``jax.distributed``; launch/README.md) share one workdir: every process trains on
 its rows of each global batch, scores its share of the pool (``Scorer.score_pool``) and computes the
@@ -27,18 +29,18 @@ alone writes the JSON, score shards and reports, and the others wait at a barrie
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
-import sys
 import time
-import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable
+from typing import TypeVar
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging as absl_logging
 from flax import traverse_util
 from tqdm import auto as tqdm
 
@@ -47,8 +49,7 @@ from claus_jax import configlib
 from claus_jax import oracle as oracle_lib
 from claus_jax import parallel
 from claus_jax import pool as pool_lib
-
-log = logging.getLogger(__name__)
+from claus_jax import score_files
 
 # Fields that do not change results: a resumed run may differ in them.
 _RESULT_NEUTRAL = ("quiet", "distributed.coordinator_address", "distributed.num_processes",
@@ -154,6 +155,61 @@ class _OverlaySource:
     return record if self.overlay is None else self.overlay.apply(record)
 
 
+# ------------------------------------------------------------------------------------- stages
+# ``load`` returns it when a stage's file is there but its result is not (the stage computes again).
+INCOMPLETE = object()
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def say(message: str) -> None:
+  """A status line for the console (absl logging, INFO), from process 0 only."""
+  if parallel.is_primary():
+    absl_logging.info(message)
+
+
+def on_primary(what: str, write: Callable[[], T]) -> T | None:
+  """Process 0 runs ``write()`` (an atomic file write); then every process passes a barrier.
+
+  Returns what ``write()`` returned on process 0, None on the others.
+  """
+  result = write() if parallel.is_primary() else None
+  parallel.sync(what)
+  return result
+
+
+def stage(what: str, path: str, compute: Callable[[], tuple[T, R]], load: Callable[[str], T],
+          save: Callable[[str, R], None]) -> T:
+  """One resumable stage of a run: load its result file, or compute the result and write it.
+
+  Process 0 decides for every process whether ``path`` exists (``parallel.exists_on_primary``), so
+  that all processes take the same branch and meet the same collectives. Then either every process
+  loads the result, or every process computes it (``compute`` may hold collectives: scoring,
+  hash checks), process 0 alone writes it, and every process waits at a barrier until it is written.
+
+  Args:
+    what: what the stage makes (the barrier's name).
+    path: the result file; once it exists the stage is done.
+    compute: ``() -> (result, record)``: the stage's result, and what ``save`` writes.
+    load: ``path -> result``, or :data:`INCOMPLETE` when the file is there but the result is not
+      (training whose final checkpoint is gone): the stage then computes again.
+    save: ``(path, record) -> None``, on process 0 only. It writes ``path`` atomically (temporary
+      file, fsync, rename: ``pool.atomic_write*``), after any other file of the stage, so that a
+      crash leaves ``path`` either absent or whole.
+
+  Returns:
+    The result (on every process).
+  """
+  if parallel.exists_on_primary(path):
+    result = load(path)
+    if result is not INCOMPLETE:
+      return result
+  result, record = compute()
+  on_primary(what, lambda: save(path, record))
+  return result
+
+
 class Experiment:
   """One active-learning run; :meth:`run` executes (or resumes) every round."""
 
@@ -182,53 +238,84 @@ class Experiment:
       self.overlay = oracle_lib.AnnotationOverlay()
     self.train_source = _OverlaySource(dataset.train, self.overlay)
 
+  # ------------------------------------------------------------------------------------- run
+  def run(self) -> dict:
+    """Runs (or resumes) every round; returns the final reports' summary."""
+    from claus_jax import reporting
+    from claus_jax import selection as selection_lib
+
+    last_round = selection_lib.num_rounds(self.config)
+    self._answer(self.initial_selection(), self._empty_pool(), 0)
+    for r in range(last_round + 1):
+      self._replay_answers(r)
+      pool = self._load_pool(r)
+      pct = pool.percentages()
+      say(f"round {r}: {pool.num_labelled_videos} labelled videos ({pct['videos_pct']:.1f}%), "
+          f"{pool.num_labelled_frames} frames ({pct['frames_pct']:.2f}%), cost {pool.cost:g}")
+      t0 = time.time()
+      state = self._train(r, pool)
+      t1 = time.time()
+      result = self._evaluate(r, state)
+      say(f"round {r} eval ({time.time() - t1:.0f} s; train {t1 - t0:.0f} s): " + ", ".join(
+          f"{k}={result[k]:.3f}" for k in reporting.HEADLINE if result.get(k) is not None))
+      on_primary("reports", lambda: reporting.write_reports(self.workdir, self.dataset, quiet=True))
+      if r == last_round:
+        break
+      t0 = time.time()
+      scores = self._score(r, state)
+      t1 = time.time()
+      chosen = self._select(r, state, pool, scores)
+      say(f"round {r} selection ({chosen.strategy}; scoring {t1 - t0:.0f} s): "
+          f"{chosen.num_new_videos} new videos, {chosen.num_new_frames} frames, "
+          f"cost {chosen.cost:g}")
+      self._answer(chosen, pool, r + 1)
+    summary = on_primary("final reports",
+                         lambda: reporting.write_reports(self.workdir, self.dataset, quiet=False))
+    return summary or {}
+
   # -------------------------------------------------------------------------------- utilities
-  def say(self, message: str) -> None:
-    if parallel.is_primary():
-      print(message, flush=True)
-
   def _bar(self, total: int, desc: str, unit: str):
-    return tqdm.tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stdout,
-                     disable=self.quiet or not parallel.is_primary())
-
-  def _write(self, what: str, write):
-    """Process 0 runs ``write()`` (an atomic file write); then every process passes a barrier.
-
-    Returns what ``write()`` returned on process 0, None on the others.
-    """
-    result = write() if parallel.is_primary() else None
-    parallel.sync(what)
-    return result
+    return tqdm.tqdm(total=total, desc=desc, unit=unit, leave=False,
+                     disable=self.quiet or not total or not parallel.is_primary())
 
   def _load_pool(self, round_index: int) -> pool_lib.PoolState:
     return pool_lib.PoolState.load(os.path.join(round_dir(self.workdir, round_index), "pool.json"),
                                    num_frames=self.num_frames)
 
+  def _empty_pool(self) -> pool_lib.PoolState:
+    budget = self.config.budget
+    return pool_lib.PoolState(self.num_frames, budget.cost_video, budget.cost_frame)
+
   # ------------------------------------------------------------------------------- the oracle
   def _answer(self, selection, pool_before: pool_lib.PoolState, target_round: int) -> None:
     """Asks the oracle for ``selection`` and writes the pool of ``target_round``."""
     rd = round_dir(self.workdir, target_round)
-    out = os.path.join(rd, "pool.json")
-    if parallel.exists_on_primary(out):
-      return
-    pool = pool_lib.PoolState.from_json(pool_before.to_json(), num_frames=self.num_frames)
-    if self.config.oracle.kind == "files":
-      answered = parallel.exists_on_primary(os.path.join(rd, "answers.json"))
-      message = None
-      # The requests are (re)written while unanswered, and whenever they are missing (deleted after
-      # a damage report): the selection that makes them is on disk.
-      if not answered or not parallel.exists_on_primary(os.path.join(rd, "requests.json")):
-        message = self._write("oracle requests", lambda: oracle_lib.write_requests(
-            rd, selection, target_round, self.num_frames, self.dataset.class_names))
-      if not answered:
-        message = message or f"round {target_round}: awaiting answers in {rd}"
-        self.say(message)
-        raise oracle_lib.AwaitingAnswers(message)
-      answers = oracle_lib.load_answers(rd, self._frame_shape(), self.dataset.class_names)
-      self.overlay.add(answers)
-    oracle_lib.apply_selection(pool, selection, target_round)
-    parallel.assert_same_across_processes(pool.to_json(), f"pool of round {target_round}")
-    self._write("pool", lambda: pool.save(out))
+
+    def compute():
+      pool = pool_lib.PoolState.from_json(pool_before.to_json(), num_frames=self.num_frames)
+      if self.config.oracle.kind == "files":
+        self.overlay.add(self._files_oracle_answers(selection, rd, target_round))
+      oracle_lib.apply_selection(pool, selection, target_round)
+      parallel.assert_same_across_processes(pool.to_json(), f"pool of round {target_round}")
+      return None, pool
+
+    stage("pool", os.path.join(rd, "pool.json"), compute, load=lambda _: None,
+          save=lambda path, pool: pool.save(path))
+
+  def _files_oracle_answers(self, selection, rd: str, target_round: int) -> dict:
+    """The answers in ``rd``; while there are none, writes the requests and stops the run."""
+    answered = parallel.exists_on_primary(os.path.join(rd, "answers.json"))
+    message = None
+    # The requests are (re)written while unanswered, and whenever they are missing (deleted after a
+    # damage report): the selection that makes them is on disk.
+    if not answered or not parallel.exists_on_primary(os.path.join(rd, "requests.json")):
+      message = on_primary("oracle requests", lambda: oracle_lib.write_requests(
+          rd, selection, target_round, self.num_frames, self.dataset.class_names))
+    if not answered:
+      message = message or f"round {target_round}: awaiting answers in {rd}"
+      say(message)
+      raise oracle_lib.AwaitingAnswers(message)
+    return oracle_lib.load_answers(rd, self._frame_shape(), self.dataset.class_names)
 
   def _frame_shape(self) -> tuple[int, int]:
     s = int(self.config.data.frame_size)
@@ -272,57 +359,75 @@ class Experiment:
     return clips_lib.ClipSampler(self.train_source, items, self.config, seed=self.config.seed,
                                  round_index=r)
 
+  def _initial_state(self, r: int):
+    """The state round ``r`` trains from: fresh (or the previous round's, with warm_start)."""
+    from claus_jax import train as train_lib
+
+    init_vars = None
+    if self.config.train.warm_start and r > 0:
+      prev = self._final_state(r - 1)
+      init_vars = {"params": prev.params, "batch_stats": prev.batch_stats}
+    state = train_lib.create_state(self.config, self.model,
+                                   jax.random.fold_in(self.root_key, _INIT_STREAM), len(self.index),
+                                   variables=init_vars, encoder_init=self.encoder_init)
+    train_key = jax.random.fold_in(jax.random.fold_in(self.root_key, _TRAIN_STREAM), r)
+    return state.replace(key=train_key)
+
   def _train(self, r: int, pool: pool_lib.PoolState):
+    """Round ``r``'s trained state: restored when train.json and the final checkpoint exist."""
     from claus_jax import train as train_lib
 
     cfg = self.config
     rd = round_dir(self.workdir, r)
     sampler = self._sampler(r, pool)
-    init_vars = None
-    if cfg.train.warm_start and r > 0:
-      prev = self._final_state(r - 1)
-      init_vars = {"params": prev.params, "batch_stats": prev.batch_stats}
-    state = train_lib.create_state(cfg, self.model, jax.random.fold_in(self.root_key, _INIT_STREAM),
-                                   len(self.index), variables=init_vars,
-                                   encoder_init=self.encoder_init)
-    state = state.replace(key=jax.random.fold_in(jax.random.fold_in(self.root_key, _TRAIN_STREAM), r))
-    train_json = os.path.join(rd, "train.json")
+    state = self._initial_state(r)
     ckpt = os.path.join(rd, "checkpoints")
     steps = train_lib.round_steps(cfg, sampler.steps_per_epoch)
-    if parallel.exists_on_primary(train_json):
+
+    def load(train_json):
       restored = train_lib.restore_latest(ckpt, jax.eval_shape(lambda s: s, state), cfg)
       if restored is not None and int(restored.step) == steps:
         return restored
       # The final checkpoint is gone (deleted after a damage report, say): an earlier step is no
       # result. Training resumes from the latest checkpoint left, and train.json is written again.
-      self.say(f"round {r}: {train_json} exists but {ckpt} holds no step {steps}; "
-               f"training resumes from step {0 if restored is None else int(restored.step)}.")
+      say(f"round {r}: {train_json} exists but {ckpt} holds no step {steps}; "
+          f"training resumes from step {0 if restored is None else int(restored.step)}.")
+      return INCOMPLETE
+
+    def compute():
+      fitted = self._fit(r, state, sampler, ckpt, steps)
+      last = fitted.history[-1] if fitted.history else {}
+      say(f"round {r} train: {steps} steps on {sampler.num_clips} labelled clips, "
+          f"final loss {last.get('total', float('nan')):.4f}")
+      return fitted.state, {"round": r, "steps": steps, "labelled_clips": sampler.num_clips,
+                            "history": fitted.history}
+
+    return stage("train.json", os.path.join(rd, "train.json"), compute, load,
+                 pool_lib.atomic_write_json)
+
+  def _fit(self, r: int, state, sampler, ckpt: str, steps: int):
+    """Trains round ``r`` from ``state``, resuming from the latest checkpoint in ``ckpt``."""
+    from claus_jax import train as train_lib
+
+    cfg = self.config
     bar = self._bar(steps, f"round {r} train", "step")
-    done_before = [0]
 
     def progress(step, metrics):
-      bar.update(step - done_before[0])
-      done_before[0] = step
+      bar.update(step - bar.n)
       if step % cfg.train.log_every == 0:
         bar.set_postfix(loss=f"{metrics['total']:.4f}")
 
     mesh = self.mesh if cfg.train.data_parallel else None
     # Each process feeds its own rows of every global batch (the same global batch as one process).
     fit_sampler = parallel.ProcessLocalSampler(sampler, mesh) if self.multi else sampler
-    history_path = os.path.join(rd, "train_history.json")
+    history_path = os.path.join(round_dir(self.workdir, r), "train_history.json")
+    cluster_init = functools.partial(clustering.initialise, model=self.model, sampler=sampler,
+                                     config=cfg)
     result = train_lib.fit(cfg, state, fit_sampler, ckpt, sampler.steps_per_epoch,
-                           cluster_init=lambda s: self._cluster_init(s, sampler),
-                           progress=progress, mesh=mesh,
+                           cluster_init=cluster_init, progress=progress, mesh=mesh,
                            history_path=history_path if parallel.is_primary() else None)
     bar.close()
-    history = result.history
-    self._write("train.json", lambda: pool_lib.atomic_write_json(
-        train_json, {"round": r, "steps": steps, "labelled_clips": sampler.num_clips,
-                     "history": history}))
-    last = history[-1] if history else {}
-    self.say(f"round {r} train: {steps} steps on {sampler.num_clips} labelled clips, "
-             f"final loss {last.get('total', float('nan')):.4f}")
-    return result.state
+    return result
 
   def _final_state(self, r: int):
     """The trained state of round ``r`` (restored from its checkpoint)."""
@@ -341,206 +446,114 @@ class Experiment:
           "the same command to finish that round's training first.")
     return restored
 
-  def _cluster_init(self, state, sampler):
-    """k-means on the latents of the labelled videos' clips (deterministic forward, no dropout)."""
-    from claus_jax import models
-
-    cfg = self.config
-    # Replicated global arrays (multi-process) -> this process's local copy; every process then
-    # computes the same latents and the same k-means (seeded), with no communication.
-    variables = parallel.host_local_copy({"params": state.params, "batch_stats": state.batch_stats})
-    clips = [(pos, int(c)) for pos, (_, frames) in enumerate(sampler.items) for c in frames]
-    batch = max(1, int(cfg.eval.batch_size))
-    forward = jax.jit(lambda v, x: self.model.apply(
-        v, models.preprocess(x, models.input_range(cfg)), train=False)["latent"])
-    latents, owners = [], []
-    for start in range(0, len(clips), batch):
-      chunk = clips[start:start + batch]
-      video = np.stack([sampler.clip(pos, c)["video"] for pos, c in chunk])
-      from claus_jax import tiling
-      latents.append(np.asarray(forward(variables, tiling.pad_batch(video, batch)))[:len(chunk)])
-      owners.extend(sampler.items[pos][0] for pos, _ in chunk)
-    init = clustering.init_centres(np.concatenate(latents), np.asarray(owners), cfg.cluster.k,
-                                   cfg.cluster.n_init, seed=cfg.seed,
-                                   count_init=cfg.cluster.count_init)
-    assignments = np.full(state.assignments.shape, -1, np.int32)
-    assignments[init.videos] = init.video_cluster
-    return state.replace(centres=jnp.asarray(init.centres), counts=jnp.asarray(init.counts),
-                         assignments=jnp.asarray(assignments), cluster_active=jnp.asarray(True))
-
   # ------------------------------------------------------------------------------ evaluation
   def _evaluate(self, r: int, state) -> dict:
+    """Round ``r``'s metrics on the test split (eval.json; eval.md beside it)."""
     from claus_jax import evaluation
     from claus_jax import models
 
-    path = os.path.join(round_dir(self.workdir, r), "eval.json")
-    if parallel.exists_on_primary(path):
-      return pool_lib.read_json(path, require=("per_class",))
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    predict_fn = evaluation.make_predict_fn(self.model, variables,
-                                            input_range=models.input_range(self.config))
-    result, markdown = evaluation.evaluate(predict_fn, self.dataset.test,
-                                           self.dataset.num_classes, self.dataset.class_names,
-                                           self.config.eval, progress=not self.quiet)
-    def write():
-      pool_lib.atomic_write_text(os.path.join(round_dir(self.workdir, r), "eval.md"), markdown)
+    rd = round_dir(self.workdir, r)
+
+    def compute():
+      variables = {"params": state.params, "batch_stats": state.batch_stats}
+      predict_fn = evaluation.make_predict_fn(self.model, variables,
+                                              input_range=models.input_range(self.config))
+      result, markdown = evaluation.evaluate(predict_fn, self.dataset.test,
+                                             self.dataset.num_classes, self.dataset.class_names,
+                                             self.config.eval, progress=not self.quiet)
+      return result, (result, markdown)
+
+    def save(path, written):
+      result, markdown = written
+      pool_lib.atomic_write_text(os.path.join(rd, "eval.md"), markdown)
       pool_lib.atomic_write_json(path, result)
-    self._write("eval.json", write)
-    return result
+
+    return stage("eval.json", os.path.join(rd, "eval.json"), compute,
+                 lambda path: pool_lib.read_json(path, require=("per_class",)), save)
 
   # --------------------------------------------------------------------------------- scoring
   def _score(self, r: int, state) -> dict:
-    """MC-dropout scores of every train video, in resumable shards of SCORE_SHARD videos."""
+    """MC-dropout scores of every train video, in resumable shards of SCORE_SHARD videos.
+
+    Returns:
+      ``{video_id: {field: array}}`` (score_files.for_selection).
+    """
     from claus_jax import uncertainty
 
     folder = os.path.join(round_dir(self.workdir, r), "scores")
-    self._write("scores folder", lambda: os.makedirs(folder, exist_ok=True))
+    on_primary("scores folder", lambda: os.makedirs(folder, exist_ok=True))
     n = len(self.index)
-    shards = [(s, min(n, s + SCORE_SHARD)) for s in range(0, n, SCORE_SHARD)]
-    todo = [(i, s) for i, s in enumerate(shards)
-            if not parallel.exists_on_primary(os.path.join(folder, f"shard_{i:04d}.npz"))]
+    shards = [(os.path.join(folder, f"shard_{i:04d}.npz"), range(a, min(n, a + SCORE_SHARD)))
+              for i, a in enumerate(range(0, n, SCORE_SHARD))]
+    todo = sum(len(videos) for path, videos in shards if not parallel.exists_on_primary(path))
+    scorer = None
     if todo:
       variables = {"params": state.params, "batch_stats": state.batch_stats}
       scorer = uncertainty.Scorer(self.model, variables, self.config, mesh=self.mesh)
-      key = uncertainty.score_key(self.config.seed, r)
-      bar = self._bar(sum(b - a for _, (a, b) in todo), f"round {r} score", "video")
-      ids, frames = self.index.video_ids, self.index.num_frames
-      for i, (a, b) in todo:
-        if self.multi:  # Each process decodes and scores its share; all get every result.
-          results = scorer.score_pool(_Offset(self.train_source, a), ids[a:b], frames[a:b], key,
-                                      uids=range(a, b), progress=bar.update)
-        else:
-          records = (self.train_source[j] for j in range(a, b))
-          results = scorer.score_videos(records, range(a, b), key, progress=bar.update)
-        self._write("score shard", lambda: _save_shard(
-            os.path.join(folder, f"shard_{i:04d}.npz"), results))
-      bar.close()
+    key = uncertainty.score_key(self.config.seed, r)
+    bar = self._bar(todo, f"round {r} score", "video")
     scores = {}
-    for i in range(len(shards)):
-      scores.update(_load_shard(os.path.join(folder, f"shard_{i:04d}.npz")))
-    return scores
+    for path, videos in shards:
+      compute = functools.partial(self._score_videos, scorer, key, videos, bar.update)
+      scores.update(stage("score shard", path, compute, score_files.load_shard,
+                          score_files.save_shard))
+    bar.close()
+    return score_files.for_selection(scores)
+
+  def _score_videos(self, scorer, key: jax.Array, videos: range, progress):
+    """Scores of the train videos ``videos``, as (result, record) of one shard stage."""
+    a, b = videos.start, videos.stop
+    if self.multi:  # Each process decodes and scores its share; all get every result.
+      results = scorer.score_pool(_Offset(self.train_source, a), self.index.video_ids[a:b],
+                                  self.index.num_frames[a:b], key, uids=videos, progress=progress)
+    else:  # The frame counts are known: the videos are read one at a time, as batches reach them.
+      records = (self.train_source[j] for j in videos)
+      results = scorer.score_videos(records, videos, key, progress=progress,
+                                    num_frames=self.index.num_frames[a:b])
+    fields = score_files.video_fields(results)
+    return fields, fields
 
   # ------------------------------------------------------------------------------- selection
   def _select(self, r: int, state, pool: pool_lib.PoolState, scores: dict):
+    """Round ``r``'s selection from the pool's scores (selection.json; latents.npy beside it)."""
     from claus_jax import selection as selection_lib
 
     cfg = self.config
-    path = os.path.join(round_dir(self.workdir, r), "selection.json")
-    if parallel.exists_on_primary(path):
+    rd = round_dir(self.workdir, r)
+
+    def load(path):
       record = pool_lib.read_json(path, require=("picks", "clusters"))
       try:
         return selection_lib.Selection.from_json(record)
       except (KeyError, TypeError, ValueError) as e:
         raise pool_lib.state_file_error(path, f"{type(e).__name__}: {e}") from None
-    latents = np.stack([scores[v]["latent"] for v in self.index.video_ids])
-    if bool(state.cluster_active) and cfg.cluster.latents == "eval":
-      clusters = self._eval_mode_clusters(state)
-    elif bool(state.cluster_active):
-      clusters = np.asarray(clustering.assign(jnp.asarray(latents), state.centres))
-    else:
-      clusters = np.full(len(latents), -1, np.int32)
-    candidates = []
-    for i, vid in enumerate(self.index.video_ids):
-      s = scores[vid]
-      span = None
-      if cfg.selection.restrict_to_gt_span:
-        span = tuple(self.dataset.train[i].span)  # leaks ground truth: explicit opt-in only
-      candidates.append(selection_lib.VideoCandidate(
-          video_id=vid, num_frames=self.num_frames[vid], frame_scores=s["frame_scores"],
-          entropy_scores=s["entropy"], labelled_frames=pool.labelled_frames(vid),
-          video_labelled=pool.is_labelled(vid), cluster=int(clusters[i]), gt_span=span))
-    budget = selection_lib.round_budget(cfg, r + 1, len(self.index), pool.total_frames,
-                                        pool.num_labelled_videos, pool.num_labelled_frames)
-    rng = np.random.default_rng([cfg.seed, r, 7])
-    chosen = selection_lib.select(candidates, budget, cfg, rng)
-    chosen = dataclasses.replace(chosen, round=r)
-    record = chosen.to_json()
-    record["budget"] = dataclasses.asdict(budget)
-    record["clusters"] = {v: int(c) for v, c in zip(self.index.video_ids, clusters)}
-    # Every process selected on its own: a process that saw other data or scores stops the run here.
-    parallel.assert_same_across_processes(record, f"selection of round {r}")
 
-    def write():
-      pool_lib.atomic_write(os.path.join(round_dir(self.workdir, r), "latents.npy"),
-                            lambda f: np.save(f, latents))
+    def compute():
+      ids = self.index.video_ids
+      latents = np.stack([scores[v]["latent"] for v in ids])
+      clusters = clustering.video_clusters(state, self.model, self.train_source, latents, cfg)
+      spans = None
+      if cfg.selection.restrict_to_gt_span:  # Leaks ground truth: explicit opt-in only.
+        spans = [tuple(self.dataset.train[i].span) for i in range(len(ids))]
+      candidates = selection_lib.video_candidates(ids, self.num_frames, scores, pool, clusters,
+                                                  spans)
+      budget = selection_lib.round_budget(cfg, r + 1, len(ids), pool.total_frames,
+                                          pool.num_labelled_videos, pool.num_labelled_frames)
+      rng = np.random.default_rng([cfg.seed, r, 7])
+      chosen = dataclasses.replace(selection_lib.select(candidates, budget, cfg, rng), round=r)
+      record = chosen.to_json()
+      record["budget"] = dataclasses.asdict(budget)
+      record["clusters"] = {v: int(c) for v, c in zip(ids, clusters)}
+      # Every process selected on its own: a process that saw other data or scores stops here.
+      parallel.assert_same_across_processes(record, f"selection of round {r}")
+      return chosen, (record, latents)
+
+    def save(path, written):
+      record, latents = written
+      pool_lib.atomic_write(os.path.join(rd, "latents.npy"), lambda f: np.save(f, latents))
       pool_lib.atomic_write_json(path, record)
-    self._write("selection.json", write)
-    return chosen
 
-  def _eval_mode_clusters(self, state) -> np.ndarray:
-    """cluster.latents='eval': each pool video's majority cluster over ``cluster.latent_clips``
-    evenly spaced clips, latents in eval mode (clustering.majority_clusters)."""
-    from claus_jax import models
-    from claus_jax import tiling
-    from claus_jax.data import clips as clips_lib
-
-    cfg = self.config
-    variables = parallel.host_local_copy({"params": state.params, "batch_stats": state.batch_stats})
-    batch = max(1, int(cfg.eval.batch_size))
-    forward = jax.jit(lambda v, x: self.model.apply(
-        v, models.preprocess(x, models.input_range(cfg)), train=False)["latent"])
-    latents, owners, pending = [], [], []
-
-    def flush():
-      video = np.stack([p[1] for p in pending])
-      latents.append(np.asarray(forward(variables, tiling.pad_batch(video, batch)))[:len(pending)])
-      owners.extend(p[0] for p in pending)
-      pending.clear()
-
-    for i in range(len(self.index)):
-      record = self.train_source[i]
-      for centre in clustering.latent_clip_centres(record.num_frames, cfg.cluster.latent_clips):
-        frames = clips_lib.clip_frames(int(centre), record.num_frames, cfg.model.clip_length,
-                                       cfg.train.clip_skip)
-        pending.append((i, np.asarray(record.frames[frames])))
-        if len(pending) == batch:
-          flush()
-    if pending:
-      flush()
-    vote = clustering.majority_clusters(np.concatenate(latents), np.asarray(owners),
-                                        np.asarray(state.centres))
-    return np.array([vote[i] for i in range(len(self.index))], np.int32)
-
-  # ------------------------------------------------------------------------------------- run
-  def run(self) -> dict:
-    from claus_jax import reporting
-    from claus_jax import selection as selection_lib
-
-    cfg = self.config
-    last_round = selection_lib.num_rounds(cfg)
-    first = os.path.join(round_dir(self.workdir, 0), "pool.json")
-    if not parallel.exists_on_primary(first):
-      initial = self.initial_selection()
-      empty = pool_lib.PoolState(self.num_frames, cfg.budget.cost_video, cfg.budget.cost_frame)
-      self._answer(initial, empty, 0)
-    r = 0
-    while r <= last_round:
-      self._replay_answers(r)
-      pool = self._load_pool(r)
-      pct = pool.percentages()
-      self.say(f"round {r}: {pool.num_labelled_videos} labelled videos ({pct['videos_pct']:.1f}%), "
-               f"{pool.num_labelled_frames} frames ({pct['frames_pct']:.2f}%), cost {pool.cost:g}")
-      t0 = time.time()
-      state = self._train(r, pool)
-      t1 = time.time()
-      result = self._evaluate(r, state)
-      self.say(f"round {r} eval ({time.time() - t1:.0f} s; train {t1 - t0:.0f} s): " + ", ".join(
-          f"{k}={result[k]:.3f}" for k in reporting.HEADLINE if result.get(k) is not None))
-      self._write("reports", lambda: reporting.write_reports(self.workdir, self.dataset, quiet=True))
-      if r == last_round:
-        break
-      t0 = time.time()
-      scores = self._score(r, state)
-      t1 = time.time()
-      chosen = self._select(r, state, pool, scores)
-      self.say(f"round {r} selection ({chosen.strategy}; scoring {t1 - t0:.0f} s): "
-               f"{chosen.num_new_videos} new videos, {chosen.num_new_frames} frames, "
-               f"cost {chosen.cost:g}")
-      self._answer(chosen, pool, r + 1)
-      r += 1
-    summary = self._write("final reports",
-                          lambda: reporting.write_reports(self.workdir, self.dataset, quiet=False))
-    return summary or {}
+    return stage("selection.json", os.path.join(rd, "selection.json"), compute, load, save)
 
 
 class _Offset:
@@ -551,31 +564,6 @@ class _Offset:
 
   def __getitem__(self, i):
     return self.source[self.offset + i]
-
-
-def _save_shard(path: str, results: Sequence) -> None:
-  arrays = {}
-  for res in results:
-    for field in ("frame_scores", "entropy", "mean_prob", "latent", "class_probs"):
-      arrays[f"{res.video_id}/{field}"] = getattr(res, field)
-  pool_lib.atomic_write_npz(path, arrays)
-
-
-def _load_shard(path: str) -> dict:
-  out: dict = {}
-  try:
-    with np.load(path) as data:
-      for key in data.files:
-        vid, field = key.rsplit("/", 1)
-        out.setdefault(vid, {})[field] = data[key]
-  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-    raise pool_lib.state_file_error(path, f"{type(e).__name__}: {e}", "delete it and re-run the "
-                                    "same command to score its videos again.") from None
-  # Selection uses the configured R (all passes) and the configured threshold (index 0).
-  for vid, fields in out.items():
-    fields["all_frame_scores"] = fields["frame_scores"]
-    fields["frame_scores"] = fields["frame_scores"][-1, 0]
-  return out
 
 
 def enable_compilation_cache(path: str | None = None) -> str:
@@ -594,27 +582,38 @@ def enable_compilation_cache(path: str | None = None) -> str:
 
 
 def quiet_library_logs() -> None:
-  """Orbax and tfds log every checkpoint and file at INFO; keep the console to our status lines."""
-  from absl import logging as absl_logging
+  """One console: claus_jax's status lines (absl logging, INFO) and the libraries' warnings.
 
+  Orbax and tfds log every checkpoint and file at INFO (through absl), so below WARNING only the
+  records of claus_jax's own modules pass. absl.app runs (python -m claus_jax.main, score, ...)
+  write them to stderr; elsewhere (a notebook, a script) absl adds a stderr handler on first use.
+  """
   from claus_jax import train
 
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  for name in ("absl", "orbax", "tensorflow_datasets", "jax._src.xla_bridge"):
+  absl_logging.set_verbosity(absl_logging.INFO)
+  for name in ("orbax", "tensorflow_datasets", "jax._src.xla_bridge"):
     logging.getLogger(name).setLevel(logging.WARNING)
   # A failed checkpoint save or restore (a full disk, a damaged folder) reaches the run as one
   # exception, which it reports; meanwhile orbax's threads log it again at ERROR, asyncio logs each
   # unretrieved future, and late reads print 'Event loop is closed': thousands of lines around
   # the one that matters. Orbax's warnings stay.
   logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-  absl_logger = logging.getLogger("absl")  # Orbax logs through absl.
-  if _drop_orbax_errors not in absl_logger.filters:
-    absl_logger.addFilter(_drop_orbax_errors)
+  # Orbax and tfds log through the absl logger. Under absl.app the root logger is at INFO too, and
+  # its one handler (absl's) sees every library's records: it gets the same filter.
+  for where in (logging.getLogger("absl"), absl_logging.get_absl_handler()):
+    if _console_filter not in where.filters:
+      where.addFilter(_console_filter)
   train.drop_closed_event_loop_reports()
 
 
-def _drop_orbax_errors(record: logging.LogRecord) -> bool:
-  return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _console_filter(record: logging.LogRecord) -> bool:
+  """Keeps claus_jax's records, and other code's warnings and errors but orbax's errors."""
+  if f"{os.sep}orbax{os.sep}" in record.pathname:
+    return record.levelno == logging.WARNING
+  return record.levelno >= logging.WARNING or record.pathname.startswith(_PACKAGE_DIR)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -648,7 +647,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   summary = dataset.summary()
   if primary:
     pool_lib.atomic_write_json(os.path.join(workdir, "dataset.json"), summary)
-    _print_dataset_summary(summary)
+    _say_dataset_summary(summary)
   encoder_init = ""
   if config.pretrain.enabled:
     from claus_jax import pretrain as pretrain_lib
@@ -667,9 +666,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return {"awaiting_answers": True}
 
 
-def _print_dataset_summary(summary: dict) -> None:
-  print(f"dataset {summary['dataset']}: {summary['classes']} classes")
+def _say_dataset_summary(summary: dict) -> None:
+  say(f"dataset {summary['dataset']}: {summary['classes']} classes")
   for split in ("train", "test"):
     s = summary[split]
-    print(f"  {split}: {s['videos']} videos, {s['frames']} frames, {s['groups']} groups, "
-          f"videos per class {s['videos_per_class']}")
+    say(f"dataset {split} split: {s['videos']} videos, {s['frames']} frames, {s['groups']} groups, "
+        f"videos per class {s['videos_per_class']}")

@@ -13,6 +13,7 @@ from PIL import Image
 
 from claus_jax import experiment
 from claus_jax import oracle as oracle_lib
+from claus_jax import score_files
 from tests.config_files import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,6 +102,63 @@ def test_smoke_run_outputs_budgets_and_costs(reference_run):
   assert "| 1 | 40.0 |" in summary  # round 1 reaches the schedule's 40% of videos
 
 
+# ------------------------------------------------------------------------- the stage helper
+
+
+def _counting_stage(path, calls, load=None):
+  """experiment.stage over a JSON file; the result is the record tagged 'computed' or 'loaded'."""
+  from claus_jax import pool as pool_lib
+
+  def compute():
+    calls.append("compute")
+    return ("computed", {"value": 7}), {"value": 7}
+
+  load = load or (lambda p: ("loaded", pool_lib.read_json(p)))
+  return experiment.stage("result", path, compute, load, pool_lib.atomic_write_json)
+
+
+def test_stage_computes_once_then_loads_the_file(tmp_path):
+  path = str(tmp_path / "result.json")
+  calls = []
+  assert _counting_stage(path, calls) == ("computed", {"value": 7})
+  assert _read(path) == '{\n "value": 7\n}\n'  # Exactly what pool.atomic_write_json writes.
+  assert _counting_stage(path, calls) == ("loaded", {"value": 7})
+  assert calls == ["compute"]
+  # A load that finds the file but not the result (training without its final checkpoint) makes
+  # the stage compute and write again.
+  assert _counting_stage(path, calls, load=lambda p: experiment.INCOMPLETE)[0] == "computed"
+  assert calls == ["compute", "compute"]
+
+
+def test_stage_writes_its_file_atomically(tmp_path, monkeypatch):
+  from claus_jax import pool as pool_lib
+
+  path = str(tmp_path / "result.json")
+  calls = []
+
+  def killed(fd):
+    raise _Crash("killed after the bytes were written, before the rename")
+
+  with monkeypatch.context() as m:
+    m.setattr(pool_lib.os, "fsync", killed)
+    with pytest.raises(_Crash):
+      _counting_stage(path, calls)
+  assert os.listdir(tmp_path) == []  # No result file, torn or whole, and no temporary file left.
+  assert _counting_stage(path, calls) == ("computed", {"value": 7})  # So it runs again.
+  assert calls == ["compute", "compute"] and os.listdir(tmp_path) == ["result.json"]
+
+
+def test_stage_is_written_by_process_0_alone(tmp_path, monkeypatch):
+  from claus_jax import parallel
+
+  path = str(tmp_path / "result.json")
+  calls, barriers = [], []
+  monkeypatch.setattr(parallel, "is_primary", lambda: False)
+  monkeypatch.setattr(parallel, "sync", barriers.append)
+  assert _counting_stage(path, calls) == ("computed", {"value": 7})  # Every process computes,
+  assert not os.path.exists(path) and barriers == ["result"]  # waits, and does not write.
+
+
 class _Crash(RuntimeError):
   pass
 
@@ -134,7 +192,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(point, reference_run, 
         calls["n"] += 1
         return calls["n"] == 2
 
-      _crash_once(m, experiment, "_save_shard", second_shard)
+      _crash_once(m, score_files, "save_shard", second_shard)
     else:
       _crash_once(m, oracle_lib, "apply_selection")
     with pytest.raises(_Crash):
@@ -206,14 +264,14 @@ def _answer_from_ground_truth(round_dir, dataset):
     json.dump({"videos": videos}, f)
 
 
-def test_files_oracle_round_trip_matches_the_simulated_oracle(reference_run, tmp_path, capsys):
+def test_files_oracle_round_trip_matches_the_simulated_oracle(reference_run, tmp_path, caplog):
   from claus_jax import data as data_lib
 
   config = smoke_config(**{"oracle.kind": "files"})
   workdir = str(tmp_path / "files")
   dataset = data_lib.get_dataset(config)
   assert experiment.run(config, workdir) == {"awaiting_answers": True}
-  assert "round_000/requests.json" in capsys.readouterr().out
+  assert "round_000/requests.json" in caplog.text  # The status line (absl logging) says where.
   assert os.path.exists(os.path.join(workdir, "round_000", "requests.csv"))
   _answer_from_ground_truth(os.path.join(workdir, "round_000"), dataset)
   assert experiment.run(config, workdir) == {"awaiting_answers": True}  # round 1's requests
@@ -307,7 +365,8 @@ def test_awaiting_answers_exits_with_its_own_code(tfds_dir, tmp_path):
                         env=dict(os.environ, CLAUS_TFDS_DIR=tfds_dir), capture_output=True,
                         text=True, timeout=300)
   assert done.returncode == experiment.EXIT_AWAITING_ANSWERS == 3, done.stderr[-2000:]
-  assert f"Write the annotations to {workdir}/round_000/answers.json" in done.stdout
+  # Status lines go through absl logging, which absl.app writes to stderr.
+  assert f"Write the annotations to {workdir}/round_000/answers.json" in done.stderr
   assert os.path.exists(workdir / "round_000" / "requests.json")
 
 

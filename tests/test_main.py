@@ -109,8 +109,48 @@ def test_the_echoes_of_a_failed_checkpoint_are_dropped_and_other_logs_kept():
     return logging.LogRecord("absl", level, path, 1, "message", None, None)
 
   orbax = os.path.join(os.sep, "venv", "site-packages", "orbax", "checkpoint", "future.py")
+  ours = os.path.join(ROOT, "claus_jax", "data", "official.py")
   assert not absl_logger.filter(record(logging.ERROR, orbax))
   assert absl_logger.filter(record(logging.WARNING, orbax))  # Orbax's warnings stay.
-  assert absl_logger.filter(record(logging.ERROR, os.path.join(ROOT, "claus_jax", "data",
-                                                               "official.py")))
+  assert absl_logger.filter(record(logging.ERROR, ours))
   assert logging.getLogger("asyncio").level == logging.CRITICAL
+
+
+def test_status_lines_reach_the_console_and_library_chatter_does_not():
+  import logging
+
+  from absl import logging as absl_logging
+
+  experiment.quiet_library_logs()
+  absl_logger = logging.getLogger("absl")
+  assert absl_logger.isEnabledFor(logging.INFO)  # Status lines are absl INFO records.
+
+  def record(level, path):
+    return logging.LogRecord("absl", level, path, 1, "message", None, None)
+
+  venv = os.path.join(os.sep, "venv", "site-packages")
+  for where in (absl_logger, absl_logging.get_absl_handler()):
+    assert where.filter(record(logging.INFO, os.path.join(ROOT, "claus_jax", "experiment.py")))
+    assert not where.filter(record(logging.INFO, os.path.join(venv, "orbax", "checkpoint", "x.py")))
+    assert not where.filter(record(logging.INFO, os.path.join(venv, "tensorflow_datasets", "a.py")))
+    # A checkout whose folder is named claus_jax is not the package: its venv's chatter stays out.
+    assert not where.filter(record(logging.INFO, os.path.join(os.sep, "claus_jax", ".venv", "lib",
+                                                              "tensorflow_datasets", "y.py")))
+    assert where.filter(record(logging.WARNING, os.path.join(venv, "jax", "z.py")))
+
+
+def test_the_run_logs_its_status_lines_on_stderr(tmp_path):
+  """absl.app writes absl logging to stderr; stdout keeps the command's own output."""
+  script = tmp_path / "say.py"
+  script.write_text("from absl import app\n"
+                    "from claus_jax import experiment\n"
+                    "def main(argv):\n"
+                    "  experiment.quiet_library_logs()\n"
+                    "  experiment.say('round 0: a status line')\n"
+                    "  print('| the results table |')\n"
+                    "app.run(main)\n")
+  done = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True,
+                        env={**os.environ, "PYTHONPATH": ROOT}, timeout=300)
+  assert done.returncode == 0, done.stderr
+  assert "round 0: a status line" in done.stderr and "status line" not in done.stdout
+  assert done.stdout == "| the results table |\n"
