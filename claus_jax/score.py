@@ -43,7 +43,10 @@ import ml_collections
 import numpy as np
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
+
+from claus_jax import score_files
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file the run used, e.g. configs/synthetic.py (plus the same overrides).",
@@ -56,8 +59,9 @@ _ROUND = flags.DEFINE_integer(
     "round", -1, "Round whose dropout keys to use; -1 = read round_K from --checkpoint (else 0).")
 _QUIET = flags.DEFINE_bool("quiet", False, "Turn off the progress bar.")
 
-PER_VIDEO_FIELDS = ("frame_scores", "entropy", "mean_prob", "latent", "class_probs")
-
+# The output's format lives in score_files, which the main job's score shards share.
+PER_VIDEO_FIELDS = score_files.PER_VIDEO_FIELDS
+load_scores = score_files.load_scores
 
 from claus_jax.train import CheckpointError  # pylint: disable=g-bad-import-order  (re-exported)
 
@@ -128,40 +132,8 @@ def stored_passes(config: ml_collections.ConfigDict) -> tuple[int, ...]:
 def score_split(scorer, records, video_ids: Sequence[str], key: jax.Array,
                 passes: Sequence[int], progress: Callable[[int], None] | None = None) -> dict:
   """Scores ``records`` (uid = position) and returns the npz arrays of the module docstring."""
-  take = np.asarray(passes, np.int64) - 1
-  arrays: dict[str, np.ndarray] = {}
   results = scorer.score_videos(records, range(len(video_ids)), key, progress=progress)
-  for expected, res in zip(video_ids, results):
-    if res.video_id != expected:
-      raise RuntimeError(f"scorer returned {res.video_id!r} where {expected!r} was expected.")
-    arrays[f"frame_scores/{res.video_id}"] = res.frame_scores[take]
-    for field in PER_VIDEO_FIELDS[1:]:
-      arrays[f"{field}/{res.video_id}"] = getattr(res, field)
-  arrays["video_ids"] = np.asarray(list(video_ids), dtype=str)
-  arrays["num_frames"] = np.asarray([len(r.entropy) for r in results], np.int64)
-  arrays["passes"] = np.asarray(passes, np.int32)
-  arrays["thresholds"] = np.asarray(scorer.thresholds, np.float32)
-  return arrays
-
-
-def write_npz(path: str, arrays: dict) -> None:
-  """Writes ``arrays`` to ``path`` atomically (exactly that name; no '.npz' is appended)."""
-  from claus_jax import pool as pool_lib
-
-  pool_lib.atomic_write_npz(path, arrays)
-
-
-def load_scores(path: str) -> dict:
-  """Reads a scores file: ``{'video_ids', 'passes', 'thresholds', ..., 'videos': {vid: {field}}}``."""
-  out: dict = {"videos": {}}
-  with np.load(path) as data:
-    for name in data.files:
-      field, sep, vid = name.partition("/")
-      if sep and field in PER_VIDEO_FIELDS:
-        out["videos"].setdefault(vid, {})[field] = data[name]
-      else:
-        out[name] = data[name]
-  return out
+  return score_files.split_arrays(results, video_ids, passes, scorer.thresholds)
 
 
 def run(config: ml_collections.ConfigDict, checkpoint: str, split: str, out: str,
@@ -190,20 +162,20 @@ def run(config: ml_collections.ConfigDict, checkpoint: str, split: str, out: str
   scorer = uncertainty.Scorer(model, variables, config)
   passes = stored_passes(config)
   bar = tqdm.tqdm(total=len(video_ids), desc=f"score {split}", unit="video",
-                  disable=quiet or bool(config.quiet), file=sys.stdout)
+                  disable=quiet or bool(config.quiet))
   records = (source[i] for i in range(len(video_ids)))
   arrays = score_split(scorer, records, video_ids, key, passes, progress=bar.update)
   bar.close()
   arrays.update(form=np.asarray(config.uncertainty.form), split=np.asarray(split),
                 round=np.asarray(r, np.int64), checkpoint_step=np.asarray(step, np.int64),
                 seed=np.asarray(config.seed, np.int64))
-  write_npz(out, arrays)
+  score_files.save_scores(out, arrays)
   summary = {"out": out, "videos": len(video_ids), "frames": int(arrays["num_frames"].sum()),
              "passes": list(passes), "thresholds": [float(t) for t in scorer.thresholds],
              "checkpoint": directory, "checkpoint_step": step, "round": r}
-  print(f"scored {summary['videos']} {split} videos ({summary['frames']} frames) with checkpoint "
-        f"step {step} of {directory}: R in {summary['passes']}, thresholds "
-        f"{summary['thresholds']} -> {out}")
+  logging.info("scored %d %s videos (%d frames) with checkpoint step %d of %s: R in %s, "
+               "thresholds %s -> %s", summary["videos"], split, summary["frames"], step, directory,
+               summary["passes"], summary["thresholds"], out)
   return summary
 
 
