@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from absl import logging
 from flax.training import train_state
 
 from claus_jax import configlib
@@ -272,7 +273,8 @@ def find_pretrained(config: ml_collections.ConfigDict) -> str | None:
   return None
 
 
-def ensure_pretrained(config: ml_collections.ConfigDict, log=print, progress: bool = True) -> str:
+def ensure_pretrained(config: ml_collections.ConfigDict, log=logging.info,
+                      progress: bool = True) -> str:
   """The encoder_init directory for ``config``: reused when shipped or cached, else pretrained into
   the cache."""
   found = find_pretrained(config)
@@ -296,12 +298,14 @@ def main(argv):
   configlib.validate(config)
   found = find_pretrained(config)
   if found and not flags.FLAGS.force:
-    print(f"already pretrained: {found} (--force to pretrain again into {cache_dir(config)})")
+    logging.info("already pretrained: %s (--force to pretrain again into %s)", found,
+                 cache_dir(config))
     return
   directory = cache_dir(config)
   if flags.FLAGS.force and os.path.isdir(directory):
     shutil.rmtree(directory)
-  print(f"pretraining {config.pretrain.steps} steps on the synthetic corpus -> {directory}")
+  logging.info("pretraining %d steps on the synthetic corpus -> %s", config.pretrain.steps,
+               directory)
   result = pretrain(config, directory)
   print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=1))
 

@@ -24,18 +24,16 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+from absl import logging
 
 from claus_jax import losses
 from claus_jax.data.pseudo_labels import KeyframeLabels
 from claus_jax.data.record import VideoRecord
-
-log = logging.getLogger(__name__)
 
 # Separate seed streams for the clip order, the augmentation and the centre of 'video' sampling.
 _PERM_STREAM, _AUG_STREAM, _CENTRE_STREAM = 0, 1, 2
@@ -194,8 +192,8 @@ class ClipSampler:
       else:
         skipped.append(int(index))
     if skipped:
-      log.warning("clip sampler: %d labelled videos have no labelled frame and give no clips: %s",
-                  len(skipped), skipped[:10])
+      logging.warning("clip sampler: %d labelled videos have no labelled frame and give no clips: "
+                      "%s", len(skipped), skipped[:10])
     if not self.items:
       raise ValueError("clip sampler: no labelled frame in any item; the round has nothing to train on.")
     self.sampling = str(config.train.get("sampling", "frame"))

@@ -628,6 +628,7 @@ def main(argv):
   import time
 
   from absl import flags
+  from absl import logging
   cfg = flags.FLAGS.config
   start = time.perf_counter()
   dataset = load(cfg)
@@ -636,11 +637,11 @@ def main(argv):
   print(f"dataset {summary['dataset']}: {summary['classes']} classes {list(dataset.class_names)}")
   for split in ("train", "test"):
     print(f"  {split}: " + json.dumps(summary[split]))
-  print(f"dataset ready in {elapsed:.1f} s (tfds dir {tfds_store.resolve_tfds_dir(cfg)})")
+  logging.info("dataset ready in %.1f s (tfds dir %s)", elapsed, tfds_store.resolve_tfds_dir(cfg))
   if flags.FLAGS.preview:
     records = preview_records(dataset, flags.FLAGS.preview_videos, flags.FLAGS.preview_split)
     contact_sheet(records, dataset.class_names, flags.FLAGS.preview, flags.FLAGS.preview_frames)
-    print(f"wrote {flags.FLAGS.preview}")
+    logging.info("wrote %s", flags.FLAGS.preview)
 
 
 if __name__ == "__main__":

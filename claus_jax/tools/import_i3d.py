@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from claus_jax.models import i3d, save_encoder_variables
 
@@ -150,6 +151,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
   parser.add_argument("--final_endpoint", default="Mixed_4f", choices=i3d.VALID_ENDPOINTS)
   parser.add_argument("--width", type=float, default=1.0, help="width multiplier of the target")
   args = parser.parse_args(argv)
+  from claus_jax import experiment  # The console's one logging setup; not needed to convert.
+
+  experiment.quiet_library_logs()
   state = load_torch_state_dict(args.state_dict)
   variables, report = convert_state_dict(state, args.final_endpoint, args.width)
   path = save_encoder_variables(variables, args.out)
@@ -159,8 +163,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
           "ignored_counters": len(report["ignored"]), "orbax": path}
   with open(os.path.join(args.out, "import_i3d.json"), "w") as f:
     json.dump(meta, f, indent=1)
-  print(f"converted {report['converted']} arrays to {path}; skipped {len(report['skipped'])} keys of "
-        f"layers after {args.final_endpoint}, ignored {len(report['ignored'])} BN counters.")
+  logging.info("converted %d arrays to %s; skipped %d keys of layers after %s, ignored %d BN "
+               "counters.", report["converted"], path, len(report["skipped"]), args.final_endpoint,
+               len(report["ignored"]))
   return meta
 
 
