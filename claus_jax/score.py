@@ -130,9 +130,15 @@ def stored_passes(config: ml_collections.ConfigDict) -> tuple[int, ...]:
 
 
 def score_split(scorer, records, video_ids: Sequence[str], key: jax.Array,
-                passes: Sequence[int], progress: Callable[[int], None] | None = None) -> dict:
-  """Scores ``records`` (uid = position) and returns the npz arrays of the module docstring."""
-  results = scorer.score_videos(records, range(len(video_ids)), key, progress=progress)
+                passes: Sequence[int], progress: Callable[[int], None] | None = None,
+                num_frames: Sequence[int] | None = None) -> dict:
+  """Scores ``records`` (uid = position) and returns the npz arrays of the module docstring.
+
+  With ``num_frames`` (the split index's frame counts) the records are read one at a time as the
+  scoring plan reaches them; without it they are all read into memory first.
+  """
+  results = scorer.score_videos(records, range(len(video_ids)), key, progress=progress,
+                                num_frames=num_frames)
   return score_files.split_arrays(results, video_ids, passes, scorer.thresholds)
 
 
@@ -164,7 +170,8 @@ def run(config: ml_collections.ConfigDict, checkpoint: str, split: str, out: str
   bar = tqdm.tqdm(total=len(video_ids), desc=f"score {split}", unit="video",
                   disable=quiet or bool(config.quiet))
   records = (source[i] for i in range(len(video_ids)))
-  arrays = score_split(scorer, records, video_ids, key, passes, progress=bar.update)
+  arrays = score_split(scorer, records, video_ids, key, passes, progress=bar.update,
+                       num_frames=[int(t) for t in index.num_frames])
   bar.close()
   arrays.update(form=np.asarray(config.uncertainty.form), split=np.asarray(split),
                 round=np.asarray(r, np.int64), checkpoint_step=np.asarray(step, np.int64),
