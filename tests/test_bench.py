@@ -75,9 +75,11 @@ def test_chunks_bench(env):
 
 @pytest.mark.slow
 def test_model_bench(env):
-  result, _ = run_bench(env, "model", "--batch=1")
+  result, lines = run_bench(env, "model", "--batch=1", "--profile")
   assert result["bench"] == "model" and result["fwd_s_per_clip"] > 0
   assert result["fwd_bwd_s_per_clip"] > 0 and result["params"] > 0
+  assert len(result["profile"]["rows"]) == 18  # bench.PROFILE_GROUPS
+  assert any(line.split()[:2] == ["whole", "forward"] for line in lines)
 
 
 def test_unknown_subcommand_is_a_usage_error(env):
@@ -100,3 +102,58 @@ def test_child_peak_rss_is_its_own():
   del ballast
   assert before < 400  # jax + numpy imports (~170 MiB), not the parent's 610 MiB ballast
   np.testing.assert_allclose(after - before, 25_000_000 * 8 / 2**20, rtol=0.1)
+
+
+def test_layer_profile_covers_the_forward():
+  """The profile has one row per layer group; chained, the groups compute the whole eval forward
+  (same outputs, and their XLA FLOPs sum to the forward's within 1%: XLA may recompute a cheap
+  elementwise producer inside each consumer's fusion of the one program); times are positive."""
+  import jax
+
+  from claus_jax import bench, configlib, models
+  from tests.config_files import load_config
+
+  config = configlib.validate(load_config("synthetic", "smoke"))  # 32 px, width 0.125
+  model = models.build_model(config)
+  variables = models.init_variables(model, config, jax.random.key(0))
+  video = jax.random.uniform(jax.random.key(1), (1, 8, 32, 32, 3), minval=-1.0, maxval=1.0)
+  profile = bench.layer_profile(model, variables, video, repeats=1)
+
+  assert [r["group"] for r in profile["rows"]] == list(bench.PROFILE_GROUPS)
+  assert profile["output_max_abs_diff"] < 1e-4
+  np.testing.assert_allclose(profile["groups_gflop"], profile["forward_gflop"], rtol=0.01)
+  assert abs(profile["flops_rel_diff"]) < 0.01
+  for row in profile["rows"]:
+    assert row["ms"] > 0 and row["gflop"] > 0 and row["flops_source"] == "xla", row
+    if row["group"] == "MaxPool3d_4a_3x3":  # No conv or dot: no reference.
+      assert row["ops"] == 0 and row["roofline_ms"] is None
+    else:
+      assert row["ops"] > 0 and row["conv_dot_gflop"] > 0, row
+      assert row["conv2d_gflop_per_s"] > 0 and row["matmul_gflop_per_s"] > 0, row
+      assert row["roofline_ms"] > 0, row
+  assert profile["forward_ms"] > 0 and profile["references"] > 0
+  lines = bench.format_profile(profile)
+  assert len(lines) == 2 + len(bench.PROFILE_GROUPS) + 3
+  assert all(any(line.split()[:1] == [g] for line in lines) for g in bench.PROFILE_GROUPS)
+
+
+def test_matmul_ops_count_a_3d_conv_as_its_2d_and_matmul_forms():
+  """A native 3-D conv's FLOPs and references: time folded into the batch, temporal taps into
+  the input channels (2-D conv), M = output positions, K = taps x C_in, N = C_out (matmul)."""
+  import jax
+  import jax.numpy as jnp
+
+  from claus_jax import bench
+
+  x, k = jnp.ones((2, 4, 10, 12, 5)), jnp.ones((3, 3, 3, 5, 7))
+  conv = lambda x, k: jax.lax.conv_general_dilated(
+      x, k, (1, 1, 1), [(0, 0), (1, 1), (1, 1)], dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+  (op,) = bench.matmul_ops(conv, x, k)
+  positions = 2 * 2 * 10 * 12  # T' = 4 - 3 + 1
+  assert op.flops == 2 * positions * 27 * 5 * 7
+  assert op.conv_ref == ("conv", 2 * 2, 10, 12, 3 * 5, 3, 3, 7, "float32")
+  assert op.dot_ref == ("dot", 1, positions, 27 * 5, 7, "float32")
+  a, b = jnp.ones((6, 3, 4)), jnp.ones((6, 4, 5))
+  (dot,) = bench.matmul_ops(lambda a, b: jnp.einsum("bmk,bkn->bmn", a, b), a, b)
+  assert dot.flops == 2 * 6 * 3 * 4 * 5 and dot.dot_ref == ("dot", 6, 3, 4, 5, "float32")
+  assert dot.conv_ref == dot.dot_ref  # Batched: no 2-D conv form.
