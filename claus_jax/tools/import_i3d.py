@@ -20,7 +20,6 @@ wrongly shaped one is an error that lists them all. torch is needed only here
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -30,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from claus_jax import pool
 from claus_jax.models import i3d, save_encoder_variables
 
 _BN_KEYS = {"weight": ("params", "scale"), "bias": ("params", "bias"),
@@ -161,8 +161,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
           "width": args.width, "converted": report["converted"],
           "skipped_later_layers": len(report["skipped"]),
           "ignored_counters": len(report["ignored"]), "orbax": path}
-  with open(os.path.join(args.out, "import_i3d.json"), "w") as f:
-    json.dump(meta, f, indent=1)
+  pool.atomic_write_json(os.path.join(args.out, "import_i3d.json"), meta)
   logging.info("converted %d arrays to %s; skipped %d keys of layers after %s, ignored %d BN "
                "counters.", report["converted"], path, len(report["skipped"]), args.final_endpoint,
                len(report["ignored"]))
