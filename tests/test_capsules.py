@@ -166,6 +166,29 @@ def test_primary_capsules_shapes_and_range():
   np.testing.assert_allclose(np.asarray(poses[0, 1, 2]).reshape(-1), want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("impl", ["native", "frames"])
+def test_primary_capsule_convs_match_nn_conv_in_both_lowerings(impl):
+  """Same parameter tree, initial values and outputs as the nn.Conv the layer used to be built on."""
+  import flax.linen as nn
+
+  x = jax.random.normal(jax.random.key(0), (2, 7, 6, 5))
+  ref = nn.Conv(4, (3, 3), padding="VALID", kernel_init=capsules.DEFAULT_KERNEL_INIT)
+  ours = capsules.ValidConv2d(4, 3, impl=impl)
+  ref_vars = ref.init(jax.random.key(1), x)
+  ours_vars = ours.init(jax.random.key(1), x)
+  jax.tree.map(np.testing.assert_array_equal, ref_vars, ours_vars)
+  ref_vars = {"params": {"kernel": ref_vars["params"]["kernel"],
+                         "bias": jnp.arange(4.0)}}  # A bias that shows.
+  want = np.asarray(ref.apply(ref_vars, x))
+  got = np.asarray(ours.apply(ref_vars, x))
+  assert got.shape == (2, 5, 4, 4)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  # bfloat16 accumulates in float32 in both lowerings.
+  low = capsules.ValidConv2d(4, 3, dtype=jnp.bfloat16, impl=impl).apply(ref_vars, x)
+  assert low.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(low, np.float32), want, rtol=0.05, atol=0.05)
+
+
 def test_the_em_sign_gives_agreeing_votes_the_higher_activation():
   """Two output capsules, equal offsets: one gets tight votes (low cost), one scattered votes."""
   rng = np.random.default_rng(0)

@@ -40,7 +40,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from claus_jax.models.i3d import DEFAULT_KERNEL_INIT, fast_init
+from claus_jax.models.i3d import DEFAULT_KERNEL_INIT, fast_init, resolve_conv_impl
 
 Dtype = Any
 
@@ -123,6 +123,47 @@ def em_routing(votes: jax.Array, a_in: jax.Array, beta_u: jax.Array, beta_a: jax
   return mu, a_out
 
 
+def valid_conv2d(x: jax.Array, kernel: jax.Array, impl: str = "auto") -> jax.Array:
+  """k x k VALID 2-D convolution (no bias), ``x (B, H, W, C_in)``, ``kernel (k, k, C_in, C_out)``.
+
+  ``impl`` (i3d.CONV_IMPLS): 'native' is one ``lax.conv_general_dilated``; 'frames' (what 'auto'
+  picks on CPU) sums k * k matmuls of the shifted input, accumulated in float32. Same result within
+  float32 reordering. Why: XLA's CPU convolution runs the primary capsules' 9x9 conv from 832
+  channels far below its matmul speed (``bench model --profile``: 25 against 110 GFLOP/s).
+  """
+  if resolve_conv_impl(impl) == "native":
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  kh, kw = kernel.shape[:2]
+  ho, wo = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+  out = None
+  for dy in range(kh):
+    for dx in range(kw):
+      term = jnp.einsum("bhwc,co->bhwo", x[:, dy:dy + ho, dx:dx + wo], kernel[dy, dx],
+                        preferred_element_type=jnp.float32)
+      out = term if out is None else out + term
+  return out.astype(x.dtype)
+
+
+class ValidConv2d(nn.Module):
+  """``nn.Conv(features, (k, k), padding='VALID')`` with the same parameters (``kernel``, ``bias``)
+  and initialisers, lowered by :func:`valid_conv2d`."""
+
+  features: int
+  kernel: int
+  dtype: Dtype = jnp.float32
+  kernel_init: Any = DEFAULT_KERNEL_INIT
+  impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", self.kernel_init, (self.kernel, self.kernel, x.shape[-1],
+                                                     self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+    y = valid_conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.impl)
+    return y + bias.astype(self.dtype)
+
+
 class PrimaryCapsules(nn.Module):
   """Pose conv + sigmoid activation conv (VALID, with bias) on a 2-D feature map.
 
@@ -130,19 +171,20 @@ class PrimaryCapsules(nn.Module):
     num_caps: capsule types P.
     kernel: square VALID kernel (9 at 224x224 input).
     kernel_init: of both convs (lecun_normal; the authors' code: N(0, 0.1)).
+    impl: lowering of both convs (:func:`valid_conv2d`); same parameters and results.
   """
 
   num_caps: int
   kernel: int
   dtype: Dtype = jnp.float32
   kernel_init: Any = DEFAULT_KERNEL_INIT
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """x: (B, H, W, C_in) -> poses (B, H', W', P, 16), activations (B, H', W', P); H' = H - k + 1."""
-    conv = lambda features, name: nn.Conv(features, (self.kernel, self.kernel), padding="VALID",
-                                          dtype=self.dtype, param_dtype=jnp.float32,
-                                          kernel_init=self.kernel_init, name=name)
+    conv = lambda features, name: ValidConv2d(features, self.kernel, self.dtype, self.kernel_init,
+                                              self.impl, name=name)
     poses = conv(self.num_caps * POSE_DIM, "pose")(x)
     acts = jax.nn.sigmoid(conv(self.num_caps, "activation")(x))
     return poses.reshape(*poses.shape[:-1], self.num_caps, POSE_DIM), acts

@@ -311,7 +311,7 @@ class CLAUSDetector(nn.Module):
     self.feature_dropout = channel_dropout(self.dropout, "feature_dropout")
     self.primary = capsules.PrimaryCapsules(
         self.primary_caps, self.primary_kernel, self.dtype,
-        AUTHORS_PRIMARY_INIT if authors_init else DEFAULT_KERNEL_INIT)
+        AUTHORS_PRIMARY_INIT if authors_init else DEFAULT_KERNEL_INIT, self.conv_impl)
     self.class_caps = capsules.ConvCapsules(self.num_classes, 1, self.routing_iters, self.coord_add,
                                             self.routing_lambda, self.routing_cost_scale,
                                             self.routing_sign == "em", self.routing == "authors")
