@@ -78,7 +78,7 @@ def test_model_bench(env):
   result, lines = run_bench(env, "model", "--batch=1", "--profile")
   assert result["bench"] == "model" and result["fwd_s_per_clip"] > 0
   assert result["fwd_bwd_s_per_clip"] > 0 and result["params"] > 0
-  assert len(result["profile"]["rows"]) == 18  # bench.PROFILE_GROUPS
+  assert len(result["profile"]["rows"]) == 18  # roofline.PROFILE_GROUPS
   assert any(line.split()[:2] == ["whole", "forward"] for line in lines)
 
 
@@ -110,16 +110,16 @@ def test_layer_profile_covers_the_forward():
   elementwise producer inside each consumer's fusion of the one program); times are positive."""
   import jax
 
-  from claus_jax import bench, configlib, models
+  from claus_jax import configlib, models, roofline
   from tests.config_files import load_config
 
   config = configlib.validate(load_config("synthetic", "smoke"))  # 32 px, width 0.125
   model = models.build_model(config)
   variables = models.init_variables(model, config, jax.random.key(0))
   video = jax.random.uniform(jax.random.key(1), (1, 8, 32, 32, 3), minval=-1.0, maxval=1.0)
-  profile = bench.layer_profile(model, variables, video, repeats=1)
+  profile = roofline.layer_profile(model, variables, video, repeats=1)
 
-  assert [r["group"] for r in profile["rows"]] == list(bench.PROFILE_GROUPS)
+  assert [r["group"] for r in profile["rows"]] == list(roofline.PROFILE_GROUPS)
   assert profile["output_max_abs_diff"] < 1e-4
   np.testing.assert_allclose(profile["groups_gflop"], profile["forward_gflop"], rtol=0.01)
   assert abs(profile["flops_rel_diff"]) < 0.01
@@ -132,9 +132,9 @@ def test_layer_profile_covers_the_forward():
       assert row["conv2d_gflop_per_s"] > 0 and row["matmul_gflop_per_s"] > 0, row
       assert row["roofline_ms"] > 0, row
   assert profile["forward_ms"] > 0 and profile["references"] > 0
-  lines = bench.format_profile(profile)
-  assert len(lines) == 2 + len(bench.PROFILE_GROUPS) + 3
-  assert all(any(line.split()[:1] == [g] for line in lines) for g in bench.PROFILE_GROUPS)
+  lines = roofline.format_profile(profile)
+  assert len(lines) == 2 + len(roofline.PROFILE_GROUPS) + 3
+  assert all(any(line.split()[:1] == [g] for line in lines) for g in roofline.PROFILE_GROUPS)
 
 
 def test_matmul_ops_count_a_3d_conv_as_its_2d_and_matmul_forms():
@@ -143,17 +143,17 @@ def test_matmul_ops_count_a_3d_conv_as_its_2d_and_matmul_forms():
   import jax
   import jax.numpy as jnp
 
-  from claus_jax import bench
+  from claus_jax import roofline
 
   x, k = jnp.ones((2, 4, 10, 12, 5)), jnp.ones((3, 3, 3, 5, 7))
   conv = lambda x, k: jax.lax.conv_general_dilated(
       x, k, (1, 1, 1), [(0, 0), (1, 1), (1, 1)], dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
-  (op,) = bench.matmul_ops(conv, x, k)
+  (op,) = roofline.matmul_ops(conv, x, k)
   positions = 2 * 2 * 10 * 12  # T' = 4 - 3 + 1
   assert op.flops == 2 * positions * 27 * 5 * 7
   assert op.conv_ref == ("conv", 2 * 2, 10, 12, 3 * 5, 3, 3, 7, "float32")
   assert op.dot_ref == ("dot", 1, positions, 27 * 5, 7, "float32")
   a, b = jnp.ones((6, 3, 4)), jnp.ones((6, 4, 5))
-  (dot,) = bench.matmul_ops(lambda a, b: jnp.einsum("bmk,bkn->bmn", a, b), a, b)
+  (dot,) = roofline.matmul_ops(lambda a, b: jnp.einsum("bmk,bkn->bmn", a, b), a, b)
   assert dot.flops == 2 * 6 * 3 * 4 * 5 and dot.dot_ref == ("dot", 6, 3, 4, 5, "float32")
   assert dot.conv_ref == dot.dot_ref  # Batched: no 2-D conv form.
