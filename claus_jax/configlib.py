@@ -40,6 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
       frame_size=64,  # Stored frames are resized to frame_size x frame_size (square).
       split=1,  # J-HMDB split number (1-3).
       on_bad_video="error",  # 'error' stops preparation at a bad video; 'skip' lists and skips it.
+      validation_groups=0,  # > 0: tune on this many train groups held out as the test split (never the real test split).
       truncate_to_shorter=False,  # Frame/annotation count mismatch: cut to the shorter, with a warning.
       synthetic=_cd(
           num_classes=8,  # Motion classes (at most 10).
@@ -54,6 +55,9 @@ def base_config() -> ml_collections.ConfigDict:
           occlusion=0.3,  # Probability that a video has an occluding bar crossing the actor.
           jitter=1.0,  # Camera jitter amplitude in pixels (at 64x64; scales with frame size).
           actor_outline=True,  # Draw the actor's silhouette edge dark (class-free cue; see synthetic.py).
+          class_shape=0.0,  # Probability that a group's actor has its class's silhouette (see synthetic.py).
+          class_color=0.0,  # Probability that a group's actor has its class's hue (see synthetic.py).
+          class_scene=0.0,  # Probability that a group's background is in shades of its class's hue.
       ),
   )
 
@@ -373,6 +377,7 @@ RANGES = {
     "seed": "[0, 2147483647]",
     "data.frame_size": "[16, inf)",
     "data.split": "[1, 3]",
+    "data.validation_groups": "[0, inf)",
     "data.synthetic.num_classes": "[1, 10]",
     "data.synthetic.train_groups": "[1, inf)",
     "data.synthetic.test_groups": "[1, inf)",
@@ -383,6 +388,9 @@ RANGES = {
     "data.synthetic.distractors": "[0, inf)",
     "data.synthetic.occlusion": "[0, 1]",
     "data.synthetic.jitter": "[0, inf)",
+    "data.synthetic.class_shape": "[0, 1]",
+    "data.synthetic.class_color": "[0, 1]",
+    "data.synthetic.class_scene": "[0, 1]",
     "model.num_classes": "[1, inf)",
     "model.primary_caps": "[1, inf)",
     "model.primary_kernel": "[0, inf)",

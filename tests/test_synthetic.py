@@ -273,3 +273,115 @@ def test_held_out_groups_take_whole_groups_from_the_end():
   assert index.held_out_groups(1) == ([1, 2, 4], [0, 3])
   assert index.held_out_groups(2) == ([1, 4], [0, 2, 3])
   assert index.held_out_groups(0) == ([0, 1, 2, 3, 4], [])
+
+
+def test_class_shape_gives_each_class_its_silhouette_and_changes_nothing_else():
+  cued = dataclasses.replace(TINY, class_shape=1.0)
+  for label in range(TINY.num_classes):
+    group = _group_of(TINY, label)
+    plain = S._make_group(TINY, "train", group, label)
+    shaped = S._make_group(cued, "train", group, label)
+    assert shaped.actor.shape == S.CLASS_SHAPES[label]
+    # The cue has a random stream of its own: scene, path, size and colours are class_shape=0's.
+    np.testing.assert_array_equal(shaped.canvas, plain.canvas)
+    np.testing.assert_array_equal(shaped.start, plain.start)
+    assert shaped.motion.values == plain.motion.values and shaped.angle0 == plain.angle0
+    for field in dataclasses.fields(S._Look):
+      if field.name != "shape":
+        np.testing.assert_array_equal(getattr(shaped.actor, field.name),
+                                      getattr(plain.actor, field.name), err_msg=field.name)
+  # The rendered video changes only where either silhouette is.
+  group = _group_of(TINY, 4)  # 'ring': never one of the random shapes.
+  a = S.generate_video(dataclasses.replace(TINY, occlusion=0.0), "train", group, 0)
+  b = S.generate_video(dataclasses.replace(TINY, occlusion=0.0, class_shape=1.0), "train", group, 0)
+  assert a.span == b.span and a.frames.shape == b.frames.shape
+  changed = np.any(a.frames != b.frames, axis=-1)[a.has_gt]
+  either = (a.masks | b.masks).astype(bool)[a.has_gt]
+  assert changed.any() and not (changed & ~either).any()
+
+
+def test_class_shape_zero_keeps_the_old_videos_and_bad_values_name_the_field():
+  assert S.GeneratorParams().class_shape == 0.0
+  shapes = {S._make_group(TINY, "train", g, int(l)).actor.shape
+            for g, l in enumerate(S.group_labels(TINY, "train"))}
+  assert shapes <= set(S.SHAPES)
+  c = configlib.base_config()
+  c.data.synthetic.class_shape = 1.5
+  with pytest.raises(ValueError, match="data.synthetic.class_shape"):
+    S.GeneratorParams.from_config(c)
+  with pytest.raises(configlib.ConfigError, match="data.synthetic.class_shape"):
+    configlib.validate(c)
+
+
+@pytest.mark.parametrize("shape,inside,outside", [
+    ("ring", [(0.7, 0.0), (0.0, -0.8)], [(0.0, 0.0), (0.3, 0.2), (1.1, 0.0)]),
+    ("crescent", [(-0.9, 0.0), (0.2, 0.9)], [(0.9, 0.0), (0.5, 0.0)]),
+    ("arrow", [(0.5, 0.3), (-0.8, 0.3), (0.9, 0.0)], [(-0.8, 0.5), (0.9, 0.5)]),
+    ("hourglass", [(0.8, 0.5), (0.0, 0.0), (-0.9, -0.7)], [(0.0, 0.5), (0.3, -0.6)]),
+    ("frame", [(0.7, 0.0), (0.6, 0.6)], [(0.0, 0.0), (0.95, 0.0), (0.2, 0.3)]),
+    ("chevron", [(-0.6, 0.0), (0.4, 0.8)], [(0.3, 0.0), (-0.6, 0.8)]),
+    ("l_shape", [(0.8, -0.6), (-0.6, 0.8)], [(0.5, 0.5), (0.0, 0.0)]),
+    ("t_shape", [(0.7, 0.9), (-0.8, 0.1)], [(-0.5, 0.6)]),
+    ("half_disc", [(0.0, 0.5), (0.5, 0.0)], [(0.0, -0.5), (0.9, 0.6)]),
+    ("dumbbell", [(0.6, 0.6), (0.0, 0.1), (-0.6, -0.6), (0.95, 0.0)], [(0.0, 0.5), (0.3, 0.5)]),
+])
+def test_class_silhouettes_by_hand(shape, inside, outside):
+  assert shape in S.CLASS_SHAPES
+  # Points in units of the half-axes (a = 2, b = 1): worked from each shape's definition.
+  for points, expected in ((inside, True), (outside, False)):
+    u = np.array([p[0] * 2.0 for p in points])
+    v = np.array([p[1] * 1.0 for p in points])
+    np.testing.assert_array_equal(S._shape_mask(shape, u, v, 2.0, 1.0), expected, err_msg=shape)
+
+
+def test_validation_groups_replace_the_test_split_by_held_out_train_groups(tmp_path):
+  full = get_dataset(_config(tmp_path))
+  config = _config(tmp_path)
+  config.data.validation_groups = 1
+  held = get_dataset(config)
+  kept_pos, held_pos = full.train_index.held_out_groups(1)
+  assert held.test_index.video_ids == tuple(full.train_index.video_ids[i] for i in held_pos)
+  assert held.train_index.video_ids == tuple(full.train_index.video_ids[i] for i in kept_pos)
+  assert not set(held.test_index.video_ids) & set(full.test_index.video_ids)
+  assert not set(held.test_index.group_ids) & set(held.train_index.group_ids)
+  np.testing.assert_array_equal(held.test_index.labels, full.train_index.labels[held_pos])
+  assert held.test[0].frames.tobytes() == full.train[held_pos[0]].frames.tobytes()
+  assert [r.video_id for r in held.train] == list(held.train_index.video_ids)
+  config.data.validation_groups = len(set(full.train_index.group_ids))
+  with pytest.raises(ValueError, match="config.data.validation_groups"):
+    get_dataset(config)
+
+
+def _chroma(rgb):
+  rgb = np.asarray(rgb, np.float64).reshape(-1, 3)
+  return rgb / rgb.sum(axis=-1, keepdims=True)
+
+
+def test_class_scene_tints_the_background_with_the_class_hue_and_keeps_the_rest():
+  cued = dataclasses.replace(TINY, class_scene=1.0, distractors=0)
+  plain = dataclasses.replace(TINY, distractors=0)
+  hues = _chroma(S._hues(TINY.num_classes))
+  for label in range(TINY.num_classes):
+    group = _group_of(TINY, label)
+    a, b = S._make_group(plain, "train", group, label), S._make_group(cued, "train", group, label)
+    # Scene layout, actor, motion and path are the cue-free draws.
+    np.testing.assert_array_equal(a.start, b.start)
+    assert a.motion.values == b.motion.values and a.actor.shape == b.actor.shape
+    np.testing.assert_array_equal(a.actor.color_a, b.actor.color_a)
+    # The median background colour is nearest the class's own hue (its stripes keep a random
+    # third colour at a weight <= 0.5, so take the median over the canvas).
+    median = np.median(b.canvas.reshape(-1, 3), axis=0)
+    nearest = np.argmin(np.linalg.norm(hues - _chroma(median), axis=-1))
+    assert nearest == label, (label, nearest)
+
+
+def test_class_color_paints_the_actor_in_the_class_hue():
+  cued = dataclasses.replace(TINY, class_color=1.0)
+  hues = _chroma(S._hues(TINY.num_classes))
+  for label in range(TINY.num_classes):
+    actor = S._make_group(cued, "train", _group_of(TINY, label), label).actor
+    for color in (actor.color_a, actor.color_b):
+      np.testing.assert_allclose(_chroma(color)[0], hues[label], atol=1e-5)
+  # Hues are evenly spread: red first, and every pair of classes differs.
+  np.testing.assert_allclose(S._hues(4)[0], [220.0, 33.0, 33.0], atol=0.5)
+  assert len({tuple(np.round(h)) for h in S._hues(8)}) == 8

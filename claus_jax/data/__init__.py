@@ -12,7 +12,14 @@ def get_dataset(config) -> VideoDataset:
 
   ``.train`` / ``.test`` decode a video when it is indexed; ``.train_index`` / ``.test_index`` hold
   ids, groups, labels and frame counts without decoding frames.
+
+  With ``config.data.validation_groups`` > 0 the test split is replaced by that many groups held
+  out of the train split (:meth:`VideoDataset.validation_split`), for tuning.
   """
+  return _load(config).validation_split(int(config.data.get("validation_groups", 0)))
+
+
+def _load(config) -> VideoDataset:
   # Readers are imported lazily: each pulls in its own dependencies (tfds, scipy.io, ...).
   if config.dataset == "synthetic":
     from claus_jax.data import synthetic

@@ -96,11 +96,33 @@ class SplitIndex:
     kept = [i for i, g in enumerate(self.group_ids) if g not in held]
     return kept, [i for i, g in enumerate(self.group_ids) if g in held]
 
+  def subset(self, positions: Sequence[int]) -> "SplitIndex":
+    """The rows at ``positions``, in that order."""
+    rows = np.asarray(positions, np.int64)
+    return SplitIndex(video_ids=tuple(self.video_ids[i] for i in rows),
+                      group_ids=tuple(self.group_ids[i] for i in rows),
+                      labels=np.asarray(self.labels)[rows], num_frames=np.asarray(self.num_frames)[rows])
+
   def position(self, video_id: str) -> int:
     try:
       return self.video_ids.index(video_id)
     except ValueError:
       raise KeyError(f"unknown video id {video_id!r}") from None
+
+
+class _Rows(Sequence):
+  """The videos of ``source`` at ``positions`` (decoded when indexed, like the source)."""
+
+  def __init__(self, source: Sequence[VideoRecord], positions: Sequence[int]):
+    self._source, self._positions = source, list(positions)
+
+  def __len__(self) -> int:
+    return len(self._positions)
+
+  def __getitem__(self, i):
+    if isinstance(i, slice):
+      return [self[j] for j in range(*i.indices(len(self)))]
+    return self._source[self._positions[i]]
 
 
 @dataclasses.dataclass
@@ -121,6 +143,23 @@ class VideoDataset:
   @property
   def num_classes(self) -> int:
     return len(self.class_names)
+
+  def validation_split(self, groups: int) -> "VideoDataset":
+    """The train split's last ``groups`` groups become the test split; the rest stay to train on.
+
+    For tuning (``config.data.validation_groups``): the real test split is then never read.
+    """
+    if groups <= 0:
+      return self
+    available = len(set(self.train_index.group_ids))
+    if groups >= available:
+      raise ValueError(f"config.data.validation_groups={groups}: the train split has {available} "
+                       "groups; hold out fewer, so that some remain to train on.")
+    kept, held = self.train_index.held_out_groups(groups)
+    return VideoDataset(name=f"{self.name}:validation{groups}", class_names=self.class_names,
+                        train=_Rows(self.train, kept), test=_Rows(self.train, held),
+                        train_index=self.train_index.subset(kept),
+                        test_index=self.train_index.subset(held))
 
   def summary(self) -> dict:
     """Counts a person checks first: videos, frames, classes and groups per split."""

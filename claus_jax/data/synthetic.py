@@ -12,6 +12,14 @@ encoder comes pretrained), and only its motion tells the class. Without it the a
 distractors only by moving, which a detector trained from scratch on a CPU budget did not learn
 (test mask IoU <= 0.15 after 500 fully labelled steps at the synthetic default).
 
+Class cues (each a probability per group, 0 by default, drawn from a random stream of their own so
+that the scene's layout, the actor's size, the motion and the path stay the cue-free draws): with
+``class_shape`` the actor takes its class's silhouette (``CLASS_SHAPES``, none of them a random
+actor's, distractor's or pretraining actor's shape); with ``class_color`` its class's hue; with
+``class_scene`` the background comes in shades of the class's hue, as a UCF-101 class shows in its
+scene. They make the class visible in single frames, for studying the classification path apart from
+motion learning (the README has what each did to the detector).
+
 Videos come in groups, like UCF-101's g01-g25 cut from one recording: members of a group share the
 background, the distractors, the actor and its trajectory up to small perturbations (speed, a small
 shift, where the cut starts and where the action sits in it). Train and test use disjoint groups.
@@ -52,6 +60,22 @@ CLASS_NAMES = ("move_right", "move_left", "move_up", "move_down", "circle", "zig
                "rotate", "jump", "spiral")
 MAX_CLASSES = len(CLASS_NAMES)
 SHAPES = ("ellipse", "rectangle", "triangle", "diamond", "star", "cross")
+# The silhouette each class's actor takes when ``class_shape`` says so (class k -> CLASS_SHAPES[k]).
+# None of them is a random actor's, a distractor's or a pretraining actor's shape (SHAPES), so a
+# silhouette names its class here and nowhere else.
+CLASS_SHAPES = ("ring", "crescent", "arrow", "hourglass", "frame", "chevron", "l_shape", "t_shape",
+                "half_disc", "dumbbell")
+assert not set(CLASS_SHAPES) & set(SHAPES)
+
+
+def _hues(count: int) -> np.ndarray:
+  """``(count, 3) float32`` RGB of ``count`` hues evenly around the colour wheel (saturation 0.85)."""
+  h = np.arange(count) / count
+  k = (np.array([5.0, 3.0, 1.0])[None] + 6.0 * h[:, None]) % 6.0
+  rgb = 1.0 - 0.85 * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
+  return (220.0 * rgb).astype(np.float32)
+
+
 MODES = ("untrimmed", "trimmed")
 # Bump when the rendering code changes what a given config produces (tfds keeps old versions apart).
 VERSION = "1.0.0"
@@ -59,7 +83,7 @@ TFDS_NAME = "claus_synthetic"
 
 _SPLIT_IDS = {"train": 0, "test": 1}
 # Purposes keep the random streams of one (split, group, video) apart.
-_LABELS, _GROUP, _VIDEO = 0, 1, 2
+_LABELS, _GROUP, _VIDEO, _CUE = 0, 1, 2, 3
 # Direction unit vectors of the translation classes in image coordinates (y grows downwards).
 _DIRECTIONS = np.array([(1.0, 0.0), (-1.0, 0.0), (0.0, -1.0), (0.0, 1.0)])
 
@@ -82,6 +106,9 @@ class GeneratorParams:
   occlusion: float = 0.3
   jitter: float = 1.0
   actor_outline: bool = True
+  class_shape: float = 0.0
+  class_color: float = 0.0
+  class_scene: float = 0.0
 
   @classmethod
   def from_config(cls, config) -> "GeneratorParams":
@@ -92,7 +119,10 @@ class GeneratorParams:
                min_frames=int(syn.min_frames), max_frames=int(syn.max_frames), mode=str(syn.mode),
                long_tail=float(syn.long_tail), distractors=int(syn.distractors),
                occlusion=float(syn.occlusion), jitter=float(syn.jitter),
-               actor_outline=bool(syn.actor_outline)).check()
+               actor_outline=bool(syn.actor_outline),
+               class_shape=float(syn.class_shape),
+               class_color=float(syn.class_color),
+               class_scene=float(syn.class_scene)).check()
 
   def check(self) -> "GeneratorParams":
     """Raises ValueError naming the config field of a value the generator cannot use."""
@@ -113,6 +143,9 @@ class GeneratorParams:
       fail("train_groups", "train_groups, test_groups and videos_per_group must be >= 1.")
     if not 0.0 <= self.occlusion <= 1.0:
       fail("occlusion", f"{self.occlusion} must be a probability in [0, 1].")
+    for field in ("class_shape", "class_color", "class_scene"):
+      if not 0.0 <= getattr(self, field) <= 1.0:
+        fail(field, f"{getattr(self, field)} must be a probability in [0, 1].")
     if self.distractors < 0 or self.jitter < 0:
       fail("distractors", "distractors and jitter must be >= 0.")
     return self
@@ -224,6 +257,33 @@ def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray, a: float, b: float) ->
   if shape == "cross":
     return (((np.abs(un) <= 1.0) & (np.abs(vn) <= 0.4))
             | ((np.abs(un) <= 0.4) & (np.abs(vn) <= 1.0)))
+  if shape == "frame":  # A square outline.
+    edge = np.maximum(np.abs(un), np.abs(vn))
+    return (edge <= 0.9) & (edge >= 0.5)
+  if shape == "chevron":  # A V opening towards +u.
+    return (np.abs(un - (1.2 * np.abs(vn) - 0.6)) <= 0.35) & (np.abs(vn) <= 1.0)
+  if shape == "l_shape":
+    return ((np.abs(un) <= 1.0) & (vn >= -1.0) & (vn <= -0.3)) | (
+        (un >= -1.0) & (un <= -0.3) & (np.abs(vn) <= 1.0))
+  if shape == "t_shape":  # The bar at +u, the stem along -u.
+    return ((un >= 0.45) & (un <= 1.0) & (np.abs(vn) <= 1.0)) | (
+        (un >= -1.0) & (un <= 0.45) & (np.abs(vn) <= 0.3))
+  if shape == "half_disc":  # The ellipse's +v half.
+    return (un * un + vn * vn <= 1.0) & (vn >= -0.1)
+  if shape == "dumbbell":  # Two knobs at u = +-0.6 joined by a thin bar.
+    knob = lambda c: (un - c) ** 2 + (0.6 * vn) ** 2 <= 0.4 ** 2
+    return knob(0.6) | knob(-0.6) | ((np.abs(un) <= 0.6) & (np.abs(vn) <= 0.2))
+  if shape == "ring":
+    radius2 = un * un + vn * vn
+    return (radius2 <= 1.0) & (radius2 >= 0.45 ** 2)
+  if shape == "crescent":  # The ellipse less a disc bitten out of its +u side.
+    return (un * un + vn * vn <= 1.0) & ((un - 0.55) ** 2 + vn * vn > 0.7 ** 2)
+  if shape == "arrow":  # Shaft along -u, head pointing to +u.
+    shaft = (un >= -1.0) & (un <= 0.1) & (np.abs(vn) <= 0.35)
+    head = (un >= 0.1) & (un <= 1.0) & (np.abs(vn) <= (1.0 - un) / 0.9)
+    return shaft | head
+  if shape == "hourglass":  # Two triangles meeting at the centre, apexes on the u = 0 line.
+    return (np.abs(un) <= 1.0) & (np.abs(vn) <= np.abs(un) + 0.12)
   raise ValueError(f"unknown shape {shape!r}")
 
 
@@ -359,10 +419,12 @@ class _Group:
 
 
 def _scene(rng: np.random.Generator, size: int, jitter: float, distractors: int,
-           extra_margin: int = 0) -> tuple[np.ndarray, int]:
+           extra_margin: int = 0, tint: np.ndarray | None = None) -> tuple[np.ndarray, int]:
   """A static background with distractors: ``(canvas (S + 2M, S + 2M, 3) float32, M)``.
 
   ``M`` is the largest camera shift in pixels (jitter, plus ``extra_margin`` for camera pans).
+  ``tint`` (2, 3), if given, replaces the background's two base colours (its stripes and the
+  distractors keep their random ones); every other draw is the same as without it.
   """
   zoom = size / 64.0
   margin = int(math.ceil(3.0 * jitter * zoom)) + 1 + int(extra_margin)
@@ -376,6 +438,8 @@ def _scene(rng: np.random.Generator, size: int, jitter: float, distractors: int,
   stripes = 0.5 + 0.5 * np.sin(2 * np.pi * (xx * np.cos(theta) + yy * np.sin(theta)) / period)
   stripes = (stripes ** rng.uniform(1.0, 3.0)).astype(np.float32)
   c1, c2, c3 = _random_color(rng), _random_color(rng), _random_color(rng)
+  if tint is not None:
+    c1, c2 = tint[0], tint[1]
   beta = rng.uniform(0.15, 0.5)
   canvas = c1 + (c2 - c1) * noise[..., None]
   canvas = canvas * (1 - beta * stripes[..., None]) + c3 * (beta * stripes[..., None])
@@ -403,11 +467,45 @@ def _place_path(rng: np.random.Generator, motion, actor: _Look, size: int,
   return start
 
 
+def _cue_draws(params: GeneratorParams, split: str, group: int) -> np.ndarray | None:
+  """The group's class-cue draws, from a stream of their own: with or without cues, the scene's
+  layout, the actor's size, the motion and the path are the same draws. None without cues."""
+  if not (params.class_shape or params.class_color or params.class_scene):
+    return None
+  return _rng(params, split, _CUE, group).random(6)
+
+
+def _class_tint(params: GeneratorParams, draws, label: int) -> np.ndarray | None:
+  """``class_scene``: the background's two base colours in shades of the class's hue, so the class
+  shows in the scene, as UCF-101's classes show in theirs (the pool of diving, the pitch of soccer
+  juggling). None when the group has no scene cue."""
+  if draws is None or not draws[3] < params.class_scene:
+    return None
+  hue = _hues(params.num_classes)[label]
+  return np.stack([hue * (0.7 + 0.35 * draws[4]), hue * (0.35 + 0.3 * draws[5])])
+
+
+def _class_look(params: GeneratorParams, draws, label: int, actor: _Look) -> _Look:
+  """``class_shape``: the class's silhouette; ``class_color``: the class's hue at a brightness of
+  the group's own (the texture's second colour a darker shade of it)."""
+  if draws is None:
+    return actor
+  if draws[0] < params.class_shape:
+    actor = dataclasses.replace(actor, shape=CLASS_SHAPES[label])
+  if draws[1] < params.class_color:
+    base = _hues(params.num_classes)[label] * (0.8 + 0.3 * draws[2])
+    actor = dataclasses.replace(actor, color_a=base.astype(np.float32),
+                                color_b=(0.6 * base).astype(np.float32))
+  return actor
+
+
 def _make_group(params: GeneratorParams, split: str, group: int, label: int) -> _Group:
   rng = _rng(params, split, _GROUP, group)
   s = params.frame_size
-  canvas, margin = _scene(rng, s, params.jitter, params.distractors)
-  actor = _random_look(rng, s)
+  draws = _cue_draws(params, split, group)
+  canvas, margin = _scene(rng, s, params.jitter, params.distractors,
+                          tint=_class_tint(params, draws, label))
+  actor = _class_look(params, draws, label, _random_look(rng, s))
   t_max = params.max_frames * 1.12 + 4.0
   reach = s - 2 * 0.6 * actor.half_major
   motion = _random_motion(rng, label, s, t_max, reach)
