@@ -78,7 +78,7 @@ def _hues(count: int) -> np.ndarray:
 
 MODES = ("untrimmed", "trimmed")
 # Bump when the rendering code changes what a given config produces (tfds keeps old versions apart).
-VERSION = "1.1.0"  # 1.1: class cues (a cue-free config renders the same videos as 1.0).
+VERSION = "1.2.0"  # 1.1: class cues (a cue-free config renders the same videos as 1.0); 1.2: mid tint.
 TFDS_NAME = "claus_synthetic"
 
 _SPLIT_IDS = {"train": 0, "test": 1}
@@ -482,9 +482,10 @@ def _class_tint(params: GeneratorParams, draws, label: int) -> np.ndarray | None
   if draws is None or not draws[3] < params.class_scene:
     return None
   hue = _hues(params.num_classes)[label]
-  # Light shades only: the hue itself and a pastel of it, so the actor's near-black outline keeps
-  # its contrast (dark shades of a hue took the localisation down with them: see the README).
-  return np.stack([hue * (0.8 + 0.25 * draws[4]), hue + (235.0 - hue) * (0.3 + 0.3 * draws[5])])
+  # Saturated mid shades: the hue at 0.85-1.05 and at 0.6-0.8 of its brightness. Darker shades
+  # (down to 0.35) taught the class and took the actor's near-black outline's contrast; pastel ones
+  # kept the outline and lost the class (see the README).
+  return np.stack([hue * (0.85 + 0.2 * draws[4]), hue * (0.6 + 0.2 * draws[5])])
 
 
 def _class_look(params: GeneratorParams, draws, label: int, actor: _Look) -> _Look:
