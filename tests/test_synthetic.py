@@ -300,7 +300,7 @@ def test_class_shape_gives_each_class_its_silhouette_and_changes_nothing_else():
   assert changed.any() and not (changed & ~either).any()
 
 
-def test_class_shape_zero_keeps_the_old_videos_and_bad_values_name_the_field():
+def test_cue_free_actors_keep_the_random_shapes_and_bad_values_name_the_field():
   assert S.GeneratorParams().class_shape == 0.0
   shapes = {S._make_group(TINY, "train", g, int(l)).actor.shape
             for g, l in enumerate(S.group_labels(TINY, "train"))}
