@@ -141,9 +141,7 @@ class GeneratorParams:
       fail("long_tail", f"{self.long_tail} must be >= 1 (most / least frequent class).")
     if self.train_groups < 1 or self.test_groups < 1 or self.videos_per_group < 1:
       fail("train_groups", "train_groups, test_groups and videos_per_group must be >= 1.")
-    if not 0.0 <= self.occlusion <= 1.0:
-      fail("occlusion", f"{self.occlusion} must be a probability in [0, 1].")
-    for field in ("class_shape", "class_color", "class_scene"):
+    for field in ("occlusion", "class_shape", "class_color", "class_scene"):
       if not 0.0 <= getattr(self, field) <= 1.0:
         fail(field, f"{getattr(self, field)} must be a probability in [0, 1].")
     if self.distractors < 0 or self.jitter < 0:
