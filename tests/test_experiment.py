@@ -204,6 +204,59 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(point, reference_run, 
   assert _outcome(workdir) == _outcome(reference_run)
 
 
+@pytest.fixture(scope="module")
+def warm_run(tfds_dir, tmp_path_factory):
+  """An uninterrupted smoke run with train.warm_start, and the weights each round's fit got and
+  returned."""
+  import jax
+
+  workdir = str(tmp_path_factory.mktemp("warm"))
+  starts, ends = {}, {}
+  original = experiment.Experiment._fit
+
+  def fit(self, r, state, *args, **kwargs):
+    starts[r] = jax.device_get(state.params)
+    result = original(self, r, state, *args, **kwargs)
+    ends[r] = jax.device_get(result.state.params)
+    return result
+
+  with pytest.MonkeyPatch.context() as m:
+    m.setattr(experiment.Experiment, "_fit", fit)
+    experiment.run(smoke_config(**{"train.warm_start": True}), workdir)
+  return workdir, starts, ends
+
+
+def test_warm_start_trains_round_1_from_round_0s_trained_weights(warm_run, reference_run):
+  import jax
+
+  _, starts, ends = warm_run
+  assert sorted(starts) == [0, 1]
+  same = lambda a, b: all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(np.array_equal, a, b)))
+  assert same(starts[1], ends[0])
+  assert not same(starts[1], starts[0])  # Round 0 trained: its end is not the initial weights.
+  # Round 0 is the same with or without warm start; round 1 then trains from other weights.
+  with open(os.path.join(reference_run, "metrics.jsonl")) as f:
+    cold = [json.loads(line) for line in f]
+  with open(os.path.join(warm_run[0], "metrics.jsonl")) as f:
+    warm = [json.loads(line) for line in f]
+  assert warm[0] == cold[0]
+
+
+@pytest.mark.slow
+def test_warm_start_resumes_from_the_previous_rounds_checkpoint(warm_run, tmp_path, monkeypatch):
+  # The crash comes as round 1's training starts: the re-run rebuilds round 1's starting weights
+  # from round 0's final checkpoint on disk, not from memory.
+  workdir = str(tmp_path / "warm")
+  config = smoke_config(**{"train.warm_start": True})
+  with monkeypatch.context() as m:
+    _crash_once(m, experiment.Experiment, "_fit", lambda self, r, *a, **k: r == 1)
+    with pytest.raises(_Crash):
+      experiment.run(config, workdir)
+  assert not os.path.exists(os.path.join(workdir, "round_001", "train.json"))
+  experiment.run(config, workdir)
+  assert _outcome(workdir) == _outcome(warm_run[0])
+
+
 @pytest.mark.slow
 def test_sigkill_during_training_then_rerun_finishes_identically(reference_run, tfds_dir,
                                                                  tmp_path):
