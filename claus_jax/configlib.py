@@ -114,6 +114,7 @@ def base_config() -> ml_collections.ConfigDict:
       crop_scale=0.875,  # Random crop side as a fraction of the frame before resizing back.
       flip=True,  # Random horizontal flip.
       warm_start=False,  # Start round k from round k-1's weights instead of the initial ones.
+      lr_schedule="constant",  # 'constant', or 'cosine': from learning_rate down to ~0 over the round (half a cosine).
       sampling="frame",  # Epoch: a clip per labelled frame ('frame'), clips_per_video per labelled video ('video').
       clips_per_video=2,  # sampling='video': clips per labelled video and epoch, centred on random labelled frames.
       epochs=0.0,  # > 0: a round is ceil(epochs * clips per epoch / batch_size) steps, not train.steps (authors: 40).
@@ -330,7 +331,7 @@ def choices() -> dict[str, tuple[str, ...]]:
   geometry).
   """
   # pylint: disable=g-import-not-at-top
-  from claus_jax import clustering, losses, models, oracle, tiling, uncertainty
+  from claus_jax import clustering, losses, models, oracle, tiling, train, uncertainty
   from claus_jax.data import clips, official, pseudo_labels, synthetic
   from claus_jax.evaluation import evaluator
   from claus_jax.models import detector, i3d
@@ -346,6 +347,7 @@ def choices() -> dict[str, tuple[str, ...]]:
       "model.routing": detector.ROUTINGS,
       "model.init": detector.INITS,
       "train.sampling": clips.SAMPLINGS,
+      "train.lr_schedule": train.LR_SCHEDULES,
       "loss.variant": losses.VARIANTS,
       "loss.stew_form": losses.FORMS,
       "loss.weight_mode": losses.WEIGHT_MODES,

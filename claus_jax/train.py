@@ -18,7 +18,6 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -106,8 +105,27 @@ def create_state(config: ml_collections.ConfigDict, model, key: jax.Array,
       cluster_active=jnp.asarray(False))
 
 
-def train_step(state: TrainState, batch: dict, epoch: jax.Array, config) -> tuple[TrainState, dict]:
-  """One optimiser step. ``batch`` comes from :class:`claus_jax.data.clips.ClipSampler`."""
+LR_SCHEDULES = ("constant", "cosine")  # config.train.lr_schedule.
+
+
+def lr_factor(config, step, total_steps: int | None):
+  """The round's learning rate at ``step``, as a fraction of ``train.learning_rate``.
+
+  'constant': 1. 'cosine': ``(1 + cos(pi * step / total_steps)) / 2``, from 1 at the first step to
+  nearly 0 at the last, so a round ends on small steps. ``step`` may be a traced array.
+  """
+  if config.train.get("lr_schedule", "constant") == "constant" or not total_steps:
+    return 1.0
+  return 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.asarray(step, jnp.float32) / total_steps))
+
+
+def train_step(state: TrainState, batch: dict, epoch: jax.Array, config,
+               total_steps: int | None = None) -> tuple[TrainState, dict]:
+  """One optimiser step. ``batch`` comes from :class:`claus_jax.data.clips.ClipSampler`.
+
+  ``total_steps`` (the round's length) sets the learning-rate schedule (:func:`lr_factor`); None
+  keeps ``train.learning_rate`` whatever the schedule.
+  """
   dropout_key = jax.random.fold_in(state.key, state.step)
   video = models.preprocess(batch["video"], models.input_range(config))
   cluster = jnp.where(state.cluster_active, state.assignments[batch["video_index"]], -1)
@@ -122,24 +140,34 @@ def train_step(state: TrainState, batch: dict, epoch: jax.Array, config) -> tupl
 
   (total, (parts, new_stats, latent)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)
-  state = state.apply_gradients(grads=grads, batch_stats=new_stats)
+  factor = lr_factor(config, state.step, total_steps)
+  if isinstance(factor, float):  # Constant: the plain Adam step.
+    state = state.apply_gradients(grads=grads, batch_stats=new_stats)
+  else:  # Adam's update scaled by the schedule: the same optimiser state as a constant rate.
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    updates = jax.tree_util.tree_map(lambda u: u * factor.astype(u.dtype), updates)
+    state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                          opt_state=opt_state, batch_stats=new_stats)
   centres, counts = clustering.update_centres(
       state.centres, state.counts, jax.lax.stop_gradient(latent), cluster,
       cluster >= 0)
   state = state.replace(centres=centres, counts=counts)
-  metrics = {**parts, "grad_norm": optax.tree.norm(grads)}
+  metrics = {**parts, "grad_norm": optax.tree.norm(grads),
+             "lr": jnp.asarray(factor * config.train.learning_rate, jnp.float32)}
   return state, metrics
 
 
-def make_train_step(config: ml_collections.ConfigDict, mesh) -> Callable:
+def make_train_step(config: ml_collections.ConfigDict, mesh,
+                    total_steps: int | None = None) -> Callable:
   """:func:`train_step`, jitted for ``mesh`` with explicit shardings.
 
   ``step(state, batch, epoch) -> (state, metrics)``: the state, the epoch and the metrics are
   replicated over the mesh, the batch is split along its ``data`` axis, and the input state is
-  donated (its buffers become the new state's).
+  donated (its buffers become the new state's). ``total_steps``: the round's length, for the
+  learning-rate schedule (None: the constant ``train.learning_rate``).
   """
   replicated = parallel.replicated(mesh)
-  return jax.jit(functools.partial(train_step, config=config),
+  return jax.jit(functools.partial(train_step, config=config, total_steps=total_steps),
                  in_shardings=(replicated, parallel.batch_sharding(mesh), replicated),
                  out_shardings=(replicated, replicated), donate_argnums=(0,))
 
@@ -311,7 +339,8 @@ def fit(config: ml_collections.ConfigDict, state: TrainState, sampler, checkpoin
   cluster_start = cluster_start_step(config, total_steps)
   if mesh is not None:
     state = parallel.replicate(state, mesh)
-  step_fn = make_train_step(config, mesh or parallel.make_mesh(jax.local_devices()[:1]))
+  step_fn = make_train_step(config, mesh or parallel.make_mesh(jax.local_devices()[:1]),
+                            total_steps)
 
   restored = restore_latest(checkpoint_dir, jax.eval_shape(lambda s: s, state), config)
   if restored is not None:

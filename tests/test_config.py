@@ -166,7 +166,7 @@ def test_every_numeric_field_has_a_range_check():
 
 
 def test_choices_are_the_modules_own_names():
-  from claus_jax import clustering, losses, models, oracle, tiling, uncertainty
+  from claus_jax import clustering, losses, models, oracle, tiling, train, uncertainty
   from claus_jax.data import clips, official, pseudo_labels, synthetic
   from claus_jax.evaluation import evaluator
   from claus_jax.models import detector, i3d
@@ -177,7 +177,8 @@ def test_choices_are_the_modules_own_names():
       "data.synthetic.mode": synthetic.MODES, "model.strides": models.DETECTOR_STRIDES,
       "model.conv_impl": i3d.CONV_IMPLS, "model.routing_sign": detector.ROUTING_SIGNS,
       "model.routing": detector.ROUTINGS, "model.init": detector.INITS,
-      "train.sampling": clips.SAMPLINGS, "loss.variant": losses.VARIANTS,
+      "train.sampling": clips.SAMPLINGS, "train.lr_schedule": train.LR_SCHEDULES,
+      "loss.variant": losses.VARIANTS,
       "loss.stew_form": losses.FORMS, "loss.weight_mode": losses.WEIGHT_MODES,
       "loss.mask_interp": pseudo_labels.MASK_INTERPOLATIONS,
       "cluster.latents": clustering.LATENT_MODES, "uncertainty.form": uncertainty.FORMS,

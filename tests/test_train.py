@@ -243,6 +243,39 @@ def test_encoder_lr_scale_scales_or_freezes_the_encoder_update(scale):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-9)
 
 
+def test_cosine_schedule_scales_each_step_by_its_factor():
+  """train.lr_schedule='cosine': the factor by hand, and a step at factor f moves every parameter f
+  times as far as the constant rate's step from the same state (same gradients and Adam moments)."""
+  c = tiny_config()
+  c.model.routing_sign = "port"  # No gradient entry at float-noise level (see the test above).
+  assert train_lib.lr_factor(c, 7, 100) == 1.0  # Constant.
+  cos = c.copy_and_resolve_references()
+  with cos.unlocked():
+    cos.train.lr_schedule = "cosine"
+  # (1 + cos(pi s / S)) / 2: 1 at the start, 1/2 half-way, (1 + cos(3 pi / 4)) / 2 at 3/4.
+  for step, want in ((0, 1.0), (50, 0.5), (75, (1 - 0.5 ** 0.5) / 2), (100, 0.0)):
+    np.testing.assert_allclose(train_lib.lr_factor(cos, step, 100), want, atol=1e-6)
+  assert train_lib.lr_factor(cos, 50, None) == 1.0  # No round length: the constant rate.
+  model = models.build_model(c)
+  batch = fixed_batch(c)
+  state = train_lib.create_state(c, model, jax.random.PRNGKey(0), 4)
+  state = state.replace(step=75)  # The same dropout key for both.
+  moved, lrs = {}, {}
+  for name, cfg in (("constant", c), ("cosine", cos)):
+    new, metrics = jax.jit(functools.partial(train_lib.train_step, config=cfg, total_steps=100))(
+        state, batch, jnp.zeros((), jnp.float32))
+    assert int(new.step) == 76
+    moved[name] = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), new.params, state.params)
+    lrs[name] = float(metrics["lr"])
+  factor = (1 - 0.5 ** 0.5) / 2
+  np.testing.assert_allclose([lrs["constant"], lrs["cosine"]],
+                             [c.train.learning_rate, factor * c.train.learning_rate], rtol=1e-6)
+  leaves = list(zip(jax.tree.leaves(moved["cosine"]), jax.tree.leaves(moved["constant"])))
+  assert any(np.abs(b).max() > 0 for _, b in leaves)
+  for a, b in leaves:
+    np.testing.assert_allclose(a, factor * b, rtol=1e-3, atol=1e-9)
+
+
 def test_round_steps_and_cluster_start():
   """train.epochs (item 13) and cluster.start_step (item 11)."""
   from claus_jax import configlib
