@@ -11,6 +11,13 @@ train video and every frame labelled, the same training as a round of the others
 horizontal band, and every table gives each strategy's last round as a percentage of it.
 
 Extra ``--config.x=y`` style overrides go after ``--``, e.g. ``-- --config.train.steps=100``.
+``--tabulate=LABEL=DIR,LABEL=DIR`` runs nothing: it tables finished comparisons of the same
+strategy (one in ``--strategies``) and seeds made with different overrides, e.g. a setting against
+the default, each LABEL a row, paired by seed against the first:
+
+  python launch/compare_strategies.py --strategies=claus --seeds=0,1,2 \
+      --tabulate=default=runs/cold,warm_start=runs/warm --out=runs/warm_vs_cold.md
+
 Runs are sequential by default; ``--parallel=N`` starts N at a time (each is a separate process, so
 on a multi-GPU host pin them with CUDA_VISIBLE_DEVICES yourself). Re-running the same command
 resumes unfinished runs and only re-aggregates finished ones.
@@ -173,18 +180,48 @@ def plot(results: dict, metric: str, path: str) -> None:
   plt.close(fig)
 
 
+def tabulate(spec: str, strategies: list[str], seeds: list[int], out: str) -> int:
+  """Tables LABEL=DIR comparisons of one strategy as if each LABEL were a strategy."""
+  if len(strategies) != 1:
+    raise SystemExit(f"--tabulate tables one strategy at a time; --strategies={strategies}.")
+  results = {}
+  for item in (i for i in spec.split(",") if i):
+    label, sep, workdir = item.partition("=")
+    if not sep or not label or not workdir:
+      raise SystemExit(f"--tabulate: {item!r} is not LABEL=DIR.")
+    results[label] = {k: load_rows(os.path.join(workdir, f"{strategies[0]}_seed{k}"))
+                      for k in seeds}
+    missing = [k for k, rows in results[label].items() if not rows]
+    if missing:
+      raise SystemExit(f"--tabulate: {workdir} has no finished round for seeds {missing} "
+                       f"({strategies[0]}_seed<k>/metrics.jsonl); run them first.")
+  table = markdown(results)
+  if out:
+    with open(out, "w") as f:
+      f.write(table)
+  print(table)
+  return 0
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--config", required=True)
+  parser.add_argument("--config", default="", help="Required unless --tabulate.")
   parser.add_argument("--strategies", default="claus,random,uncertainty")
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--workdir", default="runs/compare")
   parser.add_argument("--parallel", type=int, default=1)
   parser.add_argument("--metric", default="capsule/v-mAP@0.5", choices=METRICS)
+  parser.add_argument("--tabulate", default="",
+                      help="LABEL=DIR,...: table finished runs of one strategy; runs nothing.")
+  parser.add_argument("--out", default="", help="--tabulate: also write the table to this file.")
   args, extra = parser.parse_known_args(argv)
   extra = [e for e in extra if e != "--"]
   strategies = [s for s in args.strategies.split(",") if s]
   seeds = [int(s) for s in args.seeds.split(",") if s]
+  if args.tabulate:
+    return tabulate(args.tabulate, strategies, seeds, args.out)
+  if not args.config:
+    parser.error("--config is required (unless --tabulate).")
   # Seed-major order: with --parallel=len(strategies) the strategies of one seed run side by side,
   # so a comparison stopped early still holds complete seeds, paired at equal cost.
   jobs = {(s, k): os.path.join(args.workdir, f"{s}_seed{k}") for k in seeds for s in strategies}

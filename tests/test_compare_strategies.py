@@ -73,3 +73,58 @@ def test_a_comparison_of_the_full_reference_alone_has_no_paired_line():
   table = compare.markdown(results, metrics=(M,))
   assert "| full | 70.0 +- 10.0 (n=2, cost 500) |\n" in table  # No other strategy: no % column.
   assert "paired by seed" not in table
+
+
+def test_tabulate_pairs_finished_runs_of_two_settings_by_seed(tmp_path):
+  def write(workdir, seed, vals):
+    d = tmp_path / workdir / f"claus_seed{seed}"
+    d.mkdir(parents=True)
+    d.joinpath("metrics.jsonl").write_text(
+        "".join(json.dumps({"round": r, "cost": 10 * (r + 1), M: v}) + "\n"
+                for r, v in enumerate(vals)))
+
+  write("cold", 0, [0.1, 0.2]), write("cold", 1, [0.3, 0.4])
+  write("warm", 0, [0.1, 0.5]), write("warm", 1, [0.3, 0.3])
+  out = tmp_path / "table.md"
+  spec = f"default={tmp_path / 'cold'},warm={tmp_path / 'warm'}"
+  assert compare.main(["--strategies=claus", "--seeds=0,1", f"--tabulate={spec}",
+                       f"--out={out}"]) == 0
+  table = out.read_text()
+  # Last round: default 0.2 and 0.4 (30.0 +- 10.0), warm 0.5 and 0.3 (40.0 +- 10.0); paired by
+  # seed +0.3 and -0.1: +10.0 +- 20.0.
+  assert "| default | 20.0 +- 10.0 (n=2, cost 10) | 30.0 +- 10.0 (n=2, cost 20) |" in table
+  assert "| warm | 20.0 +- 10.0 (n=2, cost 10) | 40.0 +- 10.0 (n=2, cost 20) |" in table
+  assert "warm - default at the last round, paired by seed: +10.0 +- 20.0 (n=2)" in table
+  with pytest.raises(SystemExit, match="seeds \\[2\\]"):
+    compare.main(["--strategies=claus", "--seeds=0,1,2", f"--tabulate={spec}"])
+  with pytest.raises(SystemExit, match="one strategy"):
+    compare.main(["--strategies=claus,random", f"--tabulate={spec}"])
+
+
+def test_foreground_mass_reads_each_scored_round_beside_its_metric(tmp_path, capsys):
+  import numpy as np
+
+  spec_fm = importlib.util.spec_from_file_location(
+      "foreground_mass", os.path.join(ROOT, "launch", "foreground_mass.py"))
+  fm = importlib.util.module_from_spec(spec_fm)
+  spec_fm.loader.exec_module(fm)
+  f = "capsule/f-mAP@0.5"
+  run = tmp_path / "run"
+  # Rounds 0 and 1 scored (two shards in round 0), round 2 (the last) not scored.
+  for r, shards in ((0, [{"a/mean_prob": [0.1, 0.3]}, {"b/mean_prob": [0.2]}]),
+                    (1, [{"a/mean_prob": [0.4, 0.4], "a/entropy": [9.0, 9.0]}])):
+    d = run / f"round_{r:03d}" / "scores"
+    d.mkdir(parents=True)
+    for i, shard in enumerate(shards):
+      np.savez(d / f"shard_{i:04d}.npz", **{k: np.asarray(v, np.float32) for k, v in shard.items()})
+  (run / "metrics.jsonl").write_text("".join(json.dumps({"round": r, f: v}) + "\n"
+                                             for r, v in enumerate((0.1, 0.5, 0.7))))
+  got = fm.rows(str(run), f)
+  # Round 0: the mean over all three frames (0.1, 0.3, 0.2) = 0.2; round 1: 0.4 (entropy ignored).
+  assert [(r["round"], round(r["foreground"], 6), r[f]) for r in got] == [(0, 0.2, 0.1),
+                                                                           (1, 0.4, 0.5)]
+  assert [r["round"] for r in fm.rows(str(run), f, from_round=1)] == [1]
+  assert fm.main([str(run)]) == 0
+  assert "| 0.4000 | 50.0 |" in capsys.readouterr().out
+  with pytest.raises(SystemExit, match="metrics.jsonl is missing"):
+    fm.rows(str(tmp_path / "absent"), f)
