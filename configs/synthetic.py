@@ -34,8 +34,8 @@ def get_config(arg=None):
   # wherever the last 1e-3 step left it. Measured on 12 held-out train groups, claus, 3 seeds
   # (launch/results/round_training_synthetic.md): last-round capsule f-mAP@0.5 21.5 +- 7.5 against
   # 7.1 +- 5.1 with the constant rate (paired +19.8 / +23.6 / -0.4), v-mAP@0.5 16.0 against 2.1.
-  # The constant rate ended some rounds with almost no predicted foreground (f-mAP 0.0 in one).
-  # Accuracy stays near chance either way (12.5 against 13.9 at the last round).
+  # With the constant rate one round ended at f-mAP 0.0, and its weakest rounds predicted about half
+  # the true foreground. Accuracy stays near chance either way (12.5 against 13.9 at the last round).
   c.train.lr_schedule = "cosine"
   c.model.dropout = 0.2
   c.model.seg_prior = 0.05
