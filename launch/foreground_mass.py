@@ -23,13 +23,16 @@ import sys
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from claus_jax import score_files  # noqa: E402
+
 
 def foreground_mass(round_dir: str) -> float | None:
   """Mean over the pool's frames of the predicted foreground, or None when the round has no scores."""
-  values = []
-  for shard in sorted(glob.glob(os.path.join(round_dir, "scores", "*.npz"))):
-    with np.load(shard) as z:
-      values += [z[k] for k in z.files if k.endswith("/mean_prob")]
+  values = [fields["mean_prob"]
+            for shard in sorted(glob.glob(os.path.join(round_dir, "scores", "*.npz")))
+            for fields in score_files.load_shard(shard).values()]
   return float(np.mean(np.concatenate(values))) if values else None
 
 
