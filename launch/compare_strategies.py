@@ -21,6 +21,13 @@ the default, each LABEL a row, paired by seed against the first:
 Runs are sequential by default; ``--parallel=N`` starts N at a time (each is a separate process, so
 on a multi-GPU host pin them with CUDA_VISIBLE_DEVICES yourself). Re-running the same command
 resumes unfinished runs and only re-aggregates finished ones.
+
+Round 0 does not depend on the strategy (the same seeded initial set, training and MC-dropout
+scores), so a run that starts when another strategy of its seed has finished round 0 in the same
+``--workdir`` copies that round instead of computing it again (``--no-share_round0`` turns this off):
+every file of round_000 but the strategy's own selection, and the config with only
+``selection.strategy`` changed, which the main job then checks against its own as on any resume. It
+saves one round in five of a 5-round comparison, and the pairing by seed becomes exact.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from concurrent import futures
@@ -52,7 +60,59 @@ def command(config: str, strategy: str, seed: int, workdir: str, extra: list[str
           *chosen, f"--config.seed={seed}", "--quiet", *extra]
 
 
-def run_one(config: str, strategy: str, seed: int, workdir: str, extra: list[str]) -> int:
+# Round-0 files that depend on the strategy: its selection and the latents saved beside it.
+STRATEGY_FILES = ("selection.json", "latents.npy")
+
+
+def round0_donor(root: str, strategy: str, seed: int) -> str | None:
+  """A run in ``root`` of another strategy (not full) and the same seed whose round 0 is finished.
+
+  Round 0 is finished once its selection is written: training, evaluation and scoring come before.
+  """
+  if strategy == FULL or not os.path.isdir(root):
+    return None
+  for name in sorted(os.listdir(root)):
+    other, _, k = name.rpartition("_seed")
+    if other in ("", FULL, strategy) or k != str(seed):
+      continue
+    donor = os.path.join(root, name)
+    if (os.path.exists(os.path.join(donor, "config.json"))
+        and os.path.exists(os.path.join(donor, "round_000", "selection.json"))):
+      return donor
+  return None
+
+
+def share_round0(donor: str, workdir: str, strategy: str) -> bool:
+  """Starts ``workdir`` as a copy of ``donor``'s round 0 for ``strategy``; False if it exists.
+
+  Copies round_000 without STRATEGY_FILES, and the donor's config.json with selection.strategy set
+  to ``strategy``; the main job refuses the workdir if its own config differs in anything else. The
+  copy is built beside ``workdir`` and renamed into place, so an interrupted copy leaves no workdir.
+  """
+  if os.path.exists(workdir):
+    return False
+  partial = workdir + ".partial"
+  shutil.rmtree(partial, ignore_errors=True)
+  shutil.copytree(os.path.join(donor, "round_000"), os.path.join(partial, "round_000"),
+                  ignore=lambda folder, names: [n for n in names if n in STRATEGY_FILES])
+  with open(os.path.join(donor, "config.json")) as f:
+    config = json.load(f)
+  config["selection"]["strategy"] = strategy
+  with open(os.path.join(partial, "config.json"), "w") as f:
+    json.dump(config, f, indent=1, sort_keys=True)
+  with open(os.path.join(partial, "stdout.log"), "w") as f:
+    f.write(f"round 0 copied from {donor} (compare_strategies --share_round0)\n")
+  os.rename(partial, workdir)
+  return True
+
+
+def run_one(config: str, strategy: str, seed: int, workdir: str, extra: list[str],
+            share_from: str | None = None) -> int:
+  """Runs the main job of one (strategy, seed); ``share_from``: the comparison's root folder."""
+  if share_from is not None:
+    donor = round0_donor(share_from, strategy, seed)
+    if donor is not None:
+      share_round0(donor, workdir, strategy)
   cmd = command(config, strategy, seed, workdir, extra)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "stdout.log"), "a") as log:
@@ -210,6 +270,8 @@ def main(argv=None) -> int:
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--workdir", default="runs/compare")
   parser.add_argument("--parallel", type=int, default=1)
+  parser.add_argument("--share_round0", action=argparse.BooleanOptionalAction, default=True,
+                      help="Copy round 0 from a finished run of the same seed (module docstring).")
   parser.add_argument("--metric", default="capsule/v-mAP@0.5", choices=METRICS)
   parser.add_argument("--tabulate", default="",
                       help="LABEL=DIR,...: table finished runs of one strategy; runs nothing.")
@@ -227,7 +289,8 @@ def main(argv=None) -> int:
   jobs = {(s, k): os.path.join(args.workdir, f"{s}_seed{k}") for k in seeds for s in strategies}
   failed = []
   with futures.ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-    running = {pool.submit(run_one, args.config, s, k, wd, extra): (s, k)
+    share_from = args.workdir if args.share_round0 else None
+    running = {pool.submit(run_one, args.config, s, k, wd, extra, share_from): (s, k)
                for (s, k), wd in jobs.items()}
     for fut in futures.as_completed(running):
       s, k = running[fut]

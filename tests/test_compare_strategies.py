@@ -128,3 +128,51 @@ def test_foreground_mass_reads_each_scored_round_beside_its_metric(tmp_path, cap
   assert "| 0.4000 | 50.0 |" in capsys.readouterr().out
   with pytest.raises(SystemExit, match="metrics.jsonl is missing"):
     fm.rows(str(tmp_path / "absent"), f)
+
+
+def _finished_round_0(folder, strategy, seed):
+  """A workdir of the layout the main job writes, with round 0 finished."""
+  r0 = folder / "round_000"
+  (r0 / "scores").mkdir(parents=True)
+  (r0 / "scores" / "shard_0000.npz").write_bytes(b"scores")
+  for name in ("pool.json", "train.json", "eval.json", "selection.json", "latents.npy"):
+    (r0 / name).write_text(name)
+  (folder / "config.json").write_text(json.dumps(
+      {"seed": seed, "selection": {"strategy": strategy, "k": 5}, "train": {"steps": 300}}))
+
+
+def test_round_0_is_shared_from_a_finished_run_of_the_same_seed(tmp_path):
+  _finished_round_0(tmp_path / "claus_seed0", "claus", 0)
+  _finished_round_0(tmp_path / "full_seed1", "random", 1)  # full: another budget, never a donor
+  (tmp_path / "claus_seed1" / "round_000").mkdir(parents=True)  # round 0 not finished
+  (tmp_path / "claus_seed1" / "config.json").write_text("{}")
+  root = str(tmp_path)
+  assert compare.round0_donor(root, "random", 0) == str(tmp_path / "claus_seed0")
+  assert compare.round0_donor(root, "claus", 0) is None  # its own strategy
+  assert compare.round0_donor(root, "random", 1) is None
+  assert compare.round0_donor(root, "full", 0) is None
+  assert compare.round0_donor(str(tmp_path / "absent"), "random", 0) is None
+
+  target = tmp_path / "random_seed0"
+  assert compare.share_round0(str(tmp_path / "claus_seed0"), str(target), "random")
+  copied = sorted(p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file())
+  assert copied == ["config.json", "round_000/eval.json", "round_000/pool.json",
+                    "round_000/scores/shard_0000.npz", "round_000/train.json", "stdout.log"]
+  assert json.loads((target / "config.json").read_text()) == {
+      "seed": 0, "selection": {"strategy": "random", "k": 5}, "train": {"steps": 300}}
+  assert not (tmp_path / "random_seed0.partial").exists()
+  # A workdir that exists (a started or finished run) is never overwritten.
+  (target / "round_000" / "eval.json").write_text("mine")
+  assert not compare.share_round0(str(tmp_path / "claus_seed0"), str(target), "random")
+  assert (target / "round_000" / "eval.json").read_text() == "mine"
+
+
+def test_share_round0_is_on_by_default_and_can_be_turned_off(tmp_path, monkeypatch):
+  calls = []
+  monkeypatch.setattr(compare, "run_one", lambda *args: calls.append(args) or 0)
+  monkeypatch.setattr(compare, "plot", lambda *args: None)
+  root = str(tmp_path)
+  compare.main(["--config=c.py", "--strategies=random", "--seeds=0", f"--workdir={root}"])
+  compare.main(["--config=c.py", "--strategies=random", "--seeds=0", f"--workdir={root}",
+                "--no-share_round0"])
+  assert [c[-1] for c in calls] == [root, None]

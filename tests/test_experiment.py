@@ -242,6 +242,41 @@ def test_warm_start_trains_round_1_from_round_0s_trained_weights(warm_run, refer
   assert warm[0] == cold[0]
 
 
+def test_a_strategy_started_from_a_shared_round_0_equals_its_own_run(reference_run, tfds_dir,
+                                                                      tmp_path, monkeypatch):
+  """launch/compare_strategies.py --share_round0: a random run from the claus run's round 0 trains
+  round 1 only, and ends where a random run of its own ends: pools, selections and metrics."""
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location(
+      "compare_strategies", os.path.join(ROOT, "launch", "compare_strategies.py"))
+  compare = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(compare)
+  assert json.loads(_read(os.path.join(reference_run, "config.json")))["selection"]["strategy"] == (
+      "claus")
+  shared = str(tmp_path / "shared")
+  assert compare.share_round0(reference_run, shared, "random")
+  fitted = []
+  original = experiment.Experiment._fit
+
+  def fit(self, r, *args, **kwargs):
+    fitted.append(r)
+    return original(self, r, *args, **kwargs)
+
+  monkeypatch.setattr(experiment.Experiment, "_fit", fit)
+  random_config = smoke_config(**{"selection.strategy": "random"})
+  experiment.run(random_config, shared)
+  assert fitted == [1]
+  own = str(tmp_path / "own")
+  experiment.run(random_config, own)
+  assert fitted == [1, 0, 1]
+  assert _outcome(shared) == _outcome(own)
+  assert json.loads(_read(os.path.join(shared, "round_000", "selection.json")))["strategy"] == "random"
+  # The copied config differs from the donor's in the strategy alone; anything else is refused.
+  with pytest.raises(experiment.WorkdirMismatchError, match="train.steps"):
+    experiment.run(smoke_config(**{"selection.strategy": "random", "train.steps": 21}), shared)
+
+
 @pytest.mark.slow
 def test_warm_start_resumes_from_the_previous_rounds_checkpoint(warm_run, tmp_path, monkeypatch):
   # The crash comes as round 1's training starts: the re-run rebuilds round 1's starting weights
