@@ -189,7 +189,9 @@ def bench_train(config: ml_collections.ConfigDict) -> dict:
   model = build_model(config)
   state = train_lib.create_state(config, model, jax.random.key_data(jax.random.key(config.seed)),
                                  len(dataset.train_index))
-  step_fn = train_lib.make_train_step(config, parallel.make_mesh(jax.local_devices()[:1]))
+  # The round's own step: its learning-rate schedule (train.lr_schedule) over a round's length.
+  step_fn = train_lib.make_train_step(config, parallel.make_mesh(jax.local_devices()[:1]),
+                                     train_lib.round_steps(config, sampler.steps_per_epoch))
   epoch = jnp.asarray(0.0, jnp.float32)
   device_batch = jax.device_put(sampler.batch_at(0))
   t0 = time.perf_counter()
@@ -218,6 +220,7 @@ def bench_train(config: ml_collections.ConfigDict) -> dict:
   step_clips = batch / step_s
   result = {"bench": "train", "backend": jax.default_backend(),
             "device": str(jax.devices()[0].device_kind), "frame_size": config.data.frame_size,
+            "lr_schedule": config.train.get("lr_schedule", "constant"),
             "width": config.model.width, "batch": batch, "steps": steps,
             "data_workers": config.train.data_workers, "prefetch": config.train.prefetch,
             "labelled_clips": sampler.num_clips,
@@ -227,7 +230,8 @@ def bench_train(config: ml_collections.ConfigDict) -> dict:
             "pipeline_ratio": pipe["clips_per_s"] / step_clips,
             "train_clips_per_s": steps * batch / train_s}
   print(f"train: {config.data.frame_size}x{config.data.frame_size} clips, batch {batch}, width "
-        f"{config.model.width}, {sampler.num_clips} labelled clips, {result['device']}")
+        f"{config.model.width}, {sampler.num_clips} labelled clips, {result['lr_schedule']} learning "
+        f"rate, {result['device']}")
   print(f"  train step       {step_s * 1e3:9.1f} ms/step  {step_clips:8.1f} clips/s  "
         f"(compile {compile_s:.1f} s)")
   print(f"  input pipeline   {pipe['clips_per_s']:8.1f} clips/s with {config.train.data_workers} "

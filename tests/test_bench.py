@@ -51,11 +51,15 @@ def test_uncertainty_bench(env):
 
 
 def test_train_bench(env):
-  result, lines = run_bench(env, "train", "--steps=2", "--batch=2")
+  # The synthetic default's cosine rate: the bench times the step a round runs.
+  result, lines = run_bench(env, "train", "--steps=2", "--batch=2",
+                            "--config.train.lr_schedule=cosine")
   for key in ("step_s", "step_clips_per_s", "pipeline_clips_per_s", "pipeline_ratio",
               "train_clips_per_s"):
     assert result[key] > 0, key
   assert result["bench"] == "train" and result["batch"] == 2 and result["steps"] == 2
+  assert result["lr_schedule"] == "cosine"
+  assert any(line.startswith("train: ") and "cosine learning rate" in line for line in lines)
   np.testing.assert_allclose(result["step_clips_per_s"], 2 / result["step_s"], rtol=1e-9)
   np.testing.assert_allclose(result["pipeline_ratio"],
                              result["pipeline_clips_per_s"] / result["step_clips_per_s"], rtol=1e-9)
