@@ -50,6 +50,7 @@ from claus_jax import oracle as oracle_lib
 from claus_jax import parallel
 from claus_jax import pool as pool_lib
 from claus_jax import score_files
+from claus_jax.data import record as record_lib
 
 # Fields that do not change results: a resumed run may differ in them.
 _RESULT_NEUTRAL = ("quiet", "distributed.coordinator_address", "distributed.num_processes",
@@ -504,8 +505,9 @@ class Experiment:
     """Scores of the train videos ``videos``, as (result, record) of one shard stage."""
     a, b = videos.start, videos.stop
     if self.multi:  # Each process decodes and scores its share; all get every result.
-      results = scorer.score_pool(_Offset(self.train_source, a), self.index.video_ids[a:b],
-                                  self.index.num_frames[a:b], key, uids=videos, progress=progress)
+      results = scorer.score_pool(record_lib.Rows(self.train_source, videos),
+                                  self.index.video_ids[a:b], self.index.num_frames[a:b], key,
+                                  uids=videos, progress=progress)
     else:  # The frame counts are known: the videos are read one at a time, as batches reach them.
       records = (self.train_source[j] for j in videos)
       results = scorer.score_videos(records, videos, key, progress=progress,
@@ -554,16 +556,6 @@ class Experiment:
       pool_lib.atomic_write_json(path, record)
 
     return stage("selection.json", os.path.join(rd, "selection.json"), compute, load, save)
-
-
-class _Offset:
-  """``source[a + i]`` as ``[i]``: one score shard of the pool for ``Scorer.score_pool``."""
-
-  def __init__(self, source, offset: int):
-    self.source, self.offset = source, offset
-
-  def __getitem__(self, i):
-    return self.source[self.offset + i]
 
 
 def enable_compilation_cache(path: str | None = None) -> str:

@@ -110,7 +110,7 @@ class SplitIndex:
       raise KeyError(f"unknown video id {video_id!r}") from None
 
 
-class _Rows(Sequence):
+class Rows(Sequence):
   """The videos of ``source`` at ``positions`` (decoded when indexed, like the source)."""
 
   def __init__(self, source: Sequence[VideoRecord], positions: Sequence[int]):
@@ -157,7 +157,7 @@ class VideoDataset:
                        "groups; hold out fewer, so that some remain to train on.")
     kept, held = self.train_index.held_out_groups(groups)
     return VideoDataset(name=f"{self.name}:validation{groups}", class_names=self.class_names,
-                        train=_Rows(self.train, kept), test=_Rows(self.train, held),
+                        train=Rows(self.train, kept), test=Rows(self.train, held),
                         train_index=self.train_index.subset(kept),
                         test_index=self.train_index.subset(held))
 
