@@ -144,7 +144,8 @@ def aggregate(results: dict[str, dict[int, list[dict]]], metric: str) -> dict:
 
 
 def paired(results: dict[str, dict[int, list[dict]]], metric: str) -> dict:
-  """{strategy: (mean, std, n)} of (strategy - the first strategy) at the last round, per seed.
+  """{strategy: (mean, std, n, {seed: difference})} of (strategy - the first strategy) at the last
+  round, per seed.
 
   Strategies share round 0 for a seed (same seeded initial set, same training), so the per-seed
   difference removes that shared luck; only seeds where both runs reached their last round count.
@@ -155,15 +156,16 @@ def paired(results: dict[str, dict[int, list[dict]]], metric: str) -> dict:
   base = names[0]
   out = {}
   for strategy in names[1:]:
-    diffs = []
+    diffs = {}
     for seed, rows in results[strategy].items():
       ref = results[base].get(seed, [])
       if rows and ref and rows[-1]["round"] == ref[-1]["round"]:
         a, b = rows[-1].get(metric), ref[-1].get(metric)
         if a is not None and b is not None:
-          diffs.append(a - b)
-    out[strategy] = ((float(np.mean(diffs)), float(np.std(diffs)), len(diffs)) if diffs
-                     else (np.nan, np.nan, 0))
+          diffs[seed] = a - b
+    values = list(diffs.values())
+    out[strategy] = ((float(np.mean(values)), float(np.std(values)), len(values), diffs) if values
+                     else (np.nan, np.nan, 0, {}))
   return out
 
 
@@ -205,9 +207,11 @@ def markdown(results: dict, metrics=METRICS) -> str:
         row += f" {mean:.0f} +- {std:.0f} (n={n}) |"
       lines.append(row)
     base = next((n for n in results if n != FULL), None)
-    for strategy, (mean, std, n) in paired(results, metric).items():
+    for strategy, (mean, std, n, diffs) in paired(results, metric).items():
+      by_seed = (f"; seeds {' / '.join(str(k) for k in diffs)}: "
+                 + " / ".join(f"{100 * d:+.1f}" for d in diffs.values())) if diffs else ""
       lines.append(f"\n{strategy} - {base} at the last round, paired by seed: "
-                   f"{100 * mean:+.1f} +- {100 * std:.1f} (n={n})")
+                   f"{100 * mean:+.1f} +- {100 * std:.1f} (n={n}{by_seed})")
     lines.append("")
   return "\n".join(lines)
 

@@ -36,10 +36,11 @@ def test_paired_difference_at_the_last_round_by_seed():
              "random": {0: rows(0.1, 0.2), 1: rows(0.2, 0.4), 2: rows(0.0)}}
   # Seed 2's random run stopped at round 0: only seeds 0 and 1 pair. Differences 0.2-0.5 = -0.3
   # and 0.4-0.3 = +0.1: mean -0.1, population std 0.2.
-  mean, std, n = compare.paired(results, M)["random"]
+  mean, std, n, diffs = compare.paired(results, M)["random"]
   assert (mean, std, n) == (pytest.approx(-0.1), pytest.approx(0.2), 2)
-  assert "random - claus at the last round, paired by seed: -10.0 +- 20.0 (n=2)" in compare.markdown(
-      results, metrics=(M,))
+  assert diffs == {0: pytest.approx(-0.3), 1: pytest.approx(0.1)}
+  assert ("random - claus at the last round, paired by seed: -10.0 +- 20.0 (n=2; seeds 0 / 1: "
+          "-30.0 / +10.0)") in compare.markdown(results, metrics=(M,))
 
 
 def test_load_rows_reads_metrics_jsonl(tmp_path):
@@ -94,7 +95,8 @@ def test_tabulate_pairs_finished_runs_of_two_settings_by_seed(tmp_path):
   # seed +0.3 and -0.1: +10.0 +- 20.0.
   assert "| default | 20.0 +- 10.0 (n=2, cost 10) | 30.0 +- 10.0 (n=2, cost 20) |" in table
   assert "| warm | 20.0 +- 10.0 (n=2, cost 10) | 40.0 +- 10.0 (n=2, cost 20) |" in table
-  assert "warm - default at the last round, paired by seed: +10.0 +- 20.0 (n=2)" in table
+  assert ("warm - default at the last round, paired by seed: +10.0 +- 20.0 (n=2; seeds 0 / 1: "
+          "+30.0 / -10.0)") in table
   with pytest.raises(SystemExit, match="seeds \\[2\\]"):
     compare.main(["--strategies=claus", "--seeds=0,1,2", f"--tabulate={spec}"])
   with pytest.raises(SystemExit, match="one strategy"):
