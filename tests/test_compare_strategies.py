@@ -178,3 +178,10 @@ def test_share_round0_is_on_by_default_and_can_be_turned_off(tmp_path, monkeypat
   compare.main(["--config=c.py", "--strategies=random", "--seeds=0", f"--workdir={root}",
                 "--no-share_round0"])
   assert [c[-1] for c in calls] == [root, None]
+
+
+def test_donors_of_round_0_start_first_when_it_is_shared():
+  jobs = [(s, k) for k in (0, 1) for s in ("full", "claus", "random")]
+  assert compare.start_order(jobs, share=False) == jobs
+  assert compare.start_order(jobs, share=True) == [
+      ("claus", 0), ("claus", 1), ("full", 0), ("random", 0), ("full", 1), ("random", 1)]
