@@ -27,8 +27,8 @@ scores), so a run that starts when another strategy of its seed has finished rou
 ``--workdir`` copies that round instead of computing it again (``--no-share_round0`` turns this off):
 every file of round_000 but the strategy's own selection, and the config with only
 ``selection.strategy`` changed, which the main job then checks against its own as on any resume.
-The first strategy of every seed then starts ahead of the others. Sharing saves one round in five of
-a 5-round comparison (its round 0 is bit-identical to the run's own on the same machine: tested).
+With sharing on, the first strategy of every seed starts ahead of the others. Sharing saves one
+round in five of a 5-round comparison; the results equal the runs' own (tested).
 """
 
 from __future__ import annotations
