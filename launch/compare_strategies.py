@@ -183,16 +183,20 @@ def paired(results: dict[str, dict[int, list[dict]]], metric: str) -> dict:
 
 
 def percent_of_full(results: dict[str, dict[int, list[dict]]], metric: str) -> dict:
-  """{strategy: (mean, std, n)} of 100 * strategy / full at the strategy's last round, per seed."""
+  """{strategy: (mean, std, n)} of 100 * strategy / full at the strategy's last round, per seed.
+
+  Only seeds whose run reached that round count (a run still going would compare an earlier round).
+  """
   full = results.get(FULL, {})
   out = {}
   for strategy, per_seed in results.items():
     if strategy == FULL:
       continue
+    last = max((rows[-1]["round"] for rows in per_seed.values() if rows), default=None)
     ratios = []
     for seed, rows in per_seed.items():
       ref = full.get(seed, [])
-      if rows and ref:
+      if rows and ref and rows[-1]["round"] == last:
         a, b = rows[-1].get(metric), ref[-1].get(metric)
         if a is not None and b:
           ratios.append(100.0 * a / b)

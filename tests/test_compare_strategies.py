@@ -58,6 +58,11 @@ def test_full_reference_percent_column_and_command():
   of_full = compare.percent_of_full(results, M)
   assert of_full["claus"] == (pytest.approx(62.5), pytest.approx(12.5), 2)
   assert of_full["random"] == (pytest.approx(29.1667, abs=1e-3), pytest.approx(4.1667, abs=1e-3), 2)
+  # A run that has not reached the strategy's last round yet is left out, not compared early.
+  results["random"][2] = rows(0.7)
+  results["full"][2] = [{"round": 0, "cost": 500, M: 0.7}]
+  assert compare.percent_of_full(results, M)["random"][2] == 2
+  del results["random"][2], results["full"][2]
   table = compare.markdown(results, metrics=(M,))
   assert "| claus | 15.0 +- 5.0 (n=2, cost 0) | 45.0 +- 15.0 (n=2, cost 10) | 62 +- 12 (n=2) |" in table
   assert "| full | 70.0 +- 10.0 (n=2, cost 500) | - | 100 +- 0 (n=2) |" in table
