@@ -1,16 +1,12 @@
 """launch/compare_strategies.py: mean +- std per round over seeds, by hand."""
 
-import importlib.util
 import json
-import os
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-spec = importlib.util.spec_from_file_location(
-    "compare_strategies", os.path.join(ROOT, "launch", "compare_strategies.py"))
-compare = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(compare)
+from tests.config_files import load_launch
+
+compare = load_launch("compare_strategies")
 
 M = "capsule/v-mAP@0.5"
 
@@ -111,10 +107,7 @@ def test_tabulate_pairs_finished_runs_of_two_settings_by_seed(tmp_path):
 def test_foreground_mass_reads_each_scored_round_beside_its_metric(tmp_path, capsys):
   import numpy as np
 
-  spec_fm = importlib.util.spec_from_file_location(
-      "foreground_mass", os.path.join(ROOT, "launch", "foreground_mass.py"))
-  fm = importlib.util.module_from_spec(spec_fm)
-  spec_fm.loader.exec_module(fm)
+  fm = load_launch("foreground_mass")
   f = "capsule/f-mAP@0.5"
   run = tmp_path / "run"
   # Rounds 0 and 1 scored (two shards in round 0), round 2 (the last) not scored.

@@ -14,7 +14,7 @@ from PIL import Image
 from claus_jax import experiment
 from claus_jax import oracle as oracle_lib
 from claus_jax import score_files
-from tests.config_files import load_config
+from tests.config_files import load_config, load_launch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -246,12 +246,7 @@ def test_a_strategy_started_from_a_shared_round_0_equals_its_own_run(reference_r
                                                                       tmp_path, monkeypatch):
   """launch/compare_strategies.py --share_round0: a random run from the claus run's round 0 trains
   round 1 only, and ends where a random run of its own ends: pools, selections and metrics."""
-  import importlib.util
-
-  spec = importlib.util.spec_from_file_location(
-      "compare_strategies", os.path.join(ROOT, "launch", "compare_strategies.py"))
-  compare = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(compare)
+  compare = load_launch("compare_strategies")
   assert json.loads(_read(os.path.join(reference_run, "config.json")))["selection"]["strategy"] == (
       "claus")
   shared = str(tmp_path / "shared")
