@@ -330,6 +330,29 @@ def test_conv3d_lowerings_match_numpy(impl, kernel, strides, pads):
   np.testing.assert_allclose(got, _numpy_conv3d(x, k, strides, pads), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kernel,strides,pads,size", [
+    ((4, 4), (1, 1), ((0, 0), (0, 0)), (9, 7)),
+    ((7, 7), (2, 2), ((2, 3), (3, 3)), (13, 11)),
+    ((3, 1), (1, 2), ((1, 1), (0, 0)), (6, 5)),
+    ((1, 3), (2, 1), ((0, 1), (1, 0)), (7, 8))])
+def test_small_channel_conv2d_is_the_plain_conv(kernel, strides, pads, size):
+  """conv2d_cpu computes a conv with few output channels over 2x2 output blocks (forward) and
+  takes the plain conv's gradients: the same values and gradients as lax.conv, odd sizes, strides
+  and asymmetric padding included."""
+  x = jax.random.normal(jax.random.key(0), (2, *size, 3))
+  k = jax.random.normal(jax.random.key(1), (*kernel, 3, 4))
+  plain = lambda x, k: jax.lax.conv_general_dilated(x, k, strides, pads,
+                                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  blocked = lambda x, k: i3d.conv2d_cpu(x, k, strides, pads)
+  assert 4 <= i3d.BLOCK_MAX_CHANNELS and "custom_vjp_call" in str(jax.make_jaxpr(blocked)(x, k))
+  np.testing.assert_allclose(np.asarray(blocked(x, k)), np.asarray(plain(x, k)), rtol=1e-5,
+                             atol=1e-5)
+  target = jax.random.normal(jax.random.key(2), plain(x, k).shape)
+  loss = lambda fn: lambda x, k: jnp.sum(jnp.sin(fn(x, k)) * target)
+  for want, got in zip(jax.grad(loss(plain), (0, 1))(x, k), jax.grad(loss(blocked), (0, 1))(x, k)):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
 def test_frames_lowering_gradients_match_native():
   """Same gradients (input and kernel) of the conv, the upconv, the 1-channel conv and the pool."""
   from claus_jax.models.detector import ConvToOne3d, UpConv3d
