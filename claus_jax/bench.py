@@ -13,7 +13,8 @@ Run:
 
 Subcommands:
   model        forward / forward+backward time, FLOPs and size of the detector; with --profile, a
-               per-layer-group roofline of the eval forward (:func:`layer_profile`). A paper
+               per-layer-group roofline of the eval forward and each group's backward time
+               (:func:`layer_profile`; --no-profile_backward skips the backward). A paper
                config gives the full-size model; it reads no data, so any existing data.root does.
   train        train-step time, the clips/s the input pipeline delivers (ClipSampler on the config's
                real dataset, prefetching workers on) and end-to-end training clips/s.
@@ -65,6 +66,8 @@ _CLIP_CHUNKS = flags.DEFINE_list("clip_chunks", ["1", "4", "8", "16"],
                                  "chunks: uncertainty.clip_chunk values (clips per batch) to try.")
 _PROFILE = flags.DEFINE_bool("profile", False, "model: also time each layer group of the eval "
                              "forward beside this machine's 2-D conv and matmul of its shapes.")
+_PROFILE_BACKWARD = flags.DEFINE_bool("profile_backward", True, "model --profile: also time each "
+                                      "group's backward (gradients of its parameters and inputs).")
 _POOL_VIDEOS = flags.DEFINE_integer("pool_videos", 4, "uncertainty: videos in the 1x scoring pool "
                                     "(the 10x pool has ten times as many); 0 = skip the memory runs.")
 
@@ -142,7 +145,8 @@ def bench_model(config: ml_collections.ConfigDict) -> dict:
           f"{result[name + '_gflop_per_clip']:8.2f} GFLOP/clip  "
           f"{result[name + '_gflop_per_s']:7.1f} GFLOP/s  (compile {result[name + '_compile_s']:.1f} s)")
   if _PROFILE.value:
-    result["profile"] = layer_profile(model, variables, video, repeats=_REPEATS.value)
+    result["profile"] = layer_profile(model, variables, video, repeats=_REPEATS.value,
+                                      backward=_PROFILE_BACKWARD.value)
     print("\n".join(format_profile(result["profile"])))
   return result
 

@@ -1,4 +1,4 @@
-"""Per-layer-group roofline of the detector's eval forward (``bench model --profile``).
+"""Per-layer-group roofline of the detector's eval forward and its backward (``bench model --profile``).
 
 Kept apart from :mod:`claus_jax.bench`, which defines command-line flags at import, so that the
 profile can be imported anywhere (tests, notebooks) beside other claus_jax commands.
@@ -279,15 +279,25 @@ def _reference_call(key: tuple, rng: np.random.Generator) -> Callable[[], object
   return lambda: jax.block_until_ready(compiled(x, y))
 
 
+def vjp_program(fn: Callable, *args) -> jax.stages.Compiled:
+  """``fn``'s forward and backward: its gradients with respect to every argument (parameters and
+  inputs) for an all-ones cotangent, compiled for ``args``, as one training step runs them."""
+  def forward_backward(*xs):
+    out, pullback = jax.vjp(fn, *xs)
+    return pullback(jax.tree_util.tree_map(jnp.ones_like, out))
+  return jax.jit(forward_backward).lower(*args).compile()
+
+
 def layer_profile(model: models.CLAUSDetector, variables: dict, video: jax.Array,
-                  repeats: int = 3) -> dict:
-  """Per-layer-group roofline of the detector's eval forward on this machine.
+                  repeats: int = 3, backward: bool = True) -> dict:
+  """Per-layer-group roofline of the detector's eval forward on this machine, and its backward.
 
   Each group of :func:`layer_groups` is compiled for its real inputs and timed (compile excluded,
   median of ``repeats`` calls after a warm-up); beside it, every convolution and dot product the
   group runs (:func:`matmul_ops`) is timed alone as a plain 2-D conv and as a matmul of the same
-  FLOPs, on random inputs. The groups, the references and the whole forward are timed round-robin
-  in one process, so load from other processes hits them alike.
+  FLOPs, on random inputs. With ``backward``, each group's forward + backward (:func:`vjp_program`:
+  gradients for its parameters and its inputs) is timed too. The groups, the references and the
+  whole forward are timed round-robin in one process, so load from other processes hits them alike.
 
   Returns:
     {'rows': one dict per group of PROFILE_GROUPS with
@@ -299,7 +309,10 @@ def layer_profile(model: models.CLAUSDetector, variables: dict, video: jax.Array
        'ops'; the reference fields are None for a group without convs or dots,
      'forward_gflop', 'forward_ms' (the whole forward, compiled as one program), 'groups_gflop',
      'groups_ms' (sums over the groups), 'flops_rel_diff' ((groups - forward) / forward),
-     'output_max_abs_diff' (chained groups against the whole forward), 'batch', 'references'}.
+     'output_max_abs_diff' (chained groups against the whole forward), 'batch', 'references'};
+    with ``backward``, each row also has 'fwd_bwd_ms', 'bwd_ms' (fwd_bwd_ms - ms), 'bwd_gflop'
+    (XLA's count of the vjp program minus the forward's) and 'bwd_gflop_per_s'; 'backward' says
+    which.
   """
   groups, chained = layer_groups(model, variables, video)
   whole = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, video).compile()
@@ -315,6 +328,11 @@ def layer_profile(model: models.CLAUSDetector, variables: dict, video: jax.Array
                  for key in (op.conv_ref, op.dot_ref)}, key=str)
   for key in refs:
     calls[_ref_name(key)] = _reference_call(key, rng)
+  vjps = {}
+  if backward:
+    for g in groups:
+      vjps[g.name] = vjp_program(g.fn, *g.args)
+      calls["vjp " + g.name] = lambda c=vjps[g.name], a=g.args: jax.block_until_ready(c(*a))
   seconds = median_times(calls, repeats)
   ref_s = lambda key: seconds[_ref_name(key)]
 
@@ -335,9 +353,15 @@ def layer_profile(model: models.CLAUSDetector, variables: dict, video: jax.Array
         "matmul_gflop_per_s": counted / dot_s / 1e9 if has_ops else None,
         "roofline_ms": best_s * 1e3 if has_ops else None,
         "of_roofline": best_s / t if has_ops else None, "ops": len(ops[g.name])})
+    if backward:
+      fb = seconds["vjp " + g.name]
+      bwd_flops = max(0.0, xla_flops(vjps[g.name]) - xla)
+      rows[-1].update({"fwd_bwd_ms": fb * 1e3, "bwd_ms": (fb - t) * 1e3,
+                       "bwd_gflop": bwd_flops / 1e9,
+                       "bwd_gflop_per_s": bwd_flops / (fb - t) / 1e9 if fb > t else None})
   forward_flops = xla_flops(whole)
   groups_flops = sum(r["gflop"] for r in rows) * 1e9
-  return {"rows": rows, "forward_gflop": forward_flops / 1e9,
+  return {"backward": backward, "rows": rows, "forward_gflop": forward_flops / 1e9,
           "forward_ms": seconds["forward"] * 1e3, "groups_gflop": groups_flops / 1e9,
           "groups_ms": sum(r["ms"] for r in rows),
           "flops_rel_diff": ((groups_flops - forward_flops) / forward_flops if forward_flops
@@ -346,24 +370,35 @@ def layer_profile(model: models.CLAUSDetector, variables: dict, video: jax.Array
 
 
 def format_profile(profile: dict) -> list[str]:
-  """The readable table of :func:`layer_profile`'s result, one line per group and two totals."""
+  """The readable table of :func:`layer_profile`'s result, one line per group and two totals; with
+  the backward columns where the profile has them."""
   fmt = lambda v, spec: format(v, spec) if v is not None else "-".rjust(int(spec.split(".")[0]))
+  backward = profile.get("backward", False)
   lines = [f"profile: eval forward of {profile['batch']} clip(s) per call, median ms (compile "
            "excluded); GFLOP from XLA's cost analysis ('*': our conv + dot count); peaks: this "
-           "machine's 2-D conv and matmul of each group's conv/dot shapes",
+           "machine's 2-D conv and matmul of each group's conv/dot shapes"
+           + ("; bwd: the group's backward (gradients of its parameters and inputs), = its "
+              "forward+backward program's ms minus the forward's" if backward else ""),
            f"  {'group':18s} {'GFLOP':>8s} {'ms':>9s} {'GFLOP/s':>8s} | {'conv2d':>8s} "
-           f"{'matmul':>8s} GFLOP/s | {'roof ms':>8s} {'of roof':>7s}"]
+           f"{'matmul':>8s} GFLOP/s | {'roof ms':>8s} {'of roof':>7s}"
+           + (f" | {'bwd GFLOP':>9s} {'bwd ms':>8s} {'GFLOP/s':>8s}" if backward else "")]
   for r in profile["rows"]:
     mark = "*" if r["flops_source"] == "count" else " "
-    lines.append(f"  {r['group']:18s} {r['gflop']:7.3f}{mark} {r['ms']:9.2f} "
-                 f"{r['gflop_per_s']:8.1f} | {fmt(r['conv2d_gflop_per_s'], '8.1f')} "
-                 f"{fmt(r['matmul_gflop_per_s'], '8.1f')}         | "
-                 f"{fmt(r['roofline_ms'], '8.2f')} {fmt(r['of_roofline'], '7.0%')}")
+    line = (f"  {r['group']:18s} {r['gflop']:7.3f}{mark} {r['ms']:9.2f} "
+            f"{r['gflop_per_s']:8.1f} | {fmt(r['conv2d_gflop_per_s'], '8.1f')} "
+            f"{fmt(r['matmul_gflop_per_s'], '8.1f')}         | "
+            f"{fmt(r['roofline_ms'], '8.2f')} {fmt(r['of_roofline'], '7.0%')}")
+    if backward:
+      line += (f" | {r['bwd_gflop']:9.3f} {r['bwd_ms']:8.2f} "
+               f"{fmt(r['bwd_gflop_per_s'], '8.1f')}")
+    lines.append(line)
   roof = sum(r["roofline_ms"] or 0.0 for r in profile["rows"])
   lines.append(f"  {'sum of groups':18s} {profile['groups_gflop']:7.3f}  "
                f"{profile['groups_ms']:9.2f} "
                f"{profile['groups_gflop'] / profile['groups_ms'] * 1e3:8.1f} | "
-               f"{'':27s} | {roof:8.2f} {roof / profile['groups_ms']:7.0%}")
+               f"{'':27s} | {roof:8.2f} {roof / profile['groups_ms']:7.0%}"
+               + (f" | {sum(r['bwd_gflop'] for r in profile['rows']):9.3f} "
+                  f"{sum(r['bwd_ms'] for r in profile['rows']):8.2f}" if backward else ""))
   lines.append(f"  {'whole forward':18s} {profile['forward_gflop']:7.3f}  "
                f"{profile['forward_ms']:9.2f} "
                f"{profile['forward_gflop'] / profile['forward_ms'] * 1e3:8.1f} | "

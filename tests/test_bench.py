@@ -84,6 +84,17 @@ def test_model_bench(env):
   assert result["fwd_bwd_s_per_clip"] > 0 and result["params"] > 0
   assert len(result["profile"]["rows"]) == 18  # roofline.PROFILE_GROUPS
   assert any(line.split()[:2] == ["whole", "forward"] for line in lines)
+  # The backward columns: every group's forward + backward program ran. An Inception block (convs
+  # only) costs at least twice its forward's FLOPs backward: the gradients of each conv's input and
+  # of its kernel are each a conv of the forward's size, and BatchNorm, ReLU and the max-pool add
+  # their elementwise backward.
+  assert result["profile"]["backward"]
+  for row in result["profile"]["rows"]:
+    assert row["fwd_bwd_ms"] > 0 and row["bwd_gflop"] >= 0, row
+    np.testing.assert_allclose(row["bwd_ms"], row["fwd_bwd_ms"] - row["ms"])
+    if row["group"].startswith("Mixed"):
+      assert 2.0 <= row["bwd_gflop"] / row["gflop"] < 2.6, row
+  assert any("bwd GFLOP" in line for line in lines)
 
 
 def test_unknown_subcommand_is_a_usage_error(env):
@@ -111,7 +122,8 @@ def test_child_peak_rss_is_its_own():
 def test_layer_profile_covers_the_forward():
   """The profile has one row per layer group; chained, the groups compute the whole eval forward
   (same outputs, and their XLA FLOPs sum to the forward's within 1%: XLA may recompute a cheap
-  elementwise producer inside each consumer's fusion of the one program); times are positive."""
+  elementwise producer inside each consumer's fusion of the one program); times are positive.
+  (The backward columns, which compile a program per group, are checked in the slow bench test.)"""
   import jax
 
   from claus_jax import configlib, models, roofline
@@ -121,7 +133,7 @@ def test_layer_profile_covers_the_forward():
   model = models.build_model(config)
   variables = models.init_variables(model, config, jax.random.key(0))
   video = jax.random.uniform(jax.random.key(1), (1, 8, 32, 32, 3), minval=-1.0, maxval=1.0)
-  profile = roofline.layer_profile(model, variables, video, repeats=1)
+  profile = roofline.layer_profile(model, variables, video, repeats=1, backward=False)
 
   assert [r["group"] for r in profile["rows"]] == list(roofline.PROFILE_GROUPS)
   assert profile["output_max_abs_diff"] < 1e-4
@@ -135,6 +147,7 @@ def test_layer_profile_covers_the_forward():
       assert row["ops"] > 0 and row["conv_dot_gflop"] > 0, row
       assert row["conv2d_gflop_per_s"] > 0 and row["matmul_gflop_per_s"] > 0, row
       assert row["roofline_ms"] > 0, row
+    assert "bwd_ms" not in row
   assert profile["forward_ms"] > 0 and profile["references"] > 0
   lines = roofline.format_profile(profile)
   assert len(lines) == 2 + len(roofline.PROFILE_GROUPS) + 3
