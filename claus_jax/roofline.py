@@ -280,11 +280,13 @@ def _reference_call(key: tuple, rng: np.random.Generator) -> Callable[[], object
 
 
 def vjp_program(fn: Callable, *args) -> jax.stages.Compiled:
-  """``fn``'s forward and backward: its gradients with respect to every argument (parameters and
-  inputs) for an all-ones cotangent, compiled for ``args``, as one training step runs them."""
+  """``fn``'s forward and backward, compiled for ``args``: ``(outputs, gradients)``, the gradients
+  with respect to every argument (parameters and inputs) for an all-ones cotangent, as a training
+  step runs them. The outputs are returned so that the forward is computed even where the gradients
+  do not need it (a linear layer's), and the program minus the forward is the backward."""
   def forward_backward(*xs):
     out, pullback = jax.vjp(fn, *xs)
-    return pullback(jax.tree_util.tree_map(jnp.ones_like, out))
+    return out, pullback(jax.tree_util.tree_map(jnp.ones_like, out))
   return jax.jit(forward_backward).lower(*args).compile()
 
 

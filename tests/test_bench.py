@@ -84,16 +84,11 @@ def test_model_bench(env):
   assert result["fwd_bwd_s_per_clip"] > 0 and result["params"] > 0
   assert len(result["profile"]["rows"]) == 18  # roofline.PROFILE_GROUPS
   assert any(line.split()[:2] == ["whole", "forward"] for line in lines)
-  # The backward columns: every group's forward + backward program ran. An Inception block (convs
-  # only) costs at least twice its forward's FLOPs backward: the gradients of each conv's input and
-  # of its kernel are each a conv of the forward's size, and BatchNorm, ReLU and the max-pool add
-  # their elementwise backward.
+  # The backward columns: every group's forward + backward program ran and has backward work.
   assert result["profile"]["backward"]
   for row in result["profile"]["rows"]:
-    assert row["fwd_bwd_ms"] > 0 and row["bwd_gflop"] >= 0, row
+    assert row["fwd_bwd_ms"] > 0 and row["bwd_gflop"] > 0, row
     np.testing.assert_allclose(row["bwd_ms"], row["fwd_bwd_ms"] - row["ms"])
-    if row["group"].startswith("Mixed"):
-      assert 2.0 <= row["bwd_gflop"] / row["gflop"] < 2.6, row
   assert any("bwd GFLOP" in line for line in lines)
 
 
@@ -152,6 +147,28 @@ def test_layer_profile_covers_the_forward():
   lines = roofline.format_profile(profile)
   assert len(lines) == 2 + len(roofline.PROFILE_GROUPS) + 3
   assert all(any(line.split()[:1] == [g] for line in lines) for g in roofline.PROFILE_GROUPS)
+
+
+def test_vjp_program_is_the_forward_and_both_gradients():
+  """The profile's backward program of y = x @ w returns y, dL/dx = g w^T and dL/dw = x^T g for an
+  all-ones g, and XLA counts it at three times the forward's FLOPs (the forward's 2mkn, then two
+  products of the same size; the forward is kept although a linear layer's gradients do not need
+  it): the profile's 'bwd GFLOP' of a matmul is twice its forward's."""
+  import jax
+
+  from claus_jax import roofline
+
+  x = jax.random.normal(jax.random.key(0), (64, 48))
+  w = jax.random.normal(jax.random.key(1), (48, 32))
+  program = roofline.vjp_program(lambda a, b: a @ b, x, w)
+  y, (dx, dw) = program(x, w)
+  np.testing.assert_allclose(np.asarray(y), np.asarray(x) @ np.asarray(w), rtol=1e-5, atol=1e-4)
+  g = np.ones((64, 32), np.float32)
+  np.testing.assert_allclose(np.asarray(dx), g @ np.asarray(w).T, rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(dw), np.asarray(x).T @ g, rtol=1e-5, atol=1e-4)
+  forward = jax.jit(lambda a, b: a @ b).lower(x, w).compile()
+  assert roofline.xla_flops(forward) == 2 * 64 * 48 * 32
+  assert roofline.xla_flops(program) == 3 * 2 * 64 * 48 * 32
 
 
 def test_matmul_ops_count_a_3d_conv_as_its_2d_and_matmul_forms():
