@@ -103,10 +103,10 @@ def _fixed_batches_loss(state, batches, config):
   return vals.mean(axis=0)
 
 
-def test_sixty_steps_of_the_tiny_model_reduce_the_loss_clearly(smoke):
+def test_a_hundred_steps_of_the_tiny_model_reduce_the_loss_clearly(smoke):
   cfg, ds, sampler = smoke
   cfg = cfg.copy_and_resolve_references()
-  cfg.train.steps = 60
+  cfg.train.steps = 100
   model = models.build_model(cfg)
   state = train_lib.create_state(cfg, model, jax.random.PRNGKey(0), len(ds.train_index))
   # The same 6 batches before and after (the per-step training loss moves with its batch).
@@ -121,7 +121,10 @@ def test_sixty_steps_of_the_tiny_model_reduce_the_loss_clearly(smoke):
   assert np.all(np.isfinite(totals))
   state = train_lib.recalibrate_batch_stats(state, fixed)
   after = _fixed_batches_loss(state, fixed, cfg)
-  # Measured: total 1.098 -> 0.917, localisation 1.059 -> 0.896 (-16% both).
+  # Measured after 100 steps, state seeds 0 and 2, with and without i3d.conv2d_cpu's blocked
+  # forward (the same function up to float reordering): total x0.73-0.79, localisation x0.75-0.83.
+  # After 60 steps the ratios spread over 0.81-0.92: one float-reordering change of the conv moved
+  # seed 0 from 0.81 across the 0.9 line, so the test runs 100.
   assert after[0] < 0.9 * before[0], (before, after, np.round(totals, 3))
   assert after[1] < 0.9 * before[1], (before, after)
 
