@@ -31,7 +31,7 @@ def _cd(**fields) -> ml_collections.ConfigDict:
 def base_config() -> ml_collections.ConfigDict:
   """The full schema with the paper's defaults (J-HMDB-like sizes); configs override fields."""
   c = ml_collections.ConfigDict()
-  c.seed = 0  # Root PRNG seed: data generation, round-0 pool, training, scoring and selection.
+  c.seed = 0  # Root PRNG seed: round-0 pool, training, scoring and selection (the synthetic data has its own).
   c.dataset = "synthetic"  # One of DATASETS: 'synthetic', 'jhmdb' or 'ucf101_24'.
 
   c.data = _cd(
@@ -43,21 +43,21 @@ def base_config() -> ml_collections.ConfigDict:
       validation_groups=0,  # > 0: tune on this many train groups held out as the test split (never the real test split).
       truncate_to_shorter=False,  # Frame/annotation count mismatch: cut to the shorter, with a warning.
       synthetic=_cd(
-          num_classes=8,  # Motion classes (at most 10).
-          train_groups=24,  # Recording groups in the train split.
-          test_groups=8,  # Recording groups in the test split (disjoint from train).
-          videos_per_group=4,  # Near-duplicate videos cut from one recording.
-          min_frames=24,  # Shortest video.
-          max_frames=48,  # Longest video.
-          mode="untrimmed",  # 'untrimmed' (UCF-like: action in a sub-span) or 'trimmed' (J-HMDB-like).
-          long_tail=1.0,  # Ratio of the most to the least frequent class (1 = balanced).
-          distractors=3,  # Static distractor shapes per video.
-          occlusion=0.3,  # Probability that a video has an occluding bar crossing the actor.
+          seed=0,  # The benchmark's data seed (part of its frozen version; config.seed seeds the runs).
+          num_classes=8,  # Action classes (at most 10; claus_jax.data.synthetic.CLASS_NAMES).
+          train_groups=40,  # Recording groups in the train split.
+          test_groups=20,  # Recording groups in the test split (disjoint from train).
+          min_group_videos=4,  # Fewest videos cut from one recording (UCF-101: 4-7).
+          max_group_videos=7,  # Most videos cut from one recording.
+          min_frames=16,  # Shortest video.
+          max_frames=32,  # Longest video.
+          mode="trimmed",  # 'trimmed' (J-HMDB-like: the action fills the clip) or 'untrimmed' (UCF-like).
+          long_tail=1.7,  # Ratio of the most to the least frequent class (UCF-101-24's test list: ~1.7).
+          scenes_per_class=2,  # Typical scenes of each class.
+          scene_borrow=0.15,  # Probability that a group is filmed in another class's typical scene.
+          occlusion=0.6,  # Probability of an occluder crossing the actor, at a group's difficulty 1.
+          clutter=3,  # Clutter props in the scene, at a group's difficulty 1.
           jitter=1.0,  # Camera jitter amplitude in pixels (at 64x64; scales with frame size).
-          actor_outline=True,  # Draw the actor's silhouette edge dark (class-free cue; see synthetic.py).
-          class_shape=0.0,  # Probability that a group's actor has its class's silhouette (see synthetic.py).
-          class_color=0.0,  # Probability that a group's actor has its class's hue (see synthetic.py).
-          class_scene=0.0,  # Probability that a group's background is in shades of its class's hue.
       ),
   )
 
@@ -92,12 +92,13 @@ def base_config() -> ml_collections.ConfigDict:
       steps=2000,  # Optimiser steps; every step sees batch_size new clips.
       batch_size=8,  # Clips per step.
       learning_rate=1e-3,  # Adam peak learning rate (cosine decay to 0 after a 5% warm-up).
-      seg_weight=1.0,  # Weight of the actor-track loss beside the motion-class loss.
-      min_speed=0.6,  # Slowest motion progress per frame (x the family's own speed).
-      max_speed=1.6,  # Fastest.
-      max_pan=0.5,  # Largest camera pan, pixels per frame at 64 px.
-      distractors=1,  # Static distractor shapes per clip.
-      occlusion=0.0,  # Probability of an occluding bar.
+      seg_weight=1.0,  # Weight of the actor-track loss beside the action-family loss.
+      pose_weight=1.0,  # Weight of the 2-D pose loss (joints relative to the pelvis).
+      scene_weight=1.0,  # Weight of the scene-style loss (its colours and horizon).
+      min_speed=0.7,  # Slowest action speed (x the family's own).
+      max_speed=1.4,  # Fastest.
+      clutter=3,  # Clutter props per clip, at a clip's difficulty 1.
+      occlusion=0.3,  # Probability of an occluder crossing the actor, at a clip's difficulty 1.
       jitter=1.0,  # Camera jitter amplitude in pixels at 64 px.
       val_clips=224,  # Held-out corpus clips scored after pretraining (reported, never trained on).
       cache_dir="",  # Where pretrained encoders live; '' = $CLAUS_CACHE_DIR/pretrained or ~/.cache/claus_jax/pretrained.
@@ -381,18 +382,19 @@ RANGES = {
     "data.split": "[1, 3]",
     "data.validation_groups": "[0, inf)",
     "data.synthetic.num_classes": "[1, 10]",
+    "data.synthetic.seed": "[0, 2147483647]",
     "data.synthetic.train_groups": "[1, inf)",
     "data.synthetic.test_groups": "[1, inf)",
-    "data.synthetic.videos_per_group": "[1, inf)",
+    "data.synthetic.min_group_videos": "[1, inf)",
+    "data.synthetic.max_group_videos": "[1, inf)",
     "data.synthetic.min_frames": "[1, inf)",
     "data.synthetic.max_frames": "[1, inf)",
     "data.synthetic.long_tail": "[1, inf)",
-    "data.synthetic.distractors": "[0, inf)",
+    "data.synthetic.scenes_per_class": "[1, inf)",
+    "data.synthetic.scene_borrow": "[0, 1]",
     "data.synthetic.occlusion": "[0, 1]",
+    "data.synthetic.clutter": "[0, inf)",
     "data.synthetic.jitter": "[0, inf)",
-    "data.synthetic.class_shape": "[0, 1]",
-    "data.synthetic.class_color": "[0, 1]",
-    "data.synthetic.class_scene": "[0, 1]",
     "model.num_classes": "[1, inf)",
     "model.primary_caps": "[1, inf)",
     "model.primary_kernel": "[0, inf)",
@@ -449,10 +451,11 @@ RANGES = {
     "pretrain.batch_size": "[1, inf)",
     "pretrain.learning_rate": "(0, inf)",
     "pretrain.seg_weight": "[0, inf)",
+    "pretrain.pose_weight": "[0, inf)",
+    "pretrain.scene_weight": "[0, inf)",
     "pretrain.min_speed": "(0, inf)",
     "pretrain.max_speed": "(0, inf)",
-    "pretrain.max_pan": "[0, inf)",
-    "pretrain.distractors": "[0, inf)",
+    "pretrain.clutter": "[0, inf)",
     "pretrain.occlusion": "[0, 1]",
     "pretrain.jitter": "[0, inf)",
     "pretrain.val_clips": "[0, inf)",
@@ -594,6 +597,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             f"{syn.num_classes}; set both to the same value.")
     if syn.min_frames > syn.max_frames:
       _fail("data.synthetic.min_frames", f"{syn.min_frames} > max_frames={syn.max_frames}.")
+    if syn.min_group_videos > syn.max_group_videos:
+      _fail("data.synthetic.min_group_videos", f"{syn.min_group_videos} > max_group_videos="
+            f"{syn.max_group_videos}.")
     if syn.min_frames < config.model.clip_length:
       _fail("data.synthetic.min_frames", f"{syn.min_frames} is shorter than one clip "
             f"({config.model.clip_length} frames).")

@@ -11,10 +11,17 @@ from the benchmark). Never a benchmark video, class, or split.
 
 Objective, on Mixed_4f ``(B, 1, f, f, C)``:
   * the clip's motion family: a linear layer on the spatial mean and max (cross-entropy);
-  * the actor's track: a 1x1 conv to ``4 L`` logits per cell, i.e. for each of the clip's ``L``
-    frames and each half cell, the fraction of its pixels covered by the actor (binary cross-entropy
-    on soft targets, weight ``seg_weight``). Mixed_4f has a single time step, so this dense target
-    makes it encode where the actor is in every frame: its motion, whatever the family.
+  * the actor's track and parts: a 1x1 conv to ``4 L (1 + P)`` logits per cell, i.e. for each of
+    the clip's ``L`` frames and each half cell, the fraction of its pixels covered by the actor and
+    by each of its ``P`` body parts (``figures.PARTS``; binary cross-entropy on soft targets, weight
+    ``seg_weight``). Mixed_4f has a single time step, so this dense target makes it encode where the
+    actor and its limbs are in every frame: its pose and motion, whatever the family;
+  * the actor's pose: a linear layer on the pooled features to every clip frame's 2-D joint
+    positions relative to the pelvis (``pretrain_corpus.POSE_JOINTS``, in figure heights; mean
+    squared error, weight ``pose_weight``): where each limb is, whatever the family;
+  * the scene: a linear layer on the pooled features to the scene style's colours and horizon
+    (``pretrain_corpus.scene_target``; mean squared error, weight ``scene_weight``), so the
+    features keep the context that a Charades-trained I3D keeps.
 Both heads are thrown away; as in the paper, only the encoder arrives pretrained.
 
 Weights are cached under a hash of every setting that determines them (``cache_key``), so the main
@@ -49,13 +56,14 @@ from claus_jax import configlib
 from claus_jax import models
 from claus_jax import pool as pool_lib
 from claus_jax import train as train_lib
+from claus_jax.data import figures
 from claus_jax.data import pretrain_corpus
 from claus_jax.models import i3d as i3d_lib
 
 RESULT_FILE = "pretrain.json"  # Settings, loss history and held-out accuracy, beside variables/.
 PACKAGED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "pretrained")
 # Bump when the pretraining objective or model changes (it is part of the cache key).
-OBJECTIVE_VERSION = 2
+OBJECTIVE_VERSION = 4  # 3: the pose head; 4: part covers and the scene head.
 
 
 class PretrainNet(nn.Module):
@@ -65,26 +73,35 @@ class PretrainNet(nn.Module):
   width: float
   conv_impl: str = "auto"
   clip_length: int = 8
+  pose_joints: int = len(pretrain_corpus.POSE_JOINTS)
+  parts: int = len(figures.PARTS)
 
   def setup(self):
     self.encoder = i3d_lib.InceptionI3d("Mixed_4f", "claus", self.width, jnp.float32,
                                         self.conv_impl)
     self.motion_head = nn.Dense(self.num_classes)
-    self.mask_head = nn.Conv(4 * self.clip_length, (1, 1))
+    self.mask_head = nn.Conv(4 * self.clip_length * (1 + self.parts), (1, 1))
+    self.pose_head = nn.Dense(self.clip_length * self.pose_joints * 2)
+    self.scene_head = nn.Dense(pretrain_corpus.SCENE_TARGETS)
 
   def encode(self, video: jax.Array, train: bool = False) -> dict[str, jax.Array]:
     """The encoder alone (train.recalibrate_batch_stats runs this)."""
     return self.encoder(video, train)
 
   def __call__(self, video: jax.Array, train: bool = False) -> dict[str, jax.Array]:
-    """video (B, L, S, S, 3) in [-1, 1] -> {'logits': (B, P), 'mask_logits': (B, L, S/4, S/4)}."""
+    """video (B, L, S, S, 3) in [-1, 1] -> {'logits': (B, F), 'mask_logits': (B, L, 1 + P, S/4,
+    S/4) (the actor, then each part), 'pose': (B, L, J, 2), 'scene': (B, 16)}."""
     feat = self.encoder(video, train)["Mixed_4f"][:, 0].astype(jnp.float32)  # (B, f, f, C)
     pooled = jnp.concatenate([feat.mean(axis=(1, 2)), feat.max(axis=(1, 2))], axis=-1)
     b, f = feat.shape[0], feat.shape[1]
-    # (B, f, f, L * 4) -> (B, L, 2f, 2f): per clip frame, the actor cover of each half cell.
-    track = self.mask_head(feat).reshape(b, f, f, self.clip_length, 2, 2)
-    track = track.transpose(0, 3, 1, 4, 2, 5).reshape(b, self.clip_length, 2 * f, 2 * f)
-    return {"logits": self.motion_head(pooled), "mask_logits": track}
+    # (B, f, f, L * (1 + P) * 4) -> (B, L, 1 + P, 2f, 2f): per clip frame, the actor's and each
+    # part's cover of each half cell.
+    k = 1 + self.parts
+    track = self.mask_head(feat).reshape(b, f, f, self.clip_length, k, 2, 2)
+    track = track.transpose(0, 3, 4, 1, 5, 2, 6).reshape(b, self.clip_length, k, 2 * f, 2 * f)
+    pose = self.pose_head(pooled).reshape(b, self.clip_length, self.pose_joints, 2)
+    return {"logits": self.motion_head(pooled), "mask_logits": track, "pose": pose,
+            "scene": self.scene_head(pooled)}
 
 
 class PretrainState(train_state.TrainState):
@@ -99,6 +116,7 @@ def cache_key(config: ml_collections.ConfigDict) -> dict[str, Any]:
       "corpus": pretrain_corpus.PretrainParams.from_config(config).to_dict(),
       "steps": int(p.steps), "batch_size": int(p.batch_size),
       "learning_rate": float(p.learning_rate), "seg_weight": float(p.seg_weight),
+      "pose_weight": float(p.pose_weight), "scene_weight": float(p.scene_weight),
       "width": float(config.model.width), "conv_impl": str(config.model.conv_impl),
       "bn_recalibration_batches": int(config.train.bn_recalibration_batches),
   }
@@ -120,7 +138,7 @@ def is_complete(directory: str) -> bool:
       os.path.join(directory, models.ENCODER_VARIABLES_SUBDIR))
 
 
-def _losses(model, variables, batch, seg_weight, train):
+def _losses(model, variables, batch, weights, train):
   video = models.preprocess(batch["video"])
   if train:
     out, updates = model.apply(variables, video, train=True, mutable=["batch_stats"])
@@ -130,14 +148,20 @@ def _losses(model, variables, batch, seg_weight, train):
   cls = optax.softmax_cross_entropy(out["logits"], onehot).mean()
   # Target: in every frame, the fraction of each half encoder cell covered by the actor. Mixed_4f
   # keeps one time step, so predicting this makes it encode the actor's track through the clip.
-  mask = batch["mask"].astype(jnp.float32)  # (B, L, S, S)
-  b, length, s, _ = mask.shape
+  parts = out["mask_logits"].shape[2] - 1
+  maps = jnp.concatenate([batch["mask"][:, :, None] > 0,
+                          batch["parts"][:, :, None] == jnp.arange(1, parts + 1)[:, None, None]],
+                         axis=2).astype(jnp.float32)  # (B, L, 1 + P, S, S)
+  b, length, k, s, _ = maps.shape
   g = out["mask_logits"].shape[-1]
-  cover = mask.reshape(b, length, g, s // g, g, s // g).mean(axis=(3, 5))
+  cover = maps.reshape(b, length, k, g, s // g, g, s // g).mean(axis=(4, 6))
   seg = optax.sigmoid_binary_cross_entropy(out["mask_logits"], cover).mean()
-  total = cls + seg_weight * seg
+  pose = jnp.mean(jnp.square(out["pose"] - batch["pose"]))
+  scene = jnp.mean(jnp.square(out["scene"] - batch["scene"]))
+  total = (cls + weights["seg"] * seg + weights["pose"] * pose + weights["scene"] * scene)
   acc = jnp.mean((out["logits"].argmax(-1) == batch["label"]).astype(jnp.float32))
-  return total, ({"total": total, "classification": cls, "mask": seg, "accuracy": acc},
+  return total, ({"total": total, "classification": cls, "mask": seg, "pose": pose,
+                  "scene": scene, "accuracy": acc},
                  updates.get("batch_stats"))
 
 
@@ -178,13 +202,14 @@ def pretrain(config: ml_collections.ConfigDict, out_dir: str, progress: bool = T
       jax.random.PRNGKey(int(p.seed)), dummy)
   state = PretrainState.create(apply_fn=model.apply, params=variables["params"],
                                batch_stats=variables["batch_stats"], tx=make_optimizer(config))
-  seg_weight = float(p.seg_weight)
+  weights = {"seg": float(p.seg_weight), "pose": float(p.pose_weight),
+             "scene": float(p.scene_weight)}
 
   @functools.partial(jax.jit, donate_argnums=(0,))
   def step_fn(state, batch):
     def loss(params):
-      return _losses(model, {"params": params, "batch_stats": state.batch_stats}, batch,
-                     seg_weight, train=True)
+      return _losses(model, {"params": params, "batch_stats": state.batch_stats}, batch, weights,
+                     train=True)
     (_, (metrics, stats)), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
     return state.apply_gradients(grads=grads, batch_stats=stats), metrics
 
@@ -221,14 +246,20 @@ def pretrain(config: ml_collections.ConfigDict, out_dir: str, progress: bool = T
   # Held-out corpus clips (indices past every training clip), eval mode.
   val = int(p.val_clips)
   correct, seen = 0, 0
-  eval_fn = jax.jit(lambda v, b: _losses(model, v, b, seg_weight, train=False)[1][0])
-  val_metrics = []
+  eval_fn = jax.jit(lambda v, b: _losses(model, v, b, weights, train=False)[1][0])
+  val_metrics, val_poses, val_scenes = [], [], []
   for b in _batches(params, int(p.batch_size), 0, max(1, val // int(p.batch_size)),
                     start_index=steps * int(p.batch_size)):
     m = eval_fn(variables, b)
     val_metrics.append({k: float(v) for k, v in m.items()})
+    val_poses.append(b["pose"])
+    val_scenes.append(b["scene"])
     correct += float(m["accuracy"]) * len(b["label"])
     seen += len(b["label"])
+  poses = np.concatenate(val_poses)
+  pose_baseline = float(np.mean(np.square(poses - poses.mean(axis=0, keepdims=True))))
+  scenes = np.concatenate(val_scenes)
+  scene_baseline = float(np.mean(np.square(scenes - scenes.mean(axis=0, keepdims=True))))
   elapsed = time.time() - start
   result = {
       "settings": cache_key(config), "seconds": round(elapsed, 1),
@@ -236,6 +267,11 @@ def pretrain(config: ml_collections.ConfigDict, out_dir: str, progress: bool = T
       "classes": list(pretrain_corpus.PRETRAIN_CLASS_NAMES),
       "heldout_clips": seen, "heldout_accuracy": correct / max(seen, 1),
       "heldout_mask_loss": float(np.mean([m["mask"] for m in val_metrics])),
+      "heldout_pose_mse": float(np.mean([m["pose"] for m in val_metrics])),
+      # The pose error of always predicting the held-out clips' mean pose (what 'learnt' beats).
+      "heldout_pose_mse_of_mean": pose_baseline,
+      "heldout_scene_mse": float(np.mean([m["scene"] for m in val_metrics])),
+      "heldout_scene_mse_of_mean": scene_baseline,
       "history": history,
   }
   _write_atomically(out_dir, variables["params"]["encoder"], variables["batch_stats"]["encoder"],

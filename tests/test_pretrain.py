@@ -41,10 +41,13 @@ def test_corpus_clips_are_deterministic_balanced_and_independent():
     np.testing.assert_array_equal(a[key], b[key])
   np.testing.assert_array_equal(a["label"], np.arange(14) % params.num_classes)
   # A clip depends on its index only, not on which batch it comes in.
-  frames, masks, label, kin = corpus.clip(params, 9)
-  np.testing.assert_array_equal(frames, a["video"][9])
-  np.testing.assert_array_equal(masks, a["mask"][9])
-  assert label == 9 % params.num_classes
+  one = corpus.clip(params, 9)
+  for key in a:
+    np.testing.assert_array_equal(one[key], a[key][9], err_msg=key)
+  assert one["label"] == 9 % params.num_classes
+  # The part map covers exactly the visible figure, and the pose is relative to the pelvis.
+  np.testing.assert_array_equal(one["parts"] > 0, one["mask"] > 0)
+  assert one["pose"].shape == (8, len(corpus.POSE_JOINTS), 2) and one["scene"].shape == (16,)
   assert a["video"].shape == (14, 8, 32, 32, 3) and a["video"].dtype == np.uint8
   assert a["mask"].any(axis=(1, 2, 3)).all(), "every clip shows its actor"
   # Another corpus seed gives other clips.
@@ -53,35 +56,47 @@ def test_corpus_clips_are_deterministic_balanced_and_independent():
 
 
 def test_corpus_never_renders_a_benchmark_scene():
-  """The corpus's scenes come from its own seed stream: no background matches a benchmark group's."""
-  params = corpus.PretrainParams(seed=0, frame_size=32, distractors=0, occlusion=0.0, jitter=0.0,
-                                 max_pan=0.0)
+  """The corpus's scenes come from its own seed stream: no background matches a benchmark class's
+  typical scenes, nor any benchmark group's background."""
+  params = corpus.PretrainParams(seed=0, frame_size=32, clutter=0, occlusion=0.0, jitter=0.0)
   bench = synthetic.GeneratorParams(seed=0, frame_size=32, train_groups=8, test_groups=8,
-                                    distractors=0, occlusion=0.0, jitter=0.0)
+                                    clutter=0, occlusion=0.0, jitter=0.0)
   bench_frames = [synthetic.generate_video(bench, split, g, 0, draw_actor=False).frames[0]
                   for split in ("train", "test") for g in range(8)]
   for i in range(16):
-    frames, _, _, _ = corpus.clip(params, i)
+    frames = corpus.clip(params, i)["video"]
     for bf in bench_frames:
       # Pixel noise differs anyway; a shared scene would leave a mean difference of a few levels.
       assert np.abs(frames[0].astype(float) - bf.astype(float)).mean() > 10.0
 
 
 @pytest.mark.parametrize("name", corpus.PRETRAIN_CLASS_NAMES)
-def test_each_motion_family_starts_at_rest_and_moves_as_named(name):
+def test_each_family_is_a_program_of_its_own_that_moves(name):
+  """Each family moves the figure (standing only breathes; turning moves the camera instead), and
+  none equals a benchmark action's program."""
+  from claus_jax.data import figures
   rng = np.random.default_rng(0)
-  motion = corpus._random_motion(rng, corpus.PRETRAIN_CLASS_NAMES.index(name), 64, 40.0)
-  t = np.arange(0.0, 40.0)
-  dx, dy, scale, dangle = motion(t)
-  assert dx[0] == pytest.approx(0.0, abs=1e-9) and dy[0] == pytest.approx(0.0, abs=1e-9)
-  np.testing.assert_allclose(scale, 1.0)
-  travel = np.hypot(dx, dy).max()
-  if name == "still":
-    assert travel == 0.0 and np.all(dangle == 0.0)
-  elif name == "wobble":
-    assert travel == 0.0 and np.ptp(dangle) > 0.5
+  act = figures.random_action_params(rng, name)
+  t = np.arange(0.0, 24.0)
+  pose = figures.perform(name, t, act)
+  spread = max(np.ptp(pose[k]) for k in figures.DOFS)
+  if name in ("turn", "stand"):
+    assert spread < 0.2  # The body idles; for 'turn' the camera yaw turns (pretrain_corpus.clip).
   else:
-    assert travel > 2.0
+    assert spread > 0.3
+  for bench_name in figures.BENCHMARK_ACTIONS:
+    other = figures.perform(bench_name, t, act)
+    assert max(np.abs(pose[k] - other[k]).max() for k in figures.DOFS) > 0.1, bench_name
+
+
+def test_turn_changes_the_viewpoint_through_the_clip():
+  params = corpus.PretrainParams(frame_size=64, clutter=0, occlusion=0.0, jitter=0.0)
+  label = corpus.PRETRAIN_CLASS_NAMES.index("turn")
+  one = corpus.clip(params, label)
+  masks = one["mask"]
+  assert one["label"] == label
+  widths = masks.any(axis=1).sum(axis=1)  # Silhouette width per frame.
+  assert widths.max() > 1.15 * widths.min()
 
 
 @pytest.mark.slow
@@ -136,26 +151,3 @@ def test_a_process_that_cannot_see_the_pretrained_encoder_stops_with_the_fix(tmp
   with pytest.raises(configlib.ConfigError, match="config.pretrain.cache_dir: process 0 finds no "
                      "pretrained encoder.*a folder every host shares"):
     experiment.run(config, str(tmp_path / "work"))
-
-
-def test_kinematics_follow_the_rendered_actor():
-  """The kinematics targets are the actor's scene motion: its mask centroid moves with them."""
-  params = corpus.PretrainParams(frame_size=32, jitter=0.0, max_pan=0.0)
-  b = corpus.batch(params, range(28))
-  kin = b["kinematics"]
-  assert kin.shape == (28, 8, 4) and kin.dtype == np.float32
-  np.testing.assert_array_equal(kin[:, 0], 0.0)  # Relative to the first frame.
-  still = b["label"] == corpus.PRETRAIN_CLASS_NAMES.index("still")
-  np.testing.assert_array_equal(kin[still], 0.0)
-  mask = b["mask"].astype(float)
-  ys, xs = np.mgrid[0:32, 0:32]
-  area = mask.sum(axis=(2, 3))
-  centre_x = (mask * xs).sum(axis=(2, 3)) / area
-  centre_y = (mask * ys).sum(axis=(2, 3)) / area
-  unit = 0.1 * 32
-  # The centroid of the visible pixels is not the shape's centre (rotation, clipping), so the match
-  # is close, not exact: measured correlation 0.97 (x) and 0.96 (y) with camera motion, above 0.95.
-  for target, centre in ((kin[..., 0], centre_x), (kin[..., 1], centre_y)):
-    moved = (centre - centre[:, :1]) / unit
-    assert np.corrcoef(target.ravel(), moved.ravel())[0, 1] > 0.95
-    assert np.abs(target - moved).max() < 0.5  # Under 1.6 px at 32 px.

@@ -1,4 +1,5 @@
-"""Tests of the synthetic benchmark: determinism, exact masks, motion classes, groups, spans, storage."""
+"""Tests of the synthetic benchmark (v2): determinism, exact masks, actions, scenes, groups, spans,
+storage."""
 
 import dataclasses
 import os
@@ -8,12 +9,13 @@ import pytest
 
 from claus_jax import configlib
 from claus_jax.data import get_dataset
+from claus_jax.data import figures as F
 from claus_jax.data import synthetic as S
 
 # Tiny but complete: one group per class, so every class can be looked up by label.
 TINY = S.GeneratorParams(seed=3, frame_size=32, num_classes=8, train_groups=8, test_groups=3,
-                         videos_per_group=2, min_frames=12, max_frames=16, distractors=2,
-                         occlusion=0.5, jitter=1.0)
+                         min_group_videos=2, max_group_videos=3, min_frames=12, max_frames=16,
+                         mode="untrimmed", long_tail=1.0, clutter=2, occlusion=0.5, jitter=1.0)
 
 
 def _group_of(params, label, split="train"):
@@ -35,7 +37,8 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs():
   assert a.frames.shape != c.frames.shape or a.frames.tobytes() != c.frames.tobytes()
   # Random access gives the same video as sequential generation.
   seq = list(S.generate_split(TINY, "train"))
-  assert seq[1 * TINY.videos_per_group + 1].frames.tobytes() == a.frames.tobytes()
+  first = S.recording(TINY, "train", 0).num_videos
+  assert seq[first + 1].frames.tobytes() == a.frames.tobytes()
 
 
 def test_mask_is_exactly_the_visible_actor():
@@ -58,80 +61,33 @@ def test_mask_is_exactly_the_visible_actor():
     assert np.isnan(with_actor.boxes[0, ~gt]).all()
 
 
-def test_actor_outline_darkens_the_silhouette_edge_only():
-  plain = dataclasses.replace(TINY, actor_outline=False, occlusion=0.0)
-  outlined = dataclasses.replace(plain, actor_outline=True)
-  for group in range(3):
-    a = S.generate_video(plain, "train", group, 0)
-    b = S.generate_video(outlined, "train", group, 0)
-    np.testing.assert_array_equal(a.masks, b.masks)  # Same ground truth: the edge is the actor's.
-    changed = np.any(a.frames != b.frames, axis=-1)
-    # Inside the span nothing outside the mask changes (idle frames draw the actor without a mask).
-    gt = b.has_gt
-    assert changed[gt].any() and not np.any(changed[gt] & ~b.masks[gt].astype(bool))
-    edge_in_gt = changed & b.masks.astype(bool)
-    # The edge by hand: mask pixels with a 4-neighbour outside the mask (frame border = outside).
-    p = np.pad(b.masks.astype(bool), [(0, 0), (1, 1), (1, 1)])
-    interior = p[:, 1:-1, 1:-1] & p[:, :-2, 1:-1] & p[:, 2:, 1:-1] & p[:, 1:-1, :-2] & p[:, 1:-1, 2:]
-    expected = b.masks.astype(bool) & ~interior
-    # Inside the span, the changed pixels are the mask's edge (a pixel whose colour already was
-    # near-black may not change).
-    assert not np.any(edge_in_gt & ~expected)
-    assert edge_in_gt.sum() >= 0.9 * expected.sum()
-    assert b.frames[expected].max() <= 12 + 3 * 3 * 2  # Near-black, up to the sensor noise.
-
-
 def test_occluder_removes_pixels_from_the_mask():
-  clear = S.generate_video(dataclasses.replace(TINY, occlusion=0.0), "train", 2, 0)
-  hidden = S.generate_video(dataclasses.replace(TINY, occlusion=1.0), "train", 2, 0)
-  assert not np.any(hidden.masks & ~clear.masks)  # Occlusion only removes actor pixels.
-  assert hidden.masks.sum() < clear.masks.sum()
-
-
-def _centroids(rec):
-  idx = np.flatnonzero(rec.has_gt)
-  ys, xs = [], []
-  for t in idx:
-    y, x = np.nonzero(rec.masks[t])
-    ys.append(y.mean())
-    xs.append(x.mean())
-  return np.array(xs), np.array(ys), rec.masks[idx].reshape(len(idx), -1).sum(axis=1)
-
-
-def test_classes_are_defined_by_motion():
-  params = dataclasses.replace(TINY, frame_size=64, occlusion=0.0, jitter=0.0, mode="trimmed",
-                               min_frames=24, max_frames=24)
-  video = {name: S.generate_video(params, "train", _group_of(params, k), 0)
-           for k, name in enumerate(S.CLASS_NAMES[:8])}
-  xs, ys, _ = _centroids(video["move_right"])
-  assert xs[-1] - xs[0] > 5 and abs(ys[-1] - ys[0]) < xs[-1] - xs[0]
-  xs, ys, _ = _centroids(video["move_left"])
-  assert xs[0] - xs[-1] > 5
-  xs, ys, _ = _centroids(video["move_up"])
-  assert ys[0] - ys[-1] > 5
-  xs, ys, _ = _centroids(video["move_down"])
-  assert ys[-1] - ys[0] > 5
-  _, _, area = _centroids(video["grow_shrink"])
-  assert area.max() > 1.5 * area.min()
-  xs, ys, _ = _centroids(video["rotate"])
-  assert np.ptp(xs) < 3 and np.ptp(ys) < 3  # Rotates in place...
-  m = video["rotate"].masks
-  turned = max(int((m[0] != m[t]).sum()) for t in range(len(m)))
-  assert turned > 0.3 * m[0].sum()  # ...but the silhouette turns.
-  xs, ys, _ = _centroids(video["circle"])
-  assert np.ptp(xs) > 6 and np.ptp(ys) > 6
+  # The chance of an occluder is occlusion x the group's difficulty: find a group that has one.
+  hidden_any = False
+  for group in range(TINY.train_groups):
+    clear = S.generate_video(dataclasses.replace(TINY, occlusion=0.0), "train", group, 0)
+    hidden = S.generate_video(dataclasses.replace(TINY, occlusion=1.0), "train", group, 0)
+    assert not np.any(hidden.masks & ~clear.masks)  # Occlusion only removes actor pixels.
+    hidden_any |= bool(hidden.masks.sum() < clear.masks.sum())
+  assert hidden_any
 
 
 def test_untrimmed_actor_is_static_outside_the_span():
-  params = dataclasses.replace(TINY, occlusion=0.0, jitter=0.0)
-  rec = S.generate_video(params, "train", _group_of(params, 0), 0)
-  bare = S.generate_video(params, "train", _group_of(params, 0), 0, draw_actor=False)
+  # The actor idles outside the span: its silhouette only breathes (a slow sway of a few pixels),
+  # while during the action it changes.
+  params = dataclasses.replace(TINY, frame_size=64, occlusion=0.0, jitter=0.0, min_frames=24,
+                               max_frames=28)
+  rec = S.generate_video(params, "train", _group_of(params, S.CLASS_NAMES.index("squat")), 0)
+  bare = S.generate_video(params, "train", _group_of(params, S.CLASS_NAMES.index("squat")), 0,
+                          draw_actor=False)
   drawn = np.any(rec.frames != bare.frames, axis=-1)
   start, end = rec.span
   assert 1 <= start < end <= rec.num_frames - 1
-  np.testing.assert_array_equal(drawn[0], drawn[start - 1])
-  np.testing.assert_array_equal(drawn[end], drawn[-1])
-  assert (drawn[start - 1] != drawn[end]).any()  # It moved during the action.
+  idle = [t for t in range(rec.num_frames) if t < start - 1 or t > end]
+  change = lambda t, u: int((drawn[t] != drawn[u]).sum())
+  idle_change = max(change(t, u) for t in idle for u in idle)
+  active_change = max(change(start - 1, t) for t in range(start, end))
+  assert active_change > 3 * max(idle_change, 1), (idle_change, active_change)
 
 
 @pytest.mark.parametrize("mode", ["untrimmed", "trimmed"])
@@ -168,7 +124,7 @@ def test_split_by_group_has_no_leakage():
   for recs in (train, test):
     for g in {r.group_id for r in recs}:
       members = [r for r in recs if r.group_id == g]
-      assert len(members) == TINY.videos_per_group
+      assert TINY.min_group_videos <= len(members) <= TINY.max_group_videos
       assert len({r.label for r in members}) == 1
 
 
@@ -210,7 +166,8 @@ def _config(tmp_path, **syn):
   c.data.frame_size = 32
   c.quiet = True
   s = c.data.synthetic
-  s.num_classes, s.train_groups, s.test_groups, s.videos_per_group = 3, 3, 2, 2
+  s.num_classes, s.train_groups, s.test_groups = 3, 3, 2
+  s.min_group_videos = s.max_group_videos = 2
   s.min_frames, s.max_frames = 8, 10
   for k, v in syn.items():
     setattr(s, k, v)
@@ -243,9 +200,9 @@ def test_get_dataset_prepares_once_and_rebuilds_on_change(tmp_path, monkeypatch)
   assert calls == ["train", "test"]  # Reused, not regenerated.
   assert again.train[0].frames.tobytes() == ds.train[0].frames.tobytes()
 
-  changed = get_dataset(_config(tmp_path, distractors=1))
+  changed = get_dataset(_config(tmp_path, clutter=1))
   assert calls == ["train", "test"] * 2
-  prepared = [d for d in os.listdir(tmp_path / S.TFDS_NAME) if d.startswith("untrimmed_32px_")]
+  prepared = [d for d in os.listdir(tmp_path / S.TFDS_NAME) if d.startswith("trimmed_32px_")]
   assert len(prepared) == 2  # One directory per generator setting.
   assert len(changed.train) == 6
 
@@ -275,65 +232,6 @@ def test_held_out_groups_take_whole_groups_from_the_end():
   assert index.held_out_groups(0) == ([0, 1, 2, 3, 4], [])
 
 
-def test_class_shape_gives_each_class_its_silhouette_and_changes_nothing_else():
-  cued = dataclasses.replace(TINY, class_shape=1.0)
-  for label in range(TINY.num_classes):
-    group = _group_of(TINY, label)
-    plain = S._make_group(TINY, "train", group, label)
-    shaped = S._make_group(cued, "train", group, label)
-    assert shaped.actor.shape == S.CLASS_SHAPES[label]
-    # The cue has a random stream of its own: scene, path, size and colours are class_shape=0's.
-    np.testing.assert_array_equal(shaped.canvas, plain.canvas)
-    np.testing.assert_array_equal(shaped.start, plain.start)
-    assert shaped.motion.values == plain.motion.values and shaped.angle0 == plain.angle0
-    for field in dataclasses.fields(S._Look):
-      if field.name != "shape":
-        np.testing.assert_array_equal(getattr(shaped.actor, field.name),
-                                      getattr(plain.actor, field.name), err_msg=field.name)
-  # The rendered video changes only where either silhouette is.
-  group = _group_of(TINY, 4)  # 'ring': never one of the random shapes.
-  a = S.generate_video(dataclasses.replace(TINY, occlusion=0.0), "train", group, 0)
-  b = S.generate_video(dataclasses.replace(TINY, occlusion=0.0, class_shape=1.0), "train", group, 0)
-  assert a.span == b.span and a.frames.shape == b.frames.shape
-  changed = np.any(a.frames != b.frames, axis=-1)[a.has_gt]
-  either = (a.masks | b.masks).astype(bool)[a.has_gt]
-  assert changed.any() and not (changed & ~either).any()
-
-
-def test_cue_free_actors_keep_the_random_shapes_and_bad_values_name_the_field():
-  assert S.GeneratorParams().class_shape == 0.0
-  shapes = {S._make_group(TINY, "train", g, int(l)).actor.shape
-            for g, l in enumerate(S.group_labels(TINY, "train"))}
-  assert shapes <= set(S.SHAPES)
-  c = configlib.base_config()
-  c.data.synthetic.class_shape = 1.5
-  with pytest.raises(ValueError, match="data.synthetic.class_shape"):
-    S.GeneratorParams.from_config(c)
-  with pytest.raises(configlib.ConfigError, match="data.synthetic.class_shape"):
-    configlib.validate(c)
-
-
-@pytest.mark.parametrize("shape,inside,outside", [
-    ("ring", [(0.7, 0.0), (0.0, -0.8)], [(0.0, 0.0), (0.3, 0.2), (1.1, 0.0)]),
-    ("crescent", [(-0.9, 0.0), (0.2, 0.9)], [(0.9, 0.0), (0.5, 0.0)]),
-    ("arrow", [(0.5, 0.3), (-0.8, 0.3), (0.9, 0.0)], [(-0.8, 0.5), (0.9, 0.5)]),
-    ("hourglass", [(0.8, 0.5), (0.0, 0.0), (-0.9, -0.7)], [(0.0, 0.5), (0.3, -0.6)]),
-    ("frame", [(0.7, 0.0), (0.6, 0.6)], [(0.0, 0.0), (0.95, 0.0), (0.2, 0.3)]),
-    ("chevron", [(-0.6, 0.0), (0.4, 0.8)], [(0.3, 0.0), (-0.6, 0.8)]),
-    ("l_shape", [(0.8, -0.6), (-0.6, 0.8)], [(0.5, 0.5), (0.0, 0.0)]),
-    ("t_shape", [(0.7, 0.9), (-0.8, 0.1)], [(-0.5, 0.6)]),
-    ("half_disc", [(0.0, 0.5), (0.5, 0.0)], [(0.0, -0.5), (0.9, 0.6)]),
-    ("dumbbell", [(0.6, 0.6), (0.0, 0.1), (-0.6, -0.6), (0.95, 0.0)], [(0.0, 0.5), (0.3, 0.5)]),
-])
-def test_class_silhouettes_by_hand(shape, inside, outside):
-  assert shape in S.CLASS_SHAPES
-  # Points in units of the half-axes (a = 2, b = 1): worked from each shape's definition.
-  for points, expected in ((inside, True), (outside, False)):
-    u = np.array([p[0] * 2.0 for p in points])
-    v = np.array([p[1] * 1.0 for p in points])
-    np.testing.assert_array_equal(S._shape_mask(shape, u, v, 2.0, 1.0), expected, err_msg=shape)
-
-
 def test_validation_groups_replace_the_test_split_by_held_out_train_groups(tmp_path):
   full = get_dataset(_config(tmp_path))
   config = _config(tmp_path)
@@ -352,42 +250,154 @@ def test_validation_groups_replace_the_test_split_by_held_out_train_groups(tmp_p
     get_dataset(config)
 
 
-def _chroma(rgb):
-  rgb = np.asarray(rgb, np.float64).reshape(-1, 3)
-  return rgb / rgb.sum(axis=-1, keepdims=True)
 
 
-def _hue_angle(rgb):
-  """Hue in turns [0, 1) (matplotlib's HSV)."""
-  from matplotlib import colors
-  return colors.rgb_to_hsv(np.clip(np.asarray(rgb, np.float64) / 255.0, 0.0, 1.0))[..., 0]
+# --------------------------------------------------------------------------------------------------
+# v2: the articulated figure, its actions and the class scenes
 
 
-def test_class_scene_tints_the_background_with_the_class_hue_and_keeps_the_rest():
-  cued = dataclasses.replace(TINY, class_scene=1.0, distractors=0)
-  plain = dataclasses.replace(TINY, distractors=0)
-  for label in range(TINY.num_classes):
-    group = _group_of(TINY, label)
-    a, b = S._make_group(plain, "train", group, label), S._make_group(cued, "train", group, label)
-    # Scene layout, actor, motion and path are the cue-free draws.
-    np.testing.assert_array_equal(a.start, b.start)
-    assert a.motion.values == b.motion.values and a.actor.shape == b.actor.shape
-    np.testing.assert_array_equal(a.actor.color_a, b.actor.color_a)
-    # The median background colour is nearest the class's own hue (its stripes keep a random
-    # third colour at a weight <= 0.5, so take the median over the canvas).
-    median = np.median(b.canvas.reshape(-1, 3), axis=0)
-    gap = np.abs(_hue_angle(median) - _hue_angle(S._hues(TINY.num_classes)))
-    nearest = int(np.argmin(np.minimum(gap, 1.0 - gap)))
-    assert nearest == label, (label, nearest)
+def test_idle_skeleton_by_hand():
+  """Standing straight (all angles 0), the figure's joints are where its proportions put them."""
+  zero = F.Pose({k: np.zeros(1) for k in F.DOFS})
+  j = F.joints_3d(zero)
+  # Feet: the sole 0.02 below the ankle stands on y = 0; the pelvis is a leg length above.
+  np.testing.assert_allclose(j["r_ankle"][0], [0.0, 0.02, F.HIP_HALF], atol=1e-12)
+  np.testing.assert_allclose(j["pelvis"][0], [0.0, 0.02 + F.LEG_LENGTH, 0.0], atol=1e-12)
+  np.testing.assert_allclose(j["neck"][0, 1], 0.02 + F.LEG_LENGTH + F.TORSO)
+  top = j["head"][0, 1] + F.HEAD_RADIUS
+  assert 0.95 <= top <= 1.05  # Standing height ~ 1 body unit.
+  # Arms hang from the shoulders, hands at shoulder height - upper arm - forearm.
+  np.testing.assert_allclose(j["l_hand"][0], j["l_shoulder"][0] - [0, F.UPPER_ARM + F.FOREARM, 0])
 
 
-def test_class_color_paints_the_actor_in_the_class_hue():
-  cued = dataclasses.replace(TINY, class_color=1.0)
-  hues = _chroma(S._hues(TINY.num_classes))
-  for label in range(TINY.num_classes):
-    actor = S._make_group(cued, "train", _group_of(TINY, label), label).actor
-    for color in (actor.color_a, actor.color_b):
-      np.testing.assert_allclose(_chroma(color)[0], hues[label], atol=1e-5)
-  # Hues are evenly spread: red first, and every pair of classes differs.
-  np.testing.assert_allclose(S._hues(4)[0], [220.0, 33.0, 33.0], atol=0.5)
-  assert len({tuple(np.round(h)) for h in S._hues(8)}) == 8
+def test_squat_lowers_the_pelvis_by_the_knee_geometry():
+  """Thigh forward by a, shin back by a (knee 2a): the pelvis sits (THIGH + SHIN) cos a + sole."""
+  a = 0.8
+  pose = {k: np.zeros(1) for k in F.DOFS}
+  for side in ("r", "l"):
+    pose[f"{side}_hip_t"] = np.array([a])
+    pose[f"{side}_knee"] = np.array([2 * a])
+  j = F.joints_3d(F.Pose(pose))
+  np.testing.assert_allclose(j["pelvis"][0, 1], F.LEG_LENGTH * np.cos(a) + 0.02, rtol=1e-12)
+  np.testing.assert_allclose(j["r_knee"][0, 0], F.THIGH * np.sin(a), rtol=1e-12)  # Knee forward.
+  np.testing.assert_allclose(j["r_ankle"][0, 0], F.THIGH * np.sin(a) - F.SHIN * np.sin(a),
+                             atol=1e-12)
+
+
+def test_a_mirrored_figure_is_the_mirror_image():
+  rng = np.random.default_rng(0)
+  fig = S.random_figure(rng, 64, (0.5, 0.8))
+  pose = F.perform("kick", np.arange(6.0), F.random_action_params(rng, "kick"))
+  joints = F.joints_3d(pose)
+  origin = np.full((6, 2), 32.0)
+  right = F.project(joints, fig, origin)
+  left = F.project(joints, dataclasses.replace(fig, facing=-fig.facing), origin)
+  for k in right:
+    np.testing.assert_allclose(left[k][:, 0] - 32.0, -(right[k][:, 0] - 32.0) + 2 * np.sin(
+        fig.yaw) * joints[k][:, 2] * fig.height, atol=1e-9)  # Lateral offsets keep their side.
+    np.testing.assert_allclose(left[k][:, 1], right[k][:, 1])
+  assert all(F.mirror_safe(a) for a in F.BENCHMARK_ACTIONS)
+
+
+def _box_stats(rec):
+  b = rec.boxes[0][rec.has_gt]
+  return b[:, 3] - b[:, 1] + 1, b[:, 2] - b[:, 0] + 1, b[:, 1], b[:, 3]
+
+
+def test_actions_are_poses_you_can_see():
+  """Each action moves the silhouette in its own way (trimmed, no occluder, no jitter)."""
+  params = dataclasses.replace(TINY, frame_size=64, occlusion=0.0, jitter=0.0, mode="trimmed",
+                               min_frames=28, max_frames=28, num_classes=10, train_groups=10)
+  video = {}
+  for k, name in enumerate(S.CLASS_NAMES):
+    video[name] = S.generate_video(params, "train", _group_of(params, k), 0)
+  h, w, top, bottom = _box_stats(video["squat"])
+  assert h.min() < 0.8 * h.max()  # Squatting shortens the figure...
+  assert np.ptp(bottom) <= 2  # ...with the feet on the ground.
+  h, w, top, bottom = _box_stats(video["jump"])
+  assert bottom.min() < bottom.max() - 3  # The feet leave the ground.
+  h, w, top, bottom = _box_stats(video["raise_arms"])
+  assert h.max() > 1.12 * h.min()  # The hands go above the head.
+  assert np.ptp(bottom) <= 2
+  h, w, _, _ = _box_stats(video["jumping_jack"])
+  assert w.max() > 1.6 * w.min()  # Arms and legs spread.
+  h, w, _, bottom = _box_stats(video["bow"])
+  assert h.min() < 0.85 * h.max() and np.ptp(bottom) <= 2
+  # A walker is followed by the camera: the background scrolls.
+  walk = video["walk"]
+  bare = S.generate_video(params, "train", _group_of(params, S.CLASS_NAMES.index("walk")), 0,
+                          draw_actor=False)
+  still = S.generate_video(params, "train", _group_of(params, S.CLASS_NAMES.index("clap")), 0,
+                           draw_actor=False)
+  moved = lambda r: np.abs(r.frames[-1].astype(int) - r.frames[0].astype(int)).mean()
+  assert moved(bare) > 2 * moved(still)  # (Sensor noise and flicker change every frame.)
+  assert walk.masks.any(axis=(1, 2)).all()
+
+
+def test_class_scenes_go_with_the_class_except_borrowed_ones():
+  params = dataclasses.replace(TINY, train_groups=120, scene_borrow=0.15)
+  recs = [S.recording(params, "train", g) for g in range(params.train_groups)]
+  borrowed = np.mean([r.scene_class != r.label for r in recs])
+  assert 0.06 <= borrowed <= 0.26, borrowed  # 0.15 +- 3 binomial sd over 120 groups.
+  own = dataclasses.replace(TINY, scene_borrow=0.0)
+  assert all(S.recording(own, "train", g).scene_class == S.recording(own, "train", g).label
+             for g in range(own.train_groups))
+  # A class's scenes are the same in train and test groups (as a UCF class's pool or pitch).
+  styles = S.class_styles(params)
+  assert len(styles) == params.num_classes and all(len(s) == params.scenes_per_class for s in styles)
+  again = S.class_styles(dataclasses.replace(params, train_groups=5))
+  np.testing.assert_array_equal(styles[3][1].wall, again[3][1].wall)
+  # Two classes' scenes differ in colour more than two recordings of one scene do.
+  rng = np.random.default_rng(1)
+  paint = lambda style: S.paint_scene(rng, style, 32, 32, 32)[0].reshape(-1, 3).mean(axis=0)
+  same = np.abs(paint(styles[0][0]) - paint(styles[0][0])).mean()
+  other = np.mean([np.abs(paint(styles[0][0]) - paint(styles[k][0])).mean() for k in range(1, 8)])
+  assert same < 0.5 * other
+
+
+@pytest.mark.parametrize("mode", ["trimmed", "untrimmed"])
+def test_figure_sizes_follow_the_mode(mode):
+  params = dataclasses.replace(TINY, mode=mode, train_groups=60)
+  heights = np.array([S.recording(params, "train", g).figure.height
+                      for g in range(params.train_groups)]) / params.frame_size
+  lo, hi = S.FIGURE_HEIGHT[mode]
+  assert heights.min() >= lo and heights.max() <= hi
+  assert heights.max() - heights.min() > 0.6 * (hi - lo)  # The range is used.
+
+
+def test_difficulty_varies_from_group_to_group_and_sets_occlusion_and_noise():
+  recs = [S.recording(TINY, "train", g) for g in range(TINY.train_groups)]
+  d = np.array([r.difficulty for r in recs])
+  assert d.min() < 0.3 and d.max() > 0.6
+  for r in recs:
+    assert r.occlusion == pytest.approx(TINY.occlusion * r.difficulty)
+    assert r.noise == pytest.approx(2.0 + 6.0 * r.difficulty)
+
+
+def test_bad_group_sizes_name_the_field():
+  with pytest.raises(ValueError, match="data.synthetic.min_group_videos"):
+    dataclasses.replace(TINY, min_group_videos=5, max_group_videos=4).check()
+  c = configlib.base_config()
+  c.data.synthetic.min_group_videos = 8
+  with pytest.raises(configlib.ConfigError, match="data.synthetic.min_group_videos"):
+    configlib.validate(c)
+
+
+def test_part_map_names_the_limb_under_each_joint():
+  """Standing, seen from the front: the head's centre is 'head', the mid-torso 'torso', a
+  mid-thigh 'thigh'; the part map is exactly the mask."""
+  zero = F.Pose({k: np.zeros(1) for k in F.DOFS})
+  fig = F.Figure(height=40.0, thickness=1.0, shirt=np.full(3, 200, np.float32),
+                 pants=np.full(3, 90, np.float32), skin=np.full(3, 150, np.float32),
+                 yaw=np.pi / 2, facing=1.0)
+  points = F.project(F.joints_3d(zero), fig, np.array([[32.0, 60.0]]))
+  mask, color, parts = F.render(fig, points, 64)
+  np.testing.assert_array_equal(parts > 0, mask)
+  at = lambda p: parts[0, int(round(p[1])), int(round(p[0]))]
+  assert at(points["head"][0]) == 1 + F.PARTS.index("head")
+  assert at(0.5 * (points["pelvis"][0] + points["neck"][0])) == 1 + F.PARTS.index("torso")
+  assert at(0.5 * (points["r_hip"][0] + points["r_knee"][0])) == 1 + F.PARTS.index("thigh")
+  # The rim is darker than the inside of the same part.
+  row = int(round(points["neck"][0][1] + 5))
+  xs = np.flatnonzero(mask[0, row])
+  assert color[0, row, xs[0]].mean() < 0.6 * color[0, row, xs[len(xs) // 2]].mean()
