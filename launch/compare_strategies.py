@@ -182,6 +182,57 @@ def paired(results: dict[str, dict[int, list[dict]]], metric: str) -> dict:
   return out
 
 
+def area_under_curve(rows: list[dict], metric: str) -> float:
+  """The learning curve's area (metric against cumulative cost, all rounds; trapezoids), divided
+  by the cost it spans: the curve's mean height. NaN for fewer than two rounds or a missing value."""
+  cost = np.array([r["cost"] for r in rows], float)
+  values = np.array([np.nan if r.get(metric) is None else r[metric] for r in rows], float)
+  if len(rows) < 2 or not np.all(np.isfinite(values)) or cost[-1] <= cost[0]:
+    return float("nan")
+  return float(np.sum(0.5 * (values[1:] + values[:-1]) * np.diff(cost)) / (cost[-1] - cost[0]))
+
+
+def interval95(values) -> tuple[float, float, int]:
+  """Mean and half-width of the 95% Student-t interval of ``values`` (paired differences)."""
+  from scipy import stats
+  values = np.asarray([v for v in values if np.isfinite(v)], float)
+  n = len(values)
+  if n == 0:
+    return float("nan"), float("nan"), 0
+  if n == 1:
+    return float(values[0]), float("inf"), 1
+  half = stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / np.sqrt(n)
+  return float(values.mean()), float(half), n
+
+
+def paired_summary(results: dict[str, dict[int, list[dict]]], metric: str) -> dict:
+  """{strategy: {"auc"|"last": (mean, half-width, n, {seed: difference})}}: the paired difference
+  (strategy - the first strategy) of the area under the learning curve and of the last round, per
+  seed, with its 95% interval. Only seeds where both runs reached the same last round count."""
+  names = [n for n in results if n != FULL]
+  out = {}
+  for strategy in names[1:]:
+    per = {"auc": {}, "last": {}}
+    for seed, rows in results[strategy].items():
+      ref = results[names[0]].get(seed, [])
+      if not rows or not ref or rows[-1]["round"] != ref[-1]["round"]:
+        continue
+      a, b = rows[-1].get(metric), ref[-1].get(metric)
+      if a is not None and b is not None:
+        per["last"][seed] = a - b
+      per["auc"][seed] = area_under_curve(rows, metric) - area_under_curve(ref, metric)
+    out[strategy] = {k: (*interval95(list(d.values())), d) for k, d in per.items()}
+  return out
+
+
+def verdict(mean: float, half: float) -> str:
+  if not np.isfinite(mean):
+    return "no pair"
+  if not np.isfinite(half) or abs(mean) <= half:
+    return "inside the noise"
+  return "ahead" if mean > 0 else "behind"
+
+
 def percent_of_full(results: dict[str, dict[int, list[dict]]], metric: str) -> dict:
   """{strategy: (mean, std, n)} of 100 * strategy / full at the strategy's last round, per seed.
 
@@ -229,6 +280,13 @@ def markdown(results: dict, metrics=METRICS) -> str:
                  + " / ".join(f"{100 * d:+.1f}" for d in diffs.values())) if diffs else ""
       lines.append(f"\n{strategy} - {base} at the last round, paired by seed: "
                    f"{100 * mean:+.1f} +- {100 * std:.1f} (n={n}{by_seed})")
+    for strategy, parts in paired_summary(results, metric).items():
+      for key, label in (("auc", "area under the learning curve"), ("last", "last round")):
+        mean, half, n, diffs = parts[key]
+        by_seed = " / ".join(f"{100 * d:+.1f}" for d in diffs.values())
+        lines.append(f"{strategy} - {base}, {label}: {100 * mean:+.1f}, 95% interval "
+                     f"+- {100 * half:.1f} (n={n}; per seed {by_seed}): "
+                     f"{verdict(mean, half)}")
     lines.append("")
   return "\n".join(lines)
 

@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 import pytest
 
 from tests.config_files import load_launch
@@ -183,3 +185,24 @@ def test_donors_of_round_0_start_first_when_it_is_shared():
   assert compare.start_order(jobs, share=False) == jobs
   assert compare.start_order(jobs, share=True) == [
       ("claus", 0), ("claus", 1), ("full", 0), ("random", 0), ("full", 1), ("random", 1)]
+
+
+def test_area_under_the_curve_and_the_95_interval_by_hand():
+  rows = [{"round": 0, "cost": 10, M: 0.1}, {"round": 1, "cost": 20, M: 0.3},
+          {"round": 2, "cost": 40, M: 0.3}]
+  # Trapezoids: 10 * 0.2 + 20 * 0.3 = 8, over the 30 of cost it spans.
+  assert compare.area_under_curve(rows, M) == pytest.approx(8.0 / 30.0)
+  assert np.isnan(compare.area_under_curve(rows[:1], M))
+  # Differences 1, 2, 3: mean 2, sample std 1, t(0.975, 2) = 4.302653 -> half-width 4.302653 / sqrt 3.
+  mean, half, n = compare.interval95([1.0, 2.0, 3.0])
+  assert (mean, n) == (2.0, 3) and half == pytest.approx(4.302653 / np.sqrt(3.0), rel=1e-6)
+  assert compare.verdict(2.0, half) == "inside the noise" and compare.verdict(2.0, 1.0) == "ahead"
+  assert compare.verdict(-2.0, 1.0) == "behind"
+  other = [{"round": 0, "cost": 10, M: 0.1}, {"round": 1, "cost": 20, M: 0.1},
+           {"round": 2, "cost": 40, M: 0.2}]
+  results = {"claus": {0: rows, 1: rows}, "random": {0: other, 1: rows}}
+  summary = compare.paired_summary(results, M)["random"]
+  # Seed 0: AUC (10 * 0.1 + 20 * 0.15) / 30 - 8 / 30 = -4 / 30; last round 0.2 - 0.3.
+  assert summary["auc"][3][0] == pytest.approx(-4.0 / 30.0) and summary["auc"][3][1] == 0.0
+  assert summary["last"][3] == pytest.approx({0: -0.1, 1: 0.0})
+  assert "area under the learning curve" in compare.markdown(results, metrics=(M,))
