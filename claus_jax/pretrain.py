@@ -10,7 +10,7 @@ What pretraining sees: corpus clips only (fresh scenes, actors and motions per c
 from the benchmark). Never a benchmark video, class, or split.
 
 Objective, on Mixed_4f ``(B, 1, f, f, C)``:
-  * the clip's motion family: a linear layer on the spatial mean and max (cross-entropy);
+  * the clip's action family: a linear layer on the spatial mean and max (cross-entropy);
   * the actor's track and parts: a 1x1 conv to ``4 L (1 + P)`` logits per cell, i.e. for each of
     the clip's ``L`` frames and each half cell, the fraction of its pixels covered by the actor and
     by each of its ``P`` body parts (``figures.PARTS``; binary cross-entropy on soft targets, weight
@@ -22,7 +22,7 @@ Objective, on Mixed_4f ``(B, 1, f, f, C)``:
   * the scene: a linear layer on the pooled features to the scene style's colours and horizon
     (``pretrain_corpus.scene_target``; mean squared error, weight ``scene_weight``), so the
     features keep the context that a Charades-trained I3D keeps.
-Both heads are thrown away; as in the paper, only the encoder arrives pretrained.
+The heads are thrown away; as in the paper, only the encoder arrives pretrained.
 
 Weights are cached under a hash of every setting that determines them (``cache_key``), so the main
 job pretrains once per machine and reuses the result; the same settings give bit-identical weights
@@ -67,7 +67,8 @@ OBJECTIVE_VERSION = 4  # 3: the pose head; 4: part covers and the scene head.
 
 
 class PretrainNet(nn.Module):
-  """The detector's encoder with two throw-away heads (motion family, coarse actor mask)."""
+  """The detector's encoder with throw-away heads (action family, actor and part covers, pose,
+  scene)."""
 
   num_classes: int
   width: float
@@ -146,8 +147,9 @@ def _losses(model, variables, batch, weights, train):
     out, updates = model.apply(variables, video, train=False), {}
   onehot = jax.nn.one_hot(batch["label"], out["logits"].shape[-1])
   cls = optax.softmax_cross_entropy(out["logits"], onehot).mean()
-  # Target: in every frame, the fraction of each half encoder cell covered by the actor. Mixed_4f
-  # keeps one time step, so predicting this makes it encode the actor's track through the clip.
+  # Target: in every frame, the fraction of each half encoder cell covered by the actor and by each
+  # of its parts. Mixed_4f keeps one time step, so predicting this makes it encode the actor's track
+  # and limbs through the clip.
   parts = out["mask_logits"].shape[2] - 1
   maps = jnp.concatenate([batch["mask"][:, :, None] > 0,
                           batch["parts"][:, :, None] == jnp.arange(1, parts + 1)[:, None, None]],

@@ -106,17 +106,10 @@ def main(argv=None) -> int:
   jobs = {(name, k): spec for k in seeds
           for name, spec in run_commands(args.config, k, args.workdir, args.validation_groups,
                                          extra).items()}
-  from concurrent import futures
-  failed = []
-  with futures.ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-    running = {pool.submit(cs.run_one, args.config, strategy, k, workdir, run_extra): (name, k)
-               for (name, k), (strategy, workdir, run_extra) in jobs.items()}
-    for fut in futures.as_completed(running):
-      name, k = running[fut]
-      code = fut.result()
-      print(f"{name} seed {k}: {'done' if code == 0 else f'failed (exit {code})'}", flush=True)
-      if code:
-        failed.append((name, k))
+  failed = cs.run_jobs({key: (args.config, strategy, key[1], workdir, run_extra)
+                        for key, (strategy, workdir, run_extra) in jobs.items()},
+                       args.parallel, lambda key: f"{key[0]} seed {key[1]}",
+                       lambda key: jobs[key][1])
   if failed:
     print(f"failed runs (see their stdout.log): {failed}", file=sys.stderr)
     return 1

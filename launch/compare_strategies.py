@@ -132,6 +132,22 @@ def run_one(config: str, strategy: str, seed: int, workdir: str, extra: list[str
     return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
 
 
+def run_jobs(calls: dict, parallel: int, name, workdir) -> list:
+  """Runs ``run_one(*calls[key])`` for every key, ``parallel`` at a time, in the dict's order; prints
+  one line per finished run (``name(key)``, ``workdir(key)``) and returns the keys that failed."""
+  failed = []
+  with futures.ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+    running = {pool.submit(run_one, *args): key for key, args in calls.items()}
+    for fut in futures.as_completed(running):
+      key = running[fut]
+      code = fut.result()
+      print(f"{name(key)}: {'done' if code == 0 else f'failed (exit {code})'} -> {workdir(key)}",
+            flush=True)
+      if code != 0:
+        failed.append(key)
+  return failed
+
+
 def load_rows(workdir: str) -> list[dict]:
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
@@ -368,19 +384,10 @@ def main(argv=None) -> int:
   # shared, the first selecting strategy of every seed starts first (start_order), so that the
   # others find its round 0 finished.
   jobs = {(s, k): os.path.join(args.workdir, f"{s}_seed{k}") for k in seeds for s in strategies}
-  failed = []
-  with futures.ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-    share_from = args.workdir if args.share_round0 else None
-    order = start_order(list(jobs), args.share_round0)
-    running = {pool.submit(run_one, args.config, s, k, jobs[(s, k)], extra, share_from): (s, k)
-               for s, k in order}
-    for fut in futures.as_completed(running):
-      s, k = running[fut]
-      code = fut.result()
-      print(f"{s} seed {k}: {'done' if code == 0 else f'failed (exit {code})'} -> {jobs[(s, k)]}",
-            flush=True)
-      if code != 0:
-        failed.append((s, k))
+  share_from = args.workdir if args.share_round0 else None
+  order = start_order(list(jobs), args.share_round0)
+  failed = run_jobs({(s, k): (args.config, s, k, jobs[(s, k)], extra, share_from) for s, k in order},
+                    args.parallel, lambda key: f"{key[0]} seed {key[1]}", lambda key: jobs[key])
   results = {s: {k: load_rows(jobs[(s, k)]) for k in seeds} for s in strategies}
   table = markdown(results)
   with open(os.path.join(args.workdir, "comparison.md"), "w") as f:

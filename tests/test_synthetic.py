@@ -371,7 +371,7 @@ def test_difficulty_varies_from_group_to_group_and_sets_occlusion_and_noise():
   assert d.min() < 0.3 and d.max() > 0.6
   for r in recs:
     assert r.occlusion == pytest.approx(TINY.occlusion * r.difficulty)
-    assert r.noise == pytest.approx(2.0 + 6.0 * r.difficulty)
+    assert r.noise == pytest.approx(2.0 + 6.0 * r.difficulty)  # S.sensor_noise, by hand.
 
 
 def test_bad_group_sizes_name_the_field():

@@ -27,7 +27,6 @@ its scene's style (``scene_target``: the wall, floor and stripe colours and the 
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 
@@ -100,13 +99,13 @@ def clip(params: PretrainParams, index: int) -> dict[str, np.ndarray]:
   action = PRETRAIN_CLASS_NAMES[label]
   s = params.frame_size
   n = params.clip_length
-  margin = int(math.ceil(3.0 * params.jitter * s / 64.0)) + 1
+  margin = synthetic.jitter_margin(params.jitter, s)
   difficulty = float(rng.random())
   style = synthetic.random_style(rng)
-  clutter = int(round(params.clutter * difficulty * rng.uniform(0.5, 1.0)))
+  clutter = synthetic.clutter_count(rng, params.clutter, difficulty)
   canvas, horizon = synthetic.paint_scene(rng, style, s, s + 2 * margin, s + 2 * margin, clutter)
   fig = synthetic.random_figure(rng, s, FIGURE_HEIGHT, canvas.reshape(-1, 3).mean(axis=0),
-                                0.55 * difficulty, yaw_range=(0.2, 1.45))
+                                synthetic.CONTRAST_LOSS * difficulty, yaw_range=(0.2, 1.45))
   ground = synthetic.feet_row(rng, fig, horizon, s)
   speed = rng.uniform(params.min_speed, params.max_speed)
   act = figures.random_action_params(rng, action, speed)
@@ -115,7 +114,7 @@ def clip(params: PretrainParams, index: int) -> dict[str, np.ndarray]:
   frames, visible, points, parts = synthetic.render_performance(
       rng, canvas, margin, fig, action, act, n, (0, n), s, ground=ground,
       x0=float(rng.uniform(0.3, 0.7) * s), jitter=params.jitter,
-      occlusion=params.occlusion * difficulty, noise=2.0 + 6.0 * difficulty, yaw_turn=turn,
+      occlusion=params.occlusion * difficulty, noise=synthetic.sensor_noise(difficulty), yaw_turn=turn,
       progress=progress)
   pose = np.stack([points[j] - points["pelvis"] for j in POSE_JOINTS], axis=1) / fig.height
   return {"video": frames, "mask": visible.astype(np.uint8), "label": np.int32(label),

@@ -343,6 +343,25 @@ def random_figure(rng: np.random.Generator, size: int, height_range: tuple[float
                         facing=float(rng.choice([-1.0, 1.0])))
 
 
+# How a recording's difficulty d in [0, 1] sets its look (shared with the pretraining corpus).
+CONTRAST_LOSS = 0.55  # The actor's colours move this share of d towards the scene's mean colour.
+
+
+def sensor_noise(difficulty: float) -> float:
+  """Sensor noise standard deviation (grey levels) at ``difficulty``."""
+  return 2.0 + 6.0 * difficulty
+
+
+def clutter_count(rng: np.random.Generator, clutter: int, difficulty: float) -> int:
+  """How many clutter props a scene of ``difficulty`` gets (at most ``clutter``)."""
+  return int(round(clutter * difficulty * rng.uniform(0.5, 1.0)))
+
+
+def jitter_margin(jitter: float, size: int) -> int:
+  """The largest camera jitter shift in pixels at ``size``: the canvas's margin on every side."""
+  return int(math.ceil(3.0 * jitter * size / 64.0)) + 1
+
+
 def feet_row(rng: np.random.Generator, fig: figures.Figure, horizon: float, size: int) -> float:
   """Where the figure stands: on the floor (below the horizon), its head inside the frame."""
   lo = max(horizon + 0.04 * size, fig.height + 0.03 * size)
@@ -353,20 +372,19 @@ def _make_recording(params: GeneratorParams, split: str, group: int, label: int,
                     styles: list[list[SceneStyle]]) -> Recording:
   rng = _rng(params, split, _GROUP, group)
   s = params.frame_size
-  zoom = s / 64.0
   scene_class = label
   if params.scene_borrow > 0 and rng.random() < params.scene_borrow:
     scene_class = int((label + rng.integers(1, params.num_classes)) % params.num_classes)
   style = styles[scene_class][int(rng.integers(params.scenes_per_class))]
   difficulty = float(rng.random())
-  margin = int(math.ceil(3.0 * params.jitter * zoom)) + 1
+  margin = jitter_margin(params.jitter, s)
   action = CLASS_NAMES[label]
   # Walking actors are followed by the camera: room for the pan (at most ~2.5 frame widths).
   pan_room = int(math.ceil(2.5 * s)) if action == "walk" else 0
-  clutter = int(round(params.clutter * difficulty * rng.uniform(0.5, 1.0)))
+  clutter = clutter_count(rng, params.clutter, difficulty)
   canvas, horizon = paint_scene(rng, style, s, s + 2 * margin, s + 2 * margin + pan_room, clutter)
   scene_color = canvas.reshape(-1, 3).mean(axis=0)
-  fig = random_figure(rng, s, FIGURE_HEIGHT[params.mode], scene_color, 0.55 * difficulty)
+  fig = random_figure(rng, s, FIGURE_HEIGHT[params.mode], scene_color, CONTRAST_LOSS * difficulty)
   ground = feet_row(rng, fig, horizon, s)
   x0 = float(rng.uniform(0.3, 0.7) * s)
   speed = float(np.exp(rng.uniform(-1.0, 1.0) * (0.12 + 0.25 * difficulty)))
@@ -374,7 +392,7 @@ def _make_recording(params: GeneratorParams, split: str, group: int, label: int,
   return Recording(label=label, action=action, scene_class=scene_class, canvas=canvas,
                    margin=margin, figure=fig, ground=ground, x0=x0, speed=speed,
                    difficulty=difficulty, occlusion=params.occlusion * difficulty,
-                   noise=2.0 + 6.0 * difficulty, num_videos=num_videos)
+                   noise=sensor_noise(difficulty), num_videos=num_videos)
 
 
 def _video_id(params: GeneratorParams, split: str, group: int, video: int, label: int) -> str:
