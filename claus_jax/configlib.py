@@ -262,7 +262,10 @@ def paper_config(dataset: str, num_classes: int, schedule, steps: int, arg=None)
     c.train.steps = 10
     c.train.batch_size = 2
     c.uncertainty.passes = 2
+    # The fixtures label one or two videos in round 0: one cluster, so CLAUS's quotas cannot act
+    # and the run says so by its strategy's name.
     c.cluster.k = 1
+    c.selection.strategy = "claus_no_cluster"
     c.budget.initial_videos_pct, c.budget.initial_frames_pct = 50.0, 10.0
     c.budget.schedule = ((20.0, 75.0),)
   elif arg:
@@ -543,6 +546,16 @@ def check_fields(config: ml_collections.ConfigDict, section: str | None = None) 
 
 def _check_relations(config: ml_collections.ConfigDict) -> None:
   """Checks that relate fields to each other or to the environment."""
+  start, steps = int(config.cluster.start_step), int(config.train.steps)
+  if start >= 0 and float(config.train.epochs) <= 0 and start >= steps:
+    # k-means would never run: no cluster loss, and every cluster id -1 (claus = claus_no_cluster).
+    _fail("cluster.start_step", f"{start} is not below train.steps={steps}, so k-means never runs "
+          "and the clustering (loss and CLAUS's cluster quotas) is silently off; use a step below "
+          f"{steps}, -1 (half-way) or 0 (the authors: before the first step).")
+  if config.selection.strategy == "claus" and int(config.cluster.k) < 2:
+    _fail("cluster.k", f"{config.cluster.k} cluster turns CLAUS's cluster quotas into one global "
+          "top-n, which is selection.strategy=claus_no_cluster under another name; use K >= 2 "
+          "(paper: 5), or choose claus_no_cluster.")
   p = config.pretrain
   if p.min_speed > p.max_speed:
     _fail("pretrain.min_speed", f"{p.min_speed} is above pretrain.max_speed={p.max_speed}.")

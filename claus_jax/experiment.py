@@ -28,6 +28,7 @@ alone writes the JSON, score shards and reports, and the others wait at a barrie
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -44,11 +45,13 @@ from absl import logging as absl_logging
 from flax import traverse_util
 from tqdm import auto as tqdm
 
+from claus_jax import cli
 from claus_jax import clustering
 from claus_jax import configlib
 from claus_jax import oracle as oracle_lib
 from claus_jax import parallel
 from claus_jax import pool as pool_lib
+from claus_jax import runlock
 from claus_jax import score_files
 from claus_jax.data import record as record_lib
 
@@ -64,7 +67,7 @@ _INIT_STREAM, _TRAIN_STREAM = 0, 1  # Root-key streams; scoring's is uncertainty
 # Exit codes of ``python -m claus_jax.main`` (README): 0 the run finished; 3 the files oracle waits
 # for round_K/answers.json; 2 an error whose one-line message names the file or field and the fix;
 # 1 anything else (a bug, with its traceback).
-EXIT_ERROR = 2
+EXIT_ERROR = cli.EXIT_ERROR
 EXIT_AWAITING_ANSWERS = 3
 
 
@@ -74,23 +77,41 @@ class WorkdirMismatchError(ValueError):
 
 def user_error_message(error: BaseException) -> str | None:
   """The one-line message for an error a user can act on; None for a bug (keep the traceback)."""
+  from claus_jax import models
   from claus_jax import train
   from claus_jax.data import official
 
-  if isinstance(error, (configlib.ConfigError, WorkdirMismatchError, pool_lib.PoolError,
-                        pool_lib.StateFileError, pool_lib.DiskFullError, oracle_lib.AnswersError,
-                        train.CheckpointError, train.NonFiniteLossError, official.DatasetError)):
+  if isinstance(error, (configlib.ConfigError, WorkdirMismatchError, runlock.WorkdirBusyError,
+                        pool_lib.PoolError, pool_lib.StateFileError, pool_lib.DiskFullError,
+                        oracle_lib.AnswersError, train.CheckpointError, train.NonFiniteLossError,
+                        official.DatasetError, models.EncoderInitError)):
     return str(error)
   if pool_lib.is_disk_full(error):  # However deep a library wrapped it.
     seen = error
     while seen is not None and not getattr(seen, "filename", None):
       seen = seen.__cause__ or seen.__context__
     return str(pool_lib.DiskFullError(seen.filename if seen is not None else "the workdir"))
+  denied = _in_chain(error, PermissionError)
+  if denied is not None:
+    where = denied.filename or "a file"
+    return (f"{where}: permission denied. Choose a folder this user can write (--workdir, "
+            "config.data.tfds_dir, config.pretrain.cache_dir) or fix its permissions, and re-run "
+            "the same command.")
   if isinstance(error, (FileExistsError, NotADirectoryError)):
     if error.filename:
       return (f"{error.filename} is a file where a folder is needed; move or delete it and re-run "
               "the same command.")
     return str(error)
+  return None
+
+
+def _in_chain(error: BaseException, kind: type) -> BaseException | None:
+  """The first exception of ``kind`` in ``error``'s cause/context chain (libraries wrap OSErrors)."""
+  seen = 0
+  while error is not None and seen < 32:
+    if isinstance(error, kind):
+      return error
+    error, seen = error.__cause__ or error.__context__, seen + 1
   return None
 
 
@@ -610,8 +631,6 @@ def _console_filter(record: logging.LogRecord) -> bool:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) the active-learning experiment described by ``config`` in ``workdir``."""
-  from claus_jax import data as data_lib
-
   quiet_library_logs()
   enable_compilation_cache()
   configlib.validate(config)
@@ -620,6 +639,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   primary = parallel.is_primary()
   if primary:
     make_folder(workdir, "--workdir")
+  # One run per workdir: process 0 holds the lock until the run returns or dies (runlock).
+  with runlock.hold(workdir) if primary else contextlib.nullcontext():
+    return _run_locked(config, workdir, primary)
+
+
+def _run_locked(config: ml_collections.ConfigDict, workdir: str, primary: bool) -> dict:
+  """:func:`run` once the workdir is this run's."""
+  from claus_jax import data as data_lib
+
+  if primary:
     check_or_write_config(config, workdir, write=False)  # A different config stops here.
   # Process 0 prepares the tfds store (a first run generates or converts the data); the others
   # wait, then read it.
@@ -644,9 +673,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.pretrain.enabled:
     from claus_jax import pretrain as pretrain_lib
     if primary:
-      pretrain_lib.ensure_pretrained(config, progress=not config.quiet)
+      encoder_init = pretrain_lib.ensure_pretrained(config, progress=not config.quiet)
     parallel.sync("encoder pretrained")
-    encoder_init = pretrain_lib.find_pretrained(config)
+    if not primary:
+      encoder_init = pretrain_lib.find_pretrained(config)
     if not encoder_init:  # Process 0 pretrained into a cache this process cannot see.
       raise configlib.ConfigError(
           f"config.pretrain.cache_dir: process {jax.process_index()} finds no pretrained encoder at "

@@ -52,6 +52,7 @@ import optax
 from absl import logging
 from flax.training import train_state
 
+from claus_jax import cli
 from claus_jax import configlib
 from claus_jax import models
 from claus_jax import pool as pool_lib
@@ -311,11 +312,30 @@ def find_pretrained(config: ml_collections.ConfigDict) -> str | None:
   return None
 
 
+def _readable_or_set_aside(directory: str, log) -> bool:
+  """Whether ``directory``'s weights read in full. A damaged cache folder is renamed aside
+  (``<name>.damaged-<time>``, kept for inspection, never deleted), so it is pretrained again."""
+  try:
+    models.read_encoder_variables(directory)
+    return True
+  except models.EncoderInitError as e:
+    if os.path.dirname(os.path.abspath(directory)) == os.path.abspath(PACKAGED_DIR):
+      log(f"pretrained encoder: the packaged weights are damaged, using the cache instead: {e}")
+      return False
+    aside = f"{directory}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+    os.replace(directory, aside)
+    log(f"pretrained encoder: {e} Moved it to {aside}; pretraining again with the same settings.")
+    return False
+
+
 def ensure_pretrained(config: ml_collections.ConfigDict, log=logging.info,
                       progress: bool = True) -> str:
   """The encoder_init directory for ``config``: reused when shipped or cached, else pretrained into
   the cache."""
   found = find_pretrained(config)
+  while found and not _readable_or_set_aside(found, log):
+    packaged = os.path.join(PACKAGED_DIR, os.path.basename(cache_dir(config)))
+    found = cache_dir(config) if found == packaged and is_complete(cache_dir(config)) else None
   if found:
     log(f"pretrained encoder: reusing {found}")
     return found
@@ -354,4 +374,4 @@ if __name__ == "__main__":
 
   config_flags.DEFINE_config_file("config", "configs/synthetic.py", "Config file.")
   flags.DEFINE_boolean("force", False, "Pretrain again even if the cache has these settings.")
-  app.run(main)
+  app.run(cli.guarded(main), flags_parser=cli.parse_flags)

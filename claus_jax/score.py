@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from collections.abc import Callable, Sequence
 
 import jax
@@ -46,6 +45,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from claus_jax import cli
 from claus_jax import score_files
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -109,15 +109,59 @@ def load_variables(config: ml_collections.ConfigDict, model, checkpoint_dir: str
   try:
     state = train_lib.restore_latest(directory, abstract, config)
   except Exception as e:  # pylint: disable=broad-except  (orbax raises many kinds on a mismatch)
+    differences = shape_differences(directory, abstract)
+    if differences:  # A good checkpoint of another config: keep it, name the config's fields.
+      raise CheckpointError(
+          f"checkpoint in {directory} was made by another config ({'; '.join(differences)}); it "
+          "is kept. Pass --config with the overrides the run used (its config.json, next to the "
+          "round folders).") from e
+    if not isinstance(e, CheckpointError):  # restore_latest names every storage failure.
+      raise
+    # Same shapes (or unreadable metadata): the files themselves are bad. restore_latest's advice
+    # is the main job's; this command does not train.
+    cause = str(e).split("; it is damaged")[0]
     raise CheckpointError(
-        f"checkpoint in {directory} does not fit this config ({type(e).__name__}: "
-        f"{str(e)[:500]}). Pass the config the run used, with its overrides (see the run's "
-        "config.json next to the round folders).") from e
+        f"{cause}; it is damaged or incomplete. The score command does not train: point "
+        "--checkpoint at another round, or delete that step folder and re-run the main job on its "
+        "workdir, which trains the round again from its previous checkpoint.") from e
   if state is None:
     raise CheckpointError(
         f"{directory} holds no checkpoint (no numbered step folder); point --checkpoint at "
         "<workdir>/round_K/checkpoints of a round whose training has saved at least once.")
   return {"params": state.params, "batch_stats": state.batch_stats}, int(state.step)
+
+
+def _leaf_shapes(tree) -> dict[str, tuple[int, ...]]:
+  """``'params/encoder/...' -> shape`` for every array of ``tree`` (a state or orbax metadata)."""
+  def name(entry):
+    for attr in ("key", "name", "idx"):
+      if hasattr(entry, attr):
+        return str(getattr(entry, attr))
+    return str(entry)
+  return {"/".join(name(e) for e in path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree) if hasattr(leaf, "shape")}
+
+
+def shape_differences(directory: str, abstract_state, limit: int = 4) -> list[str] | None:
+  """How the latest checkpoint's arrays differ from ``abstract_state``'s: up to ``limit`` lines
+  (``[]`` = same shapes); None when its metadata cannot be read (a damaged checkpoint)."""
+  import orbax.checkpoint as ocp
+
+  try:
+    with ocp.CheckpointManager(directory, item_handlers=ocp.StandardCheckpointHandler()) as mngr:
+      step = mngr.latest_step()
+      saved = _leaf_shapes(mngr.item_metadata(step)) if step is not None else None
+  except Exception:  # pylint: disable=broad-except  (unreadable metadata: damaged)
+    return None
+  if not saved:
+    return None
+  wanted = _leaf_shapes(abstract_state)
+  lines = []
+  for key in sorted(set(saved) | set(wanted)):
+    if saved.get(key) != wanted.get(key):
+      lines.append(f"{key}: checkpoint {saved.get(key, 'absent')}, this config "
+                   f"{wanted.get(key, 'absent')}")
+  return lines[:limit] + ([f"{len(lines) - limit} more"] if len(lines) > limit else [])
 
 
 def stored_passes(config: ml_collections.ConfigDict) -> tuple[int, ...]:
@@ -195,12 +239,8 @@ def main(argv):
       raise app.UsageError(f"--{name} is required; e.g. python -m claus_jax.score "
                            "--config=configs/synthetic.py --checkpoint=runs/synthetic/round_000/"
                            "checkpoints --split=train --out=scores.npz")
-  try:
-    run(_CONFIG.value, _CHECKPOINT.value, _SPLIT.value, _OUT.value, _ROUND.value, _QUIET.value)
-  except CheckpointError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  run(_CONFIG.value, _CHECKPOINT.value, _SPLIT.value, _OUT.value, _ROUND.value, _QUIET.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli.guarded(main), flags_parser=cli.parse_flags)

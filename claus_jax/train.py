@@ -402,4 +402,10 @@ def cluster_start_step(config, total_steps: int | None = None) -> int:
   before the first step and trains the cluster loss throughout (``start_step=0``)."""
   total = int(config.train.steps if total_steps is None else total_steps)
   start = int(config.cluster.get("start_step", -1))
+  if start >= total > 0:  # train.epochs > 0: the round's steps are known only now.
+    from claus_jax import configlib  # pylint: disable=g-import-not-at-top  (configlib lists us)
+    raise configlib.ConfigError(
+        f"config.cluster.start_step: {start} is not below this round's {total} steps "
+        "(train.epochs), so k-means would never run and the clustering (loss and CLAUS's cluster "
+        "quotas) would be silently off; use a smaller step, -1 (half-way) or 0.")
   return total // 2 if start < 0 else start

@@ -132,6 +132,33 @@ def test_missing_empty_and_incompatible_checkpoints_give_clear_errors(run_dir, t
     score.load_variables(config, model, str(empty), n)
   wider = config.copy_and_resolve_references()
   wider.model.width = 0.25
-  with pytest.raises(score.CheckpointError, match="does not fit this config") as info:
+  with pytest.raises(score.CheckpointError, match="was made by another config") as info:
     score.load_variables(wider, models.build_model(wider), run_dir["ckpt"], n)
-  assert run_dir["ckpt"] in str(info.value)
+  message = str(info.value)
+  # A good checkpoint of another config: the differing shapes, kept, and no advice to delete it.
+  assert run_dir["ckpt"] in message and "it is kept" in message and "delete" not in message.lower()
+  assert "batch_stats/encoder/Conv3d_1a_7x7/bn/mean: checkpoint (8,), this config (16,)" in message
+
+
+def test_a_damaged_checkpoint_is_named_and_the_advice_fits_the_score_command(run_dir, tmp_path):
+  import shutil
+  config, model = run_dir["config"], run_dir["model"]
+  n = len(run_dir["dataset"].train_index)
+  damaged = tmp_path / "checkpoints"
+  shutil.copytree(run_dir["ckpt"], damaged)
+  truncated = 0
+  for dirpath, _, files in os.walk(damaged):
+    for f in files:
+      path = os.path.join(dirpath, f)
+      if "ocdbt.process" in path and os.path.getsize(path) > 64 and "/d/" in path:
+        with open(path, "r+b") as fh:  # The array data files, cut short as a crash would leave them.
+          fh.truncate(16)
+        truncated += 1
+  assert truncated
+  with pytest.raises(score.CheckpointError) as info:
+    score.load_variables(config, model, str(damaged), n)
+  message = str(info.value)
+  assert str(damaged / "7") in message and "damaged or incomplete" in message
+  assert "does not train" in message and "training resumes" not in message
+  # The good checkpoint it was copied from is untouched.
+  assert score.load_variables(config, model, run_dir["ckpt"], n)[1] == 7

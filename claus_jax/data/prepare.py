@@ -19,6 +19,7 @@ from absl import flags
 from ml_collections import config_flags
 import tensorflow_datasets as tfds
 
+from claus_jax import cli
 from claus_jax import configlib
 from claus_jax.data import jhmdb, official, tfds_store, ucf24
 
@@ -71,10 +72,7 @@ def main(argv: Sequence[str]) -> None:
   if config is None:
     raise app.UsageError("pass --config=configs/jhmdb.py or --config=configs/ucf101_24.py")
   tfds.disable_progress_bar()  # Our bar counts videos; tfds' would count the same examples again.
-  try:
-    result = run(config)
-  except (official.DatasetError, configlib.ConfigError) as e:
-    raise SystemExit(f"error: {e}") from e
+  result = run(config)
   print(format_report(result))
   print(json.dumps({k: result[k] for k in ("dataset", "generated", "tfds_dir")}))
 
@@ -83,4 +81,4 @@ if __name__ == "__main__":
   # Flags are defined only when run as a program, so importing run() defines none.
   config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/jhmdb.py.",
                                   lock_config=True)
-  app.run(main)
+  app.run(cli.guarded(main), flags_parser=cli.parse_flags)

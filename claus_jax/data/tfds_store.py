@@ -18,7 +18,9 @@ without decoding any frames. Examples are written in generation order (``disable
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -223,20 +225,41 @@ def make_builder(name: str, version: str, config_name: str,
 
 
 def prepare(builder: VideoRecordBuilder) -> bool:
-  """Writes the dataset unless it is already prepared; returns True if it generated anything."""
+  """Writes the dataset unless it is already prepared; returns True if it generated anything.
+
+  One process prepares a given dataset at a time: the others wait on a lock
+  (``<tfds dir>/downloads/<name>-<config>.prepare.lock``), then find it prepared. The lock holder
+  also removes the ``incomplete.*`` folders that a killed generation left beside the version folder
+  (no live process can be writing them while it holds the lock).
+  """
   if builder.is_prepared():
     return False
-  try:
-    builder.download_and_prepare(
-        download_dir=os.path.join(str(builder.data_dir_root), "downloads"),
-        file_format="array_record")
-  except FileExistsError:
-    # Another process (a second run, a test worker) prepared the same config at the same time and
-    # renamed its folder into place first; tfds writes the whole version folder atomically, so that
-    # copy is complete and identical (the data is a function of the config).
-    if not builder.is_prepared():
-      raise
-    return False
+  downloads = os.path.join(str(builder.data_dir_root), "downloads")
+  os.makedirs(downloads, exist_ok=True)
+  config = builder.builder_config.name if builder.builder_config else "default"
+  with open(os.path.join(downloads, f"{builder.name}-{config}.prepare.lock"), "a") as lock:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX)  # Released when the file closes, or when its process dies.
+      locked = True
+    except OSError:  # A file system without locks: concurrent writers race, as tfds allows.
+      locked = False
+    if builder.is_prepared():  # Another process prepared it while this one waited.
+      return False
+    if locked:
+      parent = os.path.dirname(str(builder.data_dir))
+      for name in os.listdir(parent) if os.path.isdir(parent) else ():
+        if name.startswith("incomplete.") and os.path.isdir(os.path.join(parent, name)):
+          shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+    try:
+      builder.download_and_prepare(
+          download_dir=downloads, file_format="array_record")
+    except FileExistsError:
+      # Another process without the lock (another host's file system) prepared the same config at
+      # the same time and renamed its folder into place first; tfds writes the whole version folder
+      # atomically, so that copy is complete and identical (the data is a function of the config).
+      if not builder.is_prepared():
+        raise
+      return False
   return True
 
 

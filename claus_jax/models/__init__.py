@@ -119,6 +119,34 @@ def save_encoder_variables(encoder_variables: dict, directory: str) -> str:
   return path
 
 
+class EncoderInitError(ValueError):
+  """An ``encoder_init`` directory whose variables cannot be read (damaged or incomplete)."""
+
+
+def read_encoder_variables(directory: str) -> dict:
+  """The orbax tree under ``directory/variables``, restored in full (every array read).
+
+  Raises:
+    EncoderInitError: it cannot be read; the message names the folder, the storage layer's own
+      words, and how to make it again.
+  """
+  import orbax.checkpoint as ocp
+
+  path = os.path.join(os.path.abspath(os.path.expanduser(directory)), ENCODER_VARIABLES_SUBDIR)
+  try:
+    return ocp.StandardCheckpointer().restore(path)
+  except Exception as e:  # pylint: disable=broad-except  (orbax and tensorstore raise many kinds)
+    root = e
+    while root.__cause__ or root.__context__:  # The storage layer's own words, not orbax's wrap.
+      root = root.__cause__ or root.__context__
+    cause = (str(root).strip().splitlines() or [""])[0][:200]
+    raise EncoderInitError(
+        f"encoder weights {path} cannot be read ({type(root).__name__}: {cause}); the folder is "
+        "damaged or incomplete. Make it again: `python -m claus_jax.tools.import_i3d` for imported "
+        "I3D weights, `python -m claus_jax.pretrain --force` for the synthetic pretraining "
+        "cache.") from e
+
+
 def load_encoder_init(variables: dict, directory: str) -> dict:
   """Replaces the detector's encoder variables with the imported ones in ``directory``.
 
@@ -134,15 +162,14 @@ def load_encoder_init(variables: dict, directory: str) -> dict:
     FileNotFoundError: no orbax tree in ``directory``.
     ValueError: listing every encoder variable that is missing from the import or mis-shaped
       (e.g. a width multiplier other than 1.0).
+    EncoderInitError: the variables cannot be read.
   """
-  import orbax.checkpoint as ocp
-
   path = os.path.join(os.path.abspath(os.path.expanduser(directory)), ENCODER_VARIABLES_SUBDIR)
   if not os.path.isdir(path):
     raise FileNotFoundError(f"config.model.encoder_init={directory!r}: no orbax tree at {path}; "
                             "create it with `python -m claus_jax.tools.import_i3d STATE_DICT.pt "
                             f"--out {directory}`.")
-  restored = ocp.StandardCheckpointer().restore(path)
+  restored = read_encoder_variables(directory)
   new_vars = {k: v for k, v in variables.items()}
   problems = []
   for collection in ("params", "batch_stats"):
