@@ -39,8 +39,9 @@ def fail(message: str) -> None:
 
 
 def _config_flag_names() -> list[str]:
-  return [name for name, flag in flags.FLAGS.__flags.items()  # pylint: disable=protected-access
-          if type(flag).__name__ == "_ConfigFlag"] or ["config"]
+  """The program's ml_collections config flags (``--config``; the ones with a config file)."""
+  return [name for name in flags.FLAGS
+          if hasattr(type(flags.FLAGS[name]), "config_filename")] or ["config"]
 
 
 def _unknown_override(error: BaseException, argv: Sequence[str]) -> str:

@@ -51,6 +51,7 @@ from claus_jax import configlib
 from claus_jax import oracle as oracle_lib
 from claus_jax import parallel
 from claus_jax import pool as pool_lib
+from claus_jax import provenance
 from claus_jax import runlock
 from claus_jax import score_files
 from claus_jax.data import record as record_lib
@@ -84,7 +85,8 @@ def user_error_message(error: BaseException) -> str | None:
   if isinstance(error, (configlib.ConfigError, WorkdirMismatchError, runlock.WorkdirBusyError,
                         pool_lib.PoolError, pool_lib.StateFileError, pool_lib.DiskFullError,
                         oracle_lib.AnswersError, train.CheckpointError, train.NonFiniteLossError,
-                        official.DatasetError, models.EncoderInitError)):
+                        official.DatasetError, models.EncoderInitError,
+                        provenance.InputsChangedError)):
     return str(error)
   if pool_lib.is_disk_full(error):  # However deep a library wrapped it.
     seen = error
@@ -259,6 +261,7 @@ class Experiment:
     if config.oracle.kind == "files":
       self.overlay = oracle_lib.AnnotationOverlay()
     self.train_source = _OverlaySource(dataset.train, self.overlay)
+    self.flat_config = provenance.flat_config(configlib.to_dict(config), _RESULT_NEUTRAL)
 
   # ------------------------------------------------------------------------------------- run
   def run(self) -> dict:
@@ -270,6 +273,7 @@ class Experiment:
     self._answer(self.initial_selection(), self._empty_pool(), 0)
     for r in range(last_round + 1):
       self._replay_answers(r)
+      self._check_inputs(r)
       pool = self._load_pool(r)
       pct = pool.percentages()
       say(f"round {r}: {pool.num_labelled_videos} labelled videos ({pct['videos_pct']:.1f}%), "
@@ -299,6 +303,15 @@ class Experiment:
   def _bar(self, total: int, desc: str, unit: str):
     return tqdm.tqdm(total=total, desc=desc, unit=unit, leave=False,
                      disable=self.quiet or not total or not parallel.is_primary())
+
+  def _check_inputs(self, r: int) -> None:
+    """Round ``r``'s inputs equal those its results were computed from (provenance)."""
+    current = provenance.round_inputs(self.flat_config,
+                                      [round_dir(self.workdir, j) for j in range(r + 1)],
+                                      answers=self.overlay is not None)
+    provenance.check_or_record(os.path.join(round_dir(self.workdir, r), provenance.INPUTS_FILE),
+                               current, r, write=parallel.is_primary())
+    parallel.sync(f"round {r} inputs")
 
   def _load_pool(self, round_index: int) -> pool_lib.PoolState:
     return pool_lib.PoolState.load(os.path.join(round_dir(self.workdir, round_index), "pool.json"),
@@ -629,8 +642,12 @@ def _console_filter(record: logging.LogRecord) -> bool:
   return record.levelno >= logging.WARNING or record.pathname.startswith(_PACKAGE_DIR)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs (or resumes) the active-learning experiment described by ``config`` in ``workdir``."""
+def run(config: ml_collections.ConfigDict, workdir: str, recompute_from: int | None = None) -> dict:
+  """Runs (or resumes) the active-learning experiment described by ``config`` in ``workdir``.
+
+  ``recompute_from=K``: first remove round K's results and set the later rounds aside
+  (provenance.recompute_from), so that they are computed again from the current inputs.
+  """
   quiet_library_logs()
   enable_compilation_cache()
   configlib.validate(config)
@@ -641,10 +658,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     make_folder(workdir, "--workdir")
   # One run per workdir: process 0 holds the lock until the run returns or dies (runlock).
   with runlock.hold(workdir) if primary else contextlib.nullcontext():
-    return _run_locked(config, workdir, primary)
+    return _run_locked(config, workdir, primary, recompute_from)
 
 
-def _run_locked(config: ml_collections.ConfigDict, workdir: str, primary: bool) -> dict:
+def _run_locked(config: ml_collections.ConfigDict, workdir: str, primary: bool,
+                recompute_from: int | None) -> dict:
   """:func:`run` once the workdir is this run's."""
   from claus_jax import data as data_lib
 
@@ -682,6 +700,9 @@ def _run_locked(config: ml_collections.ConfigDict, workdir: str, primary: bool) 
           f"config.pretrain.cache_dir: process {jax.process_index()} finds no pretrained encoder at "
           f"{pretrain_lib.cache_dir(config)}; point --config.pretrain.cache_dir at a folder every "
           "host shares (like the workdir).")
+  if recompute_from is not None:
+    on_primary("recompute", lambda: provenance.recompute_from(workdir, recompute_from, round_dir,
+                                                                      log=say))
   try:
     return Experiment(config, workdir, dataset, encoder_init).run()
   except oracle_lib.AwaitingAnswers:

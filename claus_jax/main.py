@@ -20,6 +20,9 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Output folder for this run (default: runs/<config name>[_<variant>]).")
 _QUIET = flags.DEFINE_bool("quiet", False, "Turn off progress bars.")
+_RECOMPUTE = flags.DEFINE_string(
+    "recompute_from", None, "round_K (or K): remove round K's results and move the later rounds "
+    "into WORKDIR/superseded-<time>/, then compute them again (after a changed input).")
 flags.mark_flags_as_required(["config"])
 
 
@@ -38,7 +41,13 @@ def main(argv):
       config.quiet = True
   workdir = _WORKDIR.value or experiment.default_workdir(
       config_flags.get_config_filename(flags.FLAGS["config"]))
-  result = experiment.run(config, os.path.expanduser(workdir))
+  recompute = None
+  if _RECOMPUTE.value is not None:
+    text = _RECOMPUTE.value.strip().removeprefix("round_")
+    if not text.isdigit():
+      cli.fail(f"--recompute_from={_RECOMPUTE.value!r}: name a round, e.g. round_001 or 1.")
+    recompute = int(text)
+  result = experiment.run(config, os.path.expanduser(workdir), recompute_from=recompute)
   if result.get("awaiting_answers"):
     sys.exit(experiment.EXIT_AWAITING_ANSWERS)
 

@@ -333,9 +333,10 @@ def ensure_pretrained(config: ml_collections.ConfigDict, log=logging.info,
   """The encoder_init directory for ``config``: reused when shipped or cached, else pretrained into
   the cache."""
   found = find_pretrained(config)
-  while found and not _readable_or_set_aside(found, log):
-    packaged = os.path.join(PACKAGED_DIR, os.path.basename(cache_dir(config)))
-    found = cache_dir(config) if found == packaged and is_complete(cache_dir(config)) else None
+  if found and not _readable_or_set_aside(found, log):
+    cache = cache_dir(config)  # The packaged copy was damaged: the cache's, else pretrain.
+    found = (cache if found != cache and is_complete(cache) and _readable_or_set_aside(cache, log)
+             else None)
   if found:
     log(f"pretrained encoder: reusing {found}")
     return found
@@ -355,7 +356,7 @@ def main(argv):
   config = flags.FLAGS.config
   configlib.validate(config)
   found = find_pretrained(config)
-  if found and not flags.FLAGS.force:
+  if found and not flags.FLAGS.force and _readable_or_set_aside(found, logging.info):
     logging.info("already pretrained: %s (--force to pretrain again into %s)", found,
                  cache_dir(config))
     return

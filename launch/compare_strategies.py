@@ -62,7 +62,8 @@ def command(config: str, strategy: str, seed: int, workdir: str, extra: list[str
 
 
 # Round-0 files that depend on the strategy: its selection and the latents saved beside it.
-STRATEGY_FILES = ("selection.json", "latents.npy")
+# inputs.json records the donor's whole config, strategy included; the copy records its own.
+STRATEGY_FILES = ("selection.json", "latents.npy", "inputs.json")
 
 
 def round0_donor(root: str, strategy: str, seed: int) -> str | None:

@@ -13,6 +13,7 @@ from PIL import Image
 
 from claus_jax import experiment
 from claus_jax import oracle as oracle_lib
+from claus_jax import provenance
 from claus_jax import score_files
 from tests.config_files import load_config, load_launch
 
@@ -363,6 +364,65 @@ def test_files_oracle_round_trip_matches_the_simulated_oracle(reference_run, tmp
   # Exact ground-truth answers must give exactly the simulated run's labels and metrics.
   ours, ref = _outcome(workdir), _outcome(reference_run)
   assert ours == ref
+  # An answer file edited after its round trained: the resumed run refuses, naming it (round 1's
+  # training read round 0's answers too), rather than training round 1 on the edit.
+  path = os.path.join(workdir, "round_000", "answers.json")
+  with open(path) as f:
+    answers = json.load(f)
+  first = sorted(answers["videos"])[0]
+  answers["videos"][first]["label"] = dataset.class_names[
+      (dataset.class_names.index(answers["videos"][first]["label"]) + 1) % dataset.num_classes]
+  with open(path, "w") as f:
+    json.dump(answers, f)
+  with pytest.raises(provenance.InputsChangedError,
+                     match=r"round 0 was computed from other inputs \(round_000/answers.json "
+                           r"changed\).*--recompute_from=round_000"):
+    experiment.run(config, workdir)
+  assert _outcome(workdir) == ref  # Nothing was changed by the refusal.
+
+
+def test_a_config_edited_in_the_workdir_then_matched_by_an_override_is_refused(reference_run,
+                                                                               tmp_path):
+  import shutil
+  workdir = tmp_path / "copy"
+  shutil.copytree(reference_run, workdir)
+  with open(workdir / "config.json") as f:
+    config = json.load(f)
+  config["train"]["steps"] = 21  # The refusal of a different config advised exactly this.
+  with open(workdir / "config.json", "w") as f:
+    json.dump(config, f)
+  before = _outcome(str(workdir))
+  done = subprocess.run([sys.executable, "-m", "claus_jax.main",
+                         "--config=configs/synthetic.py:smoke", "--config.train.steps=21",
+                         f"--workdir={workdir}", "--quiet"], cwd=ROOT, capture_output=True,
+                        text=True, timeout=600)
+  assert done.returncode == 2, done.stderr[-2000:]
+  errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+  assert errors == ["error: round 0 was computed from other inputs (config train.steps: 20 then, 21 "
+                    "now); its results would not match them. Use a new --workdir, or re-run with "
+                    "--recompute_from=round_000 to compute round 0 and the later rounds again "
+                    "(their answers are kept aside)."]
+  assert _outcome(str(workdir)) == before  # train.json, eval.json ... all of the 20-step run.
+
+
+def test_recompute_from_removes_the_rounds_results_and_keeps_every_answer(tmp_path):
+  for r in range(3):
+    rd = tmp_path / f"round_{r:03d}"
+    (rd / "checkpoints" / "20").mkdir(parents=True)
+    (rd / "scores").mkdir()
+    for name in ("pool.json", "answers.json", "train.json", "eval.json", "selection.json",
+                 provenance.INPUTS_FILE):
+      (rd / name).write_text("{}")
+  (tmp_path / "config.json").write_text("{}")
+  provenance.recompute_from(str(tmp_path), 1, experiment.round_dir, log=lambda _: None)
+  assert sorted(os.listdir(tmp_path / "round_001")) == ["answers.json", "pool.json"]
+  assert len(os.listdir(tmp_path / "round_000")) == 8  # Earlier rounds untouched.
+  aside = [d for d in os.listdir(tmp_path) if d.startswith("superseded-")]
+  assert len(aside) == 1 and os.listdir(tmp_path / aside[0]) == ["round_002"]
+  assert (tmp_path / aside[0] / "round_002" / "answers.json").exists()
+  assert sorted(os.listdir(tmp_path)) == sorted(["config.json", "round_000", "round_001", aside[0]])
+  with pytest.raises(provenance.InputsChangedError, match="round_005: .* holds no pool.json"):
+    provenance.recompute_from(str(tmp_path), 5, experiment.round_dir)
 
 
 def _write_requests(round_dir, class_names=("a", "b")):

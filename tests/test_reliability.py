@@ -161,3 +161,16 @@ def test_one_cluster_for_claus_is_refused_naming_the_field(tmp_path):
   assert rc == 2 and err == ["error: config.cluster.k: 1 cluster turns CLAUS's cluster quotas into "
                              "one global top-n, which is selection.strategy=claus_no_cluster under "
                              "another name; use K >= 2 (paper: 5), or choose claus_no_cluster."]
+
+
+def test_a_cluster_start_past_an_epoch_sized_round_is_refused_when_the_round_is_known():
+  from claus_jax import configlib
+  from claus_jax import train as train_lib
+  from tests.config_files import load_config
+  c = load_config("synthetic", "smoke")
+  c.train.epochs, c.cluster.start_step = 2.0, 50
+  configlib.validate(c)  # The round's steps are not known before its labelled set is.
+  assert train_lib.cluster_start_step(c, 51) == 50
+  with pytest.raises(configlib.ConfigError, match="config.cluster.start_step: 50 is not below this "
+                     "round's 50 steps"):
+    train_lib.cluster_start_step(c, 50)
