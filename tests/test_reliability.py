@@ -174,3 +174,23 @@ def test_a_cluster_start_past_an_epoch_sized_round_is_refused_when_the_round_is_
   with pytest.raises(configlib.ConfigError, match="config.cluster.start_step: 50 is not below this "
                      "round's 50 steps"):
     train_lib.cluster_start_step(c, 50)
+
+
+@pytest.mark.slow
+def test_the_pretrain_command_rebuilds_a_damaged_cache(tmp_path):
+  args = ["--config=configs/synthetic.py:smoke", "--config.pretrain.steps=2",
+          "--config.pretrain.batch_size=2", "--config.pretrain.val_clips=2",
+          "--config.train.bn_recalibration_batches=1", f"--config.pretrain.cache_dir={tmp_path}"]
+  rc, err = _cli("claus_jax.pretrain", *args)
+  assert rc == 0, err[-5:]
+  (cache,) = os.listdir(tmp_path)
+  for dirpath, _, files in os.walk(tmp_path / cache / models.ENCODER_VARIABLES_SUBDIR):
+    for f in files:
+      if f"{os.sep}d{os.sep}" in os.path.join(dirpath, f):
+        with open(os.path.join(dirpath, f), "r+b") as fh:
+          fh.truncate(8)  # The array data cut short, as a full disk or a kill leaves it.
+  rc, err = _cli("claus_jax.pretrain", *args)
+  assert rc == 0, err[-5:]
+  assert any("damaged or incomplete" in line and "pretraining again" in line for line in err)
+  assert sorted(os.listdir(tmp_path))[0] == cache and len(os.listdir(tmp_path)) == 2
+  models.read_encoder_variables(str(tmp_path / cache))  # Rebuilt, whole.
