@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app  # noqa: E402  (after the path fix, so a plain checkout works)
 
+from claus_jax import cli  # noqa: E402
 from claus_jax import main as main_lib  # noqa: E402
 from claus_jax import parallel  # noqa: E402
 
@@ -33,4 +34,4 @@ def _main(argv):
 
 
 if __name__ == "__main__":
-  app.run(_main)
+  app.run(cli.guarded(_main), flags_parser=cli.parse_flags)
