@@ -42,7 +42,6 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging as absl_logging
-from flax import traverse_util
 from tqdm import auto as tqdm
 
 from claus_jax import cli
@@ -88,12 +87,11 @@ def user_error_message(error: BaseException) -> str | None:
                         official.DatasetError, models.EncoderInitError,
                         provenance.InputsChangedError)):
     return str(error)
-  if pool_lib.is_disk_full(error):  # However deep a library wrapped it.
-    seen = error
-    while seen is not None and not getattr(seen, "filename", None):
-      seen = seen.__cause__ or seen.__context__
-    return str(pool_lib.DiskFullError(seen.filename if seen is not None else "the workdir"))
-  denied = _in_chain(error, PermissionError)
+  chain = list(pool_lib.error_chain(error))  # However deep a library wrapped it.
+  if pool_lib.is_disk_full(error):
+    named = next((e.filename for e in chain if getattr(e, "filename", None)), "the workdir")
+    return str(pool_lib.DiskFullError(named))
+  denied = next((e for e in chain if isinstance(e, PermissionError)), None)
   if denied is not None:
     where = denied.filename or "a file"
     return (f"{where}: permission denied. Choose a folder this user can write (--workdir, "
@@ -104,16 +102,6 @@ def user_error_message(error: BaseException) -> str | None:
       return (f"{error.filename} is a file where a folder is needed; move or delete it and re-run "
               "the same command.")
     return str(error)
-  return None
-
-
-def _in_chain(error: BaseException, kind: type) -> BaseException | None:
-  """The first exception of ``kind`` in ``error``'s cause/context chain (libraries wrap OSErrors)."""
-  seen = 0
-  while error is not None and seen < 32:
-    if isinstance(error, kind):
-      return error
-    error, seen = error.__cause__ or error.__context__, seen + 1
   return None
 
 
@@ -128,12 +116,11 @@ def check_or_write_config(config: ml_collections.ConfigDict, workdir: str,
   current = json.loads(json.dumps(configlib.to_dict(config)))  # tuples -> lists, as on disk
   if os.path.exists(path):
     saved = pool_lib.read_json(path, require=("dataset", "seed", "train"))
-    a, b = (traverse_util.flatten_dict(d, sep=".") for d in (saved, current))
-    diff = sorted(k for k in set(a) | set(b)
-                  if k not in _RESULT_NEUTRAL and a.get(k, "<absent>") != b.get(k, "<absent>"))
+    a, b = (provenance.flat_config(d, _RESULT_NEUTRAL) for d in (saved, current))
+    diff = provenance.changed_fields(a, b)
     if diff:
-      lines = "\n".join(f"  {k}: workdir has {a.get(k, '<absent>')!r}, this run has "
-                        f"{b.get(k, '<absent>')!r}" for k in diff)
+      lines = "\n".join(f"  {k}: workdir has {a.get(k, provenance.ABSENT)!r}, this run has "
+                        f"{b.get(k, provenance.ABSENT)!r}" for k in diff)
       raise WorkdirMismatchError(
           f"{workdir} was made by a different config:\n{lines}\nUse another --workdir, or rerun "
           "with the workdir's config to resume it.")

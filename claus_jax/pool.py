@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import secrets
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import BinaryIO
 
 import numpy as np
@@ -104,15 +104,26 @@ class DiskFullError(OSError):
             "the same command (finished stages and checkpoints are kept).")
 
 
+def error_chain(error: BaseException | None) -> Iterator[BaseException]:
+  """``error``, then each error it was raised from or while handling, down to the first one (the
+  storage layer's own, under orbax's and tensorstore's wraps)."""
+  for _ in range(64):  # A bound: a chain is never this deep, and a cyclic one must not hang.
+    if error is None:
+      return
+    yield error
+    error = error.__cause__ or error.__context__
+
+
+def root_cause(error: BaseException) -> str:
+  """``'Type: first line'`` of the deepest error in ``error``'s chain (200 characters at most)."""
+  root = list(error_chain(error))[-1]
+  return f"{type(root).__name__}: {(str(root).strip().splitlines() or [''])[0][:200]}"
+
+
 def is_disk_full(error: BaseException) -> bool:
   """Whether ``error`` or an error it comes from is ENOSPC (also as tensorstore words it)."""
-  seen = error
-  while seen is not None:
-    if (isinstance(seen, OSError) and seen.errno == errno.ENOSPC) or "No space left on device" in str(
-        seen):
-      return True
-    seen = seen.__cause__ or seen.__context__
-  return False
+  return any((isinstance(seen, OSError) and seen.errno == errno.ENOSPC)
+             or "No space left on device" in str(seen) for seen in error_chain(error))
 
 
 def atomic_write(path: str, write: Callable[[BinaryIO], object]) -> None:

@@ -35,6 +35,7 @@ INPUTS_FILE = "inputs.json"
 _ROUND_RESULTS = ("train.json", "train_history.json", "checkpoints", "eval.json", "eval.md",
                   "scores", "selection.json", "latents.npy", INPUTS_FILE)
 _ROUND = re.compile(r"^round_(\d+)$")
+ABSENT = "<absent>"  # How a field one config lacks is shown.
 
 
 class InputsChangedError(ValueError):
@@ -67,12 +68,15 @@ def flat_config(config_dict: dict, neutral) -> dict:
   return {k: v for k, v in sorted(flat.items()) if k not in neutral}
 
 
+def changed_fields(a: dict, b: dict) -> list[str]:
+  """The sorted keys of two flat configs whose values differ (a key one lacks counts)."""
+  return sorted(k for k in set(a) | set(b) if a.get(k, ABSENT) != b.get(k, ABSENT))
+
+
 def _differences(recorded: dict, current: dict, limit: int = 4) -> list[str]:
-  lines = []
   a, b = recorded.get("config", {}), current["config"]
-  for key in sorted(set(a) | set(b)):
-    if a.get(key, "<absent>") != b.get(key, "<absent>"):
-      lines.append(f"config {key}: {a.get(key, '<absent>')!r} then, {b.get(key, '<absent>')!r} now")
+  lines = [f"config {key}: {a.get(key, ABSENT)!r} then, {b.get(key, ABSENT)!r} now"
+           for key in changed_fields(a, b)]
   if recorded.get("pool") != current["pool"]:
     lines.append("its pool.json changed")
   old, new = recorded.get("answers", {}), current.get("answers", {})

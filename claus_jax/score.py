@@ -115,15 +115,14 @@ def load_variables(config: ml_collections.ConfigDict, model, checkpoint_dir: str
           f"checkpoint in {directory} was made by another config ({'; '.join(differences)}); it "
           "is kept. Pass --config with the overrides the run used (its config.json, next to the "
           "round folders).") from e
-    if not isinstance(e, CheckpointError):  # restore_latest names every storage failure.
+    if not isinstance(e, train_lib.DamagedCheckpointError):  # Every storage failure is one.
       raise
     # Same shapes (or unreadable metadata): the files themselves are bad. restore_latest's advice
     # is the main job's; this command does not train.
-    cause = str(e).split("; it is damaged")[0]
-    raise CheckpointError(
-        f"{cause}; it is damaged or incomplete. The score command does not train: point "
-        "--checkpoint at another round, or delete that step folder and re-run the main job on its "
-        "workdir, which trains the round again from its previous checkpoint.") from e
+    raise train_lib.DamagedCheckpointError(
+        e.folder, e.cause, "The score command does not train: point --checkpoint at another "
+        "round, or delete that step folder and re-run the main job on its workdir, which trains "
+        "the round again from its previous checkpoint.") from e
   if state is None:
     raise CheckpointError(
         f"{directory} holds no checkpoint (no numbered step folder); point --checkpoint at "

@@ -56,6 +56,16 @@ class CheckpointError(FileNotFoundError):
   """No usable checkpoint; the message names the folder and what to do."""
 
 
+class DamagedCheckpointError(CheckpointError):
+  """A checkpoint whose files cannot be restored: its ``folder``, the storage layer's ``cause``, and
+  what the command that met it should advise."""
+
+  def __init__(self, folder: str, cause: str, advice: str):
+    super().__init__(f"checkpoint {folder} cannot be restored ({cause}); it is damaged or "
+                     f"incomplete. {advice}")
+    self.folder, self.cause = folder, cause
+
+
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """Adam; the encoder's learning rate is ``train.encoder_lr_scale`` times the rest's (0 = frozen)."""
   t = config.train
@@ -230,15 +240,10 @@ def restore_latest(directory: str, abstract_state: TrainState, config) -> TrainS
       return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
     except Exception as e:  # pylint: disable=broad-except  (orbax and tensorstore raise many kinds)
       drop_closed_event_loop_reports()
-      folder = os.path.join(os.path.abspath(directory), str(step))
-      root = e
-      while root.__cause__ or root.__context__:  # The storage layer's own words, not orbax's wrap.
-        root = root.__cause__ or root.__context__
-      cause = (str(root).strip().splitlines() or [""])[0][:200]
-      raise CheckpointError(
-          f"checkpoint {folder} cannot be restored ({type(root).__name__}: {cause}); it is damaged or "
-          "incomplete. Delete that folder and re-run the same command: training resumes from the "
-          "round's previous checkpoint, or starts the round again.") from e
+      raise DamagedCheckpointError(
+          os.path.join(os.path.abspath(directory), str(step)), pool_lib.root_cause(e),
+          "Delete that folder and re-run the same command: training resumes from the round's "
+          "previous checkpoint, or starts the round again.") from e
 
 
 def recalibrate_batch_stats(state: TrainState, batches, momentum: float | None = None,

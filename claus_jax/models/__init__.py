@@ -22,6 +22,7 @@ import numpy as np
 from flax import traverse_util
 
 from claus_jax import configlib
+from claus_jax import pool as pool_lib
 from claus_jax.models.capsules import ConvCapsules, PrimaryCapsules, em_routing
 from claus_jax.models.detector import CAPSULE_DIM, CLAUSDetector, Decoder, latent_dim
 from claus_jax.models.i3d import InceptionI3d
@@ -136,12 +137,8 @@ def read_encoder_variables(directory: str) -> dict:
   try:
     return ocp.StandardCheckpointer().restore(path)
   except Exception as e:  # pylint: disable=broad-except  (orbax and tensorstore raise many kinds)
-    root = e
-    while root.__cause__ or root.__context__:  # The storage layer's own words, not orbax's wrap.
-      root = root.__cause__ or root.__context__
-    cause = (str(root).strip().splitlines() or [""])[0][:200]
     raise EncoderInitError(
-        f"encoder weights {path} cannot be read ({type(root).__name__}: {cause}); the folder is "
+        f"encoder weights {path} cannot be read ({pool_lib.root_cause(e)}); the folder is "
         "damaged or incomplete. Make it again: `python -m claus_jax.tools.import_i3d` for imported "
         "I3D weights, `python -m claus_jax.pretrain --force` for the synthetic pretraining "
         "cache.") from e
