@@ -6,7 +6,8 @@ Round layout in ``workdir``::
   dataset.json           dataset summary
   round_000/pool.json    labels available for round 0 (the seeded random initial set)
   round_K/requests.json  (files oracle) what people must annotate to start round K
-  round_K/answers.json   (files oracle) their answers
+  round_K/predictions.json (files oracle) the selecting model's class and boxes, to correct
+  round_K/answers.json   (files oracle) their answers (claus_jax.annotate imports tools' exports)
   round_K/checkpoints/   orbax checkpoints of round K's training
   round_K/train.json     training history (loss curve) once training is done
   round_K/eval.json/.md  evaluation on the test split
@@ -14,6 +15,7 @@ Round layout in ``workdir``::
   round_K/selection.json what round K selected (videos, frames, scores, clusters, cost)
   round_{K+1}/pool.json  the pool after the oracle answered round K's selection
   metrics.jsonl, summary.md, *.png   reports, rebuilt from the rounds' files
+  tensorboard/           TensorBoard events (claus_jax.events): round_K/ training, rounds/ metrics
 
 Every stage (:func:`stage`: the pool, training, evaluation, each score shard, the selection) writes
 its result atomically and is skipped when the result exists, so re-running the same command after
@@ -47,6 +49,7 @@ from tqdm import auto as tqdm
 from claus_jax import cli
 from claus_jax import clustering
 from claus_jax import configlib
+from claus_jax import events
 from claus_jax import oracle as oracle_lib
 from claus_jax import parallel
 from claus_jax import pool as pool_lib
@@ -281,7 +284,7 @@ class Experiment:
       say(f"round {r} selection ({chosen.strategy}; scoring {t1 - t0:.0f} s): "
           f"{chosen.num_new_videos} new videos, {chosen.num_new_frames} frames, "
           f"cost {chosen.cost:g}")
-      self._answer(chosen, pool, r + 1)
+      self._answer(chosen, pool, r + 1, state)
     summary = on_primary("final reports",
                          lambda: reporting.write_reports(self.workdir, self.dataset, quiet=False))
     return summary or {}
@@ -309,14 +312,16 @@ class Experiment:
     return pool_lib.PoolState(self.num_frames, budget.cost_video, budget.cost_frame)
 
   # ------------------------------------------------------------------------------- the oracle
-  def _answer(self, selection, pool_before: pool_lib.PoolState, target_round: int) -> None:
-    """Asks the oracle for ``selection`` and writes the pool of ``target_round``."""
+  def _answer(self, selection, pool_before: pool_lib.PoolState, target_round: int,
+              state=None) -> None:
+    """Asks the oracle for ``selection`` and writes the pool of ``target_round``; ``state`` (the
+    model that selected it) gives people its predictions to correct (files oracle)."""
     rd = round_dir(self.workdir, target_round)
 
     def compute():
       pool = pool_lib.PoolState.from_json(pool_before.to_json(), num_frames=self.num_frames)
       if self.config.oracle.kind == "files":
-        self.overlay.add(self._files_oracle_answers(selection, rd, target_round))
+        self.overlay.add(self._files_oracle_answers(selection, rd, target_round, state))
       oracle_lib.apply_selection(pool, selection, target_round)
       parallel.assert_same_across_processes(pool.to_json(), f"pool of round {target_round}")
       return None, pool
@@ -324,13 +329,22 @@ class Experiment:
     stage("pool", os.path.join(rd, "pool.json"), compute, load=lambda _: None,
           save=lambda path, pool: pool.save(path))
 
-  def _files_oracle_answers(self, selection, rd: str, target_round: int) -> dict:
-    """The answers in ``rd``; while there are none, writes the requests and stops the run."""
+  def _files_oracle_answers(self, selection, rd: str, target_round: int, state=None) -> dict:
+    """The answers in ``rd``; while there are none, writes the requests (after the predictions of
+    ``state``, if given) and stops the run."""
+    if not selection.picks:  # Nothing to ask: the round goes on without waiting for people.
+      if not parallel.exists_on_primary(os.path.join(rd, "requests.json")):
+        on_primary("oracle requests", lambda: oracle_lib.write_requests(
+            rd, selection, target_round, self.num_frames, self.dataset.class_names))
+      return {}
     answered = parallel.exists_on_primary(os.path.join(rd, "answers.json"))
     message = None
     # The requests are (re)written while unanswered, and whenever they are missing (deleted after a
     # damage report): the selection that makes them is on disk.
     if not answered or not parallel.exists_on_primary(os.path.join(rd, "requests.json")):
+      if state is not None:
+        on_primary("model predictions", lambda: self._write_predictions(selection, rd, state,
+                                                                        target_round - 1))
       message = on_primary("oracle requests", lambda: oracle_lib.write_requests(
           rd, selection, target_round, self.num_frames, self.dataset.class_names))
     if not answered:
@@ -338,6 +352,23 @@ class Experiment:
       say(message)
       raise oracle_lib.AwaitingAnswers(message)
     return oracle_lib.load_answers(rd, self._frame_shape(), self.dataset.class_names)
+
+  def _write_predictions(self, selection, rd: str, state, from_round: int) -> None:
+    """predictions.json: round ``from_round``'s model on every requested video and frame."""
+    from claus_jax import evaluation
+    from claus_jax import models
+
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    predict_fn = evaluation.make_predict_fn(self.model, variables,
+                                            input_range=models.input_range(self.config))
+    out = {}
+    for pick in selection.picks:
+      record = self.dataset.train[self.position[pick.video_id]]
+      mask_probs, class_probs = evaluation.predict_record(predict_fn, record, self.config.eval)
+      out[pick.video_id] = oracle_lib.frame_predictions(
+          mask_probs, class_probs, pick.frames, self.dataset.class_names,
+          float(self.config.eval.mask_threshold))
+    oracle_lib.write_predictions(rd, out, from_round)
 
   def _frame_shape(self) -> tuple[int, int]:
     s = int(self.config.data.frame_size)
@@ -434,10 +465,12 @@ class Experiment:
     cfg = self.config
     bar = self._bar(steps, f"round {r} train", "step")
 
-    def progress(step, metrics):
+    def progress(step, row):
       bar.update(step - bar.n)
-      if step % cfg.train.log_every == 0:
-        bar.set_postfix(loss=f"{metrics['total']:.4f}")
+      if row is not None:  # A log step: train_history.json was just rewritten.
+        bar.set_postfix(loss=f"{row['total']:.4f}")
+        if parallel.is_primary():  # The process that writes the history (no barrier needed).
+          events.write_training(self.workdir, r)
 
     mesh = self.mesh if cfg.train.data_parallel else None
     # Each process feeds its own rows of every global batch (the same global batch as one process).

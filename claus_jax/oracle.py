@@ -6,7 +6,12 @@ exactly the annotated frames when the detector is trained.
 
 ``files`` protocol, for round K (folder ``round_K/`` of the workdir):
   * ``requests.json`` / ``requests.csv``: what to annotate (written by the run, which then exits).
-  * ``answers.json``, written by people, format::
+  * ``predictions.json`` (rounds after the first): the model's answer to the same requests, from
+    the round that selected them: per video the predicted class, per requested frame the box of the
+    predicted mask (``eval.mask_threshold``). Annotation tools show these boxes to be corrected
+    (:mod:`claus_jax.annotate`).
+  * ``answers.json``, written by people (or by ``python -m claus_jax.annotate import`` from a Label
+    Studio or CVAT export), format::
 
       {"videos": {
          "<video_id>": {
@@ -84,6 +89,27 @@ def write_requests(round_dir: str, selection, round_index: int, num_frames: dict
           f"listed in {os.path.join(round_dir, 'requests.json')} (and requests.csv).\n"
           f"Write the annotations to {answers} (format: claus_jax/oracle.py docstring or README) "
           "and re-run the same command to continue.")
+
+
+def frame_predictions(mask_probs: np.ndarray, class_probs: np.ndarray, frames: Sequence[int],
+                      class_names: Sequence[str], threshold: float) -> dict:
+  """The model's answer to one request: the predicted class, and per requested frame the tight box
+  of the mask ``mask_probs >= threshold`` (none where it is empty) and its mean probability."""
+  out = {"label": class_names[int(np.argmax(class_probs))],
+         "score": float(np.max(class_probs)), "frames": {}}
+  for f in frames:
+    fg = mask_probs[int(f)] >= threshold
+    ys, xs = np.nonzero(fg)
+    entry = {"foreground": float(mask_probs[int(f)][fg].mean()) if xs.size else 0.0}
+    if xs.size:
+      entry["box"] = [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())]
+    out["frames"][str(int(f))] = entry
+  return out
+
+
+def write_predictions(round_dir: str, predictions: dict, from_round: int) -> None:
+  pool_lib.atomic_write_json(os.path.join(round_dir, "predictions.json"),
+                             {"round": from_round, "videos": predictions})
 
 
 def load_requests(round_dir: str) -> dict:

@@ -1,4 +1,5 @@
-"""Reports of a run, rebuilt from the rounds' files: metrics.jsonl, summary.md and plots; and the
+"""Reports of a run, rebuilt from the rounds' files: metrics.jsonl, summary.md, plots and TensorBoard
+events (:mod:`claus_jax.events`); and the
 Markdown of one evaluation (a round's eval.md, :func:`to_markdown`).
 
 Everything here reads the workdir only, so reports can be rebuilt at any time (also after a crash)
@@ -12,6 +13,7 @@ import os
 
 import numpy as np
 
+from claus_jax import events
 from claus_jax import pool as pool_lib
 
 HEADLINE = ("accuracy", "capsule/v-mAP@0.5", "capsule/f-mAP@0.5", "detection/v-mAP@0.5",
@@ -136,6 +138,7 @@ def write_reports(workdir: str, dataset=None, quiet: bool = False) -> dict:
     strategy = f"{cfg['dataset']}, strategy {cfg['selection']['strategy']}, seed {cfg['seed']}"
   table = summary_markdown(rows, strategy)
   pool_lib.atomic_write_text(os.path.join(workdir, "summary.md"), table)
+  events.write_all(workdir, rows)
   if rows:
     plot_cost_vs_map(rows, os.path.join(workdir, "cost_vs_map.png"))
     if dataset is not None:
@@ -144,7 +147,8 @@ def write_reports(workdir: str, dataset=None, quiet: bool = False) -> dict:
   if not quiet:
     print(table, flush=True)
     print(f"reports: {os.path.join(workdir, 'summary.md')}, metrics.jsonl, cost_vs_map.png, "
-          "selection_pca.png, per_class.png", flush=True)
+          "selection_pca.png, per_class.png; curves: tensorboard --logdir "
+          f"{os.path.join(workdir, events.DIR)}", flush=True)
   return {"rounds": rows}
 
 

@@ -103,6 +103,25 @@ def test_smoke_run_outputs_budgets_and_costs(reference_run):
   assert "| 1 | 40.0 |" in summary  # round 1 reaches the schedule's 40% of videos
 
 
+def test_a_run_writes_its_losses_and_round_metrics_for_tensorboard(reference_run):
+  from claus_jax import events
+  from claus_jax import reporting
+  from tests.test_events import tensorboard_scalars
+
+  board = os.path.join(reference_run, events.DIR)
+  rows = reporting.collect(reference_run)
+  got = tensorboard_scalars(os.path.join(board, "rounds"))
+  for row in rows:
+    for key in ("accuracy", "capsule/f-mAP@0.5", "capsule/v-mAP@0.5"):
+      assert (row["round"], pytest.approx(row[key], rel=1e-6)) in got[events.tag(f"test/{key}")]
+  assert [s for s, _ in got["pool/cost"]] == [r["round"] for r in rows]
+  for r in range(len(rows)):
+    with open(os.path.join(reference_run, f"round_{r:03d}", "train.json")) as f:
+      history = json.load(f)["history"]
+    curve = tensorboard_scalars(os.path.join(board, f"round_{r:03d}"))["train/total"]
+    assert curve == [(h["step"], pytest.approx(h["total"], rel=1e-6)) for h in history]
+
+
 # ------------------------------------------------------------------------- the stage helper
 
 
@@ -335,7 +354,7 @@ def _answer_from_ground_truth(round_dir, dataset):
     frames = {}
     for f in req["frames"]:
       if record.has_gt[f]:
-        name = f"masks/{req['video_id']}_{f}.png"
+        name = f"masks/{req['video_id'].replace('/', '_')}_{f}.png"
         Image.fromarray(record.masks[f] * 255).save(os.path.join(round_dir, name))
         frames[str(f)] = {"mask": name}
       else:
@@ -359,6 +378,22 @@ def test_files_oracle_round_trip_matches_the_simulated_oracle(reference_run, tmp
   assert os.path.exists(os.path.join(workdir, "round_000", "requests.csv"))
   _answer_from_ground_truth(os.path.join(workdir, "round_000"), dataset)
   assert experiment.run(config, workdir) == {"awaiting_answers": True}  # round 1's requests
+  assert not os.path.exists(os.path.join(workdir, "round_000", "predictions.json"))  # No model yet.
+  # Round 0's model answers round 1's requests too, for annotators to correct.
+  with open(os.path.join(workdir, "round_001", "requests.json")) as f:
+    requests = json.load(f)
+  with open(os.path.join(workdir, "round_001", "predictions.json")) as f:
+    predictions = json.load(f)
+  assert predictions["round"] == 0
+  size = config.data.frame_size
+  for req in requests["videos"]:
+    pred = predictions["videos"][req["video_id"]]
+    assert pred["label"] in dataset.class_names
+    assert sorted(map(int, pred["frames"])) == sorted(req["frames"])
+    for entry in pred["frames"].values():
+      if "box" in entry:
+        x1, y1, x2, y2 = entry["box"]
+        assert 0 <= x1 <= x2 < size and 0 <= y1 <= y2 < size and 0.5 <= entry["foreground"] <= 1
   _answer_from_ground_truth(os.path.join(workdir, "round_001"), dataset)
   experiment.run(config, workdir)
   # Exact ground-truth answers must give exactly the simulated run's labels and metrics.

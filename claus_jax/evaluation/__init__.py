@@ -19,7 +19,8 @@ from claus_jax.data.record import VideoRecord
 from claus_jax.evaluation.evaluator import Evaluator
 from claus_jax.evaluation.inference import PredictFn, make_predict_fn, predict_video
 
-__all__ = ["Evaluator", "evaluate", "gather_evaluators", "make_predict_fn", "predict_video"]
+__all__ = ["Evaluator", "evaluate", "gather_evaluators", "make_predict_fn", "predict_record",
+           "predict_video"]
 
 _SKIP = {"skip2": 2, "dense": 1}
 
@@ -42,6 +43,14 @@ def gather_evaluators(evaluator: Evaluator) -> list[Evaluator]:
   blobs = parallel.allgather_rows(blob)
   ends = np.cumsum(sizes)
   return [pickle.loads(blobs[end - size:end].tobytes()) for size, end in zip(sizes, ends)]
+
+
+def predict_record(predict_fn: PredictFn, record: VideoRecord, eval_config):
+  """``(mask_probs (T, H, W), class_probs (C,))`` of one video, tiled as the evaluation tiles it."""
+  tiling_name = getattr(eval_config, "tiling", "skip2")
+  if tiling_name not in _SKIP:
+    raise ValueError(f"config.eval.tiling: {tiling_name!r}; use one of {tiling.TILINGS}.")
+  return predict_video(predict_fn, record, eval_config.batch_size, _SKIP[tiling_name])
 
 
 def evaluate(predict_fn: PredictFn, records: Sequence[VideoRecord], num_classes: int,
@@ -68,16 +77,12 @@ def evaluate(predict_fn: PredictFn, records: Sequence[VideoRecord], num_classes:
   """
   from claus_jax import parallel  # pylint: disable=g-import-not-at-top
 
-  tiling_name = getattr(eval_config, "tiling", "skip2")
-  if tiling_name not in _SKIP:
-    raise ValueError(f"config.eval.tiling: {tiling_name!r}; use one of {tiling.TILINGS}.")
   evaluator = Evaluator(num_classes, class_names, eval_config)
   share = parallel.process_slice(len(records))
   for i in tqdm.tqdm(range(share.start, share.stop), desc="evaluate", unit="video",
                      disable=not progress):
     record = records[i]
-    mask_probs, class_probs = predict_video(predict_fn, record, eval_config.batch_size,
-                                            _SKIP[tiling_name])
+    mask_probs, class_probs = predict_record(predict_fn, record, eval_config)
     evaluator.add(record, mask_probs, class_probs)
   result = functools.reduce(Evaluator.merge, gather_evaluators(evaluator)).result()
   return result, reporting.to_markdown(result)
