@@ -59,8 +59,8 @@ def run(command: str, config, workdir: str, round_index: int = -1, tool: str = "
   if command == "export":
     if tool != "label_studio":
       raise AnnotationError(f"--tool={tool}: export writes Label Studio projects; CVAT is import "
-                            "only (create the CVAT tasks from the frame files listed in "
-                            "requests.json).")
+                            "only (make one CVAT task per video of requests.json from its "
+                            "original frames, named after the video).")
     out = out or os.path.join(rd, "label_studio")
     sources = geometry.source_videos(config, _requested_records(config, requests),
                                      os.path.join(out, "frames"))
