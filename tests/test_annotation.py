@@ -111,7 +111,8 @@ def test_label_studio_round_trip_gives_the_ground_truth(tmp_path):
   # The model's boxes as pre-annotations: prepared coordinates, shown in the original's percent.
   oracle_lib.write_predictions(rd, {videos[0].video_id: {
       "label": "Biking", "score": 0.6, "frames": {"4": {"box": [10, 20, 29, 29]}, "0": {}}}}, 0)
-  made = label_studio.export(rd, str(tmp_path / "ls"), sources, CLASSES, str(tmp_path / "root"))
+  made = label_studio.export(rd, str(tmp_path / "ls"), requests, sources, CLASSES,
+                             str(tmp_path / "root"))
   assert made == {"tasks": 2, "predictions": True}
   tasks = json.loads((tmp_path / "ls" / "tasks.json").read_text())
   assert tasks[0]["data"]["frames"][1] == (

@@ -65,12 +65,12 @@ def run(command: str, config, workdir: str, round_index: int = -1, tool: str = "
     sources = geometry.source_videos(config, _requested_records(config, requests),
                                      os.path.join(out, "frames"))
     root = document_root or (out if config.dataset == "synthetic" else config.data.root)
-    made = label_studio.export(rd, out, sources, class_names, root)
+    made = label_studio.export(rd, out, requests, sources, class_names, root)
     return {"round": r, "out": out, "document_root": os.path.abspath(root), **made}
   if not files:
     raise AnnotationError("import: pass the tool's export with --file.")
   sources = geometry.source_videos(config, _requested_records(config, requests),
-                                   os.path.join(rd, "label_studio", "frames"))
+                                   os.path.join(rd, "label_studio", "frames"), write_frames=False)
   if tool == "label_studio":
     if len(files) != 1:
       raise AnnotationError("import --tool=label_studio: pass the one JSON export of the project "

@@ -8,9 +8,8 @@ What is read (the format's documentation, "CVAT for video 1.1"):
     video's frame ``start_frame + i * K``.
   * ``track`` elements (label = the action's class name; every track of a video must agree) with
     ``box`` (``xtl ytl xbr ybr``) and ``polygon`` (``points="x,y;x,y;..."``) shapes per frame,
-    ``outside="1"`` where the actor has left, ``keyframe`` where a person drew it. A requested frame
-    between two box keyframes that the export does not list gets the linear interpolation CVAT
-    shows; a frame after an ``outside`` shape has no actor. Plain shapes outside tracks (annotation
+    ``outside="1"`` where the actor has left. A requested frame between two box shapes (keyframes)
+    that the export does not list gets the linear interpolation CVAT shows; a frame after an ``outside`` shape has no actor. Plain shapes outside tracks (annotation
     mode) are read too.
   * Coordinates are continuous pixels of the original frame (pixel ``i`` spans ``[i, i + 1)``): a
     box covers the pixels whose centres it holds, ``x1 = ceil(xtl - 0.5)`` ... ``x2 = floor(xbr -
@@ -65,14 +64,14 @@ def _polygon_points(el) -> list[tuple[float, float]]:
 class _Track:
   """One CVAT track's shapes, by the video's frame index."""
 
-  def __init__(self, label: str, shapes: dict[int, tuple[str, object, bool, bool]]):
+  def __init__(self, label: str, shapes: dict[int, tuple[str, object, bool]]):
     self.label = label
-    self.shapes = shapes  # frame -> (kind, geometry, outside, keyframe)
+    self.shapes = shapes  # frame -> (kind, geometry, outside)
 
   def at(self, frame: int):
-    """The track's shape at ``frame``: ``(kind, geometry)``, None (no actor), or an error text."""
+    """The track's shape at ``frame``: ``(kind, geometry)``, or None (no actor there)."""
     if frame in self.shapes:
-      kind, geom, outside, _ = self.shapes[frame]
+      kind, geom, outside = self.shapes[frame]
       return None if outside else (kind, geom)
     before = [f for f in self.shapes if f < frame]
     after = [f for f in self.shapes if f > frame]
@@ -82,7 +81,7 @@ class _Track:
     if prev[2]:
       return None  # The actor left (outside) and has not come back.
     if not after:
-      return None if prev[2] else (prev[0], prev[1])  # CVAT keeps the last shape to the end.
+      return prev[0], prev[1]  # CVAT keeps the last shape to the end.
     nxt = self.shapes[min(after)]
     if prev[0] == nxt[0] == "box" and not nxt[2]:
       a, b = max(before), min(after)
@@ -141,7 +140,6 @@ def parse(xml_text: str, where: str) -> dict:
       try:
         frame = start + _int(el, "frame") * step
         outside = bool(_int(el, "outside", 0))
-        keyframe = bool(_int(el, "keyframe", 1))
         geom = _box_pixels(el) if el.tag == "box" else _polygon_points(el)
       except (TypeError, ValueError) as e:
         problems.append(f"{name}: <{el.tag} frame={el.get('frame')!r}>: {e}")
@@ -149,7 +147,7 @@ def parse(xml_text: str, where: str) -> dict:
       if frame in by_frame:
         problems.append(f"{name}: two shapes on frame {frame}; one track holds one shape a frame")
         continue
-      by_frame[frame] = (el.tag, geom, outside, keyframe)
+      by_frame[frame] = (el.tag, geom, outside)
     tracks.append(_Track(label, by_frame))
   if problems:
     raise AnnotationError(f"{where}:\n  " + "\n  ".join(problems))

@@ -36,10 +36,6 @@ class SourceVideo:
   size: int
   frame_files: tuple[str, ...]
 
-  @property
-  def num_frames(self) -> int:
-    return len(self.frame_files)
-
   def to_original(self, box) -> np.ndarray:
     return to_original_box(box, self.size, self.height, self.width)
 
@@ -87,7 +83,8 @@ def _frame_folder(config, video_id: str) -> tuple[str, str]:
   return os.path.join(root, ucf24.FRAMES_DIR, video_id), "jpg"
 
 
-def source_videos(config, records: dict, frames_dir: str) -> dict[str, SourceVideo]:
+def source_videos(config, records: dict, frames_dir: str,
+                  write_frames: bool = True) -> dict[str, SourceVideo]:
   """The original frames of each requested video.
 
   Args:
@@ -95,6 +92,7 @@ def source_videos(config, records: dict, frames_dir: str) -> dict[str, SourceVid
     records: ``{video_id: VideoRecord}`` of the requested videos (their prepared frames).
     frames_dir: where the synthetic benchmark's frames are written as PNG files: its prepared
       frames *are* its original frames (``frames_dir/<video_id>/00001.png``, ...).
+    write_frames: write those PNG files (export); an import needs only the geometry.
 
   Raises:
     AnnotationError naming a frame folder that is missing or does not match the prepared video.
@@ -104,11 +102,11 @@ def source_videos(config, records: dict, frames_dir: str) -> dict[str, SourceVid
   for vid, record in records.items():
     if config.dataset == "synthetic":
       folder = os.path.join(frames_dir, vid)
-      os.makedirs(folder, exist_ok=True)
       files = []
       for t, frame in enumerate(record.frames):
         path = os.path.join(folder, f"{t + 1:05d}.png")
-        if not os.path.exists(path):
+        if write_frames and not os.path.exists(path):
+          os.makedirs(folder, exist_ok=True)
           Image.fromarray(frame).save(path)
         files.append(os.path.abspath(path))
       out[vid] = SourceVideo(vid, size, size, size, tuple(files))

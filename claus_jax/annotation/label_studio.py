@@ -130,10 +130,10 @@ def tasks(requests: dict, sources: dict[str, SourceVideo], document_root: str,
   return out
 
 
-def export(round_dir: str, out_dir: str, sources: dict[str, SourceVideo], class_names,
-           document_root: str) -> dict:
-  """Writes label_config.xml, tasks.json and README.txt for round ``round_dir``'s requests."""
-  requests = pool_lib.read_json(os.path.join(round_dir, "requests.json"), require=("videos",))
+def export(round_dir: str, out_dir: str, requests: dict, sources: dict[str, SourceVideo],
+           class_names, document_root: str) -> dict:
+  """Writes label_config.xml, tasks.json and README.txt for ``requests`` (round_dir's
+  requests.json), with the model's predictions.json of that round if there is one."""
   pred_path = os.path.join(round_dir, "predictions.json")
   predictions = (pool_lib.read_json(pred_path, require=("videos",))["videos"]
                  if os.path.exists(pred_path) else None)
