@@ -7,7 +7,7 @@ Every program (``main``, ``score``, ``prepare``, ``pretrain``) runs as
   its config (``NameError``, ``ValueError`` ...) is one line naming the file and the error;
 * a ``--config.x.y=value`` override on no field names the full field (``config.train.stepz``) and
   the suggestion, if any;
-* an error a user can act on (``experiment.user_error_message``: a bad value, a workdir of another
+* an error a user can act on (``errors.user_error_message``: a bad value, a workdir of another
   config, an unwritable folder, a damaged checkpoint ...) is one line;
 * each exits with ``EXIT_ERROR`` (2); a bug keeps its traceback (exit 1).
 
@@ -22,6 +22,8 @@ import sys
 from typing import Callable, Sequence
 
 from absl import flags
+
+from claus_jax import errors
 
 EXIT_ERROR = 2  # A user error (bad config, bad input, a workdir of another config ...).
 DEBUG_ENV = "CLAUS_DEBUG"
@@ -110,7 +112,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
-  """``main`` with every user error (``experiment.user_error_message``) as one line, exit 2."""
+  """``main`` with every user error (``errors.user_error_message``) as one line, exit 2."""
 
   @functools.wraps(main)
   def run(argv):
@@ -119,9 +121,7 @@ def guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
     except Exception as e:  # pylint: disable=broad-except  (re-raised unless a user can act on it)
       if debug():
         raise
-      from claus_jax import experiment  # Heavy: imported only when something failed.
-
-      message = experiment.user_error_message(e)
+      message = errors.user_error_message(e)
       if message is None:
         raise
       fail(message)

@@ -11,6 +11,12 @@ import os
 
 import ml_collections
 
+from claus_jax import clustering, losses, models, oracle, tiling, train, uncertainty
+from claus_jax.data import clips, official, pseudo_labels, synthetic
+from claus_jax.errors import ConfigError  # noqa: F401  (the schema's error; raised by every check)
+from claus_jax.evaluation import evaluator
+from claus_jax.selection import budget, frames, strategies
+
 # Paper schedules (Table 1): cumulative percent of annotated frames (A%) and of labelled videos (V%).
 UCF101_24_SCHEDULE = ((0.25, 5), (0.5, 10), (0.75, 15), (1.0, 20), (1.25, 25), (1.5, 30),
                       (2.0, 40), (2.5, 50), (5.0, 80))
@@ -18,10 +24,6 @@ JHMDB_SCHEDULE = ((0.15, 5), (0.30, 10), (0.45, 15), (0.60, 20), (0.75, 25), (0.
                   (1.20, 40), (1.50, 50), (5.40, 80))
 
 DATASETS = ("synthetic", "jhmdb", "ucf101_24")  # config.dataset (claus_jax.data.get_dataset).
-
-
-class ConfigError(ValueError):
-  """A config value that cannot work; the message names the field and what to do."""
 
 
 def _cd(**fields) -> ml_collections.ConfigDict:
@@ -312,44 +314,13 @@ def _fail(field: str, message: str):
   raise ConfigError(f"config.{field}: {message}")
 
 
-def geometry(frame_size: int, clip_length: int = 8) -> dict:
-  """Spatial sizes through the detector for a square input of ``frame_size`` pixels.
-
-  The encoder reduces by 8 (1a: /2, 2a pool: /2, 3a pool: /2); the primary capsules use a VALID
-  kernel, chosen so the grid is 20 at 224 (kernel 9), and scaled for smaller inputs.
-  """
-  if frame_size % 16 != 0:
-    raise ConfigError(f"config.data.frame_size={frame_size}: must be a multiple of 16 (the encoder "
-                      "downsamples by 8 and the decoder upsamples by 2 three times); try 64, 112 or 224.")
-  feat = frame_size // 8
-  kernel = max(1, round(9 * feat / 28)) if feat >= 4 else 1
-  grid = feat - kernel + 1
-  return {"feature": feat, "primary_kernel": kernel, "grid": grid,
-          "encoder_frames": max(1, clip_length // 8)}
-
-
 def choices() -> dict[str, tuple[str, ...]]:
-  """The allowed values of every enumerated field, each the constant of the module that reads it.
-
-  The modules are imported here rather than at the top because they import this one (ConfigError,
-  geometry).
-  """
-  # pylint: disable=g-import-not-at-top
-  from claus_jax import clustering, losses, models, oracle, tiling, train, uncertainty
-  from claus_jax.data import clips, official, pseudo_labels, synthetic
-  from claus_jax.evaluation import evaluator
-  from claus_jax.models import detector, i3d
-  from claus_jax.selection import frames, strategies
+  """The allowed values of every enumerated field, each the constant of the module that reads it."""
   return {
       "dataset": DATASETS,
       "data.on_bad_video": official.ON_BAD_VIDEO,
       "data.synthetic.mode": synthetic.MODES,
-      "model.strides": models.DETECTOR_STRIDES,
-      "model.dtype": tuple(models.DTYPES),
-      "model.conv_impl": i3d.CONV_IMPLS,
-      "model.routing_sign": detector.ROUTING_SIGNS,
-      "model.routing": detector.ROUTINGS,
-      "model.init": detector.INITS,
+      **{f"model.{k}": allowed for k, allowed in models.choices().items()},
       "train.sampling": clips.SAMPLINGS,
       "train.lr_schedule": train.LR_SCHEDULES,
       "loss.variant": losses.VARIANTS,
@@ -479,8 +450,7 @@ RANGES = {
 
 # What to do, added to a field's choice or range error.
 _HINTS = {
-    "model.strides": "The detector needs 'claus' (Mixed_4f must keep one frame for the 2-D "
-                     "capsules); 'standard' is only for InceptionI3d used on its own.",
+    **{f"model.{k}": hint for k, hint in models.CHOICE_HINTS.items()},
     "model.width": "1.0 is the paper's width.",
     "model.routing_cost_scale": "0 standardises the costs over the classes.",
     "train.bn_recalibration_batches": "0 keeps the running statistics.",
@@ -597,7 +567,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       _fail("data.root", f"{root!r} is not a directory; download {config.dataset} and point "
             "--config.data.root at it (see README).")
   fs = config.data.frame_size
-  geo = geometry(fs, config.model.clip_length)
+  geo = models.geometry(fs, config.model.clip_length)
   if config.model.primary_kernel and config.model.primary_kernel > geo["feature"]:
     _fail("model.primary_kernel", f"{config.model.primary_kernel} is larger than the {geo['feature']}x"
           f"{geo['feature']} feature map at frame_size {fs}; use 0 (derived) or at most {geo['feature']}.")
@@ -656,23 +626,15 @@ def validate_against_data(config: ml_collections.ConfigDict, num_train_videos: i
   if config.model.num_classes != num_classes:
     _fail("model.num_classes", f"{config.model.num_classes} but the dataset has {num_classes} "
           f"classes; set --config.model.num_classes={num_classes}.")
-  n_init = initial_video_count(config, num_train_videos)
+  n_init = budget.initial_video_count(config, num_train_videos)
   if config.cluster.k > n_init:
     _fail("cluster.k", f"K={config.cluster.k} is larger than the {n_init} videos labelled in round 0 "
           f"(budget.initial_videos_pct={config.budget.initial_videos_pct} of {num_train_videos}); "
           "lower K or raise initial_videos_pct.")
-  n_frames_init = initial_frame_count(config, num_train_frames)
+  n_frames_init = budget.initial_frame_count(config, num_train_frames)
   if n_frames_init < n_init:
     _fail("budget.initial_frames_pct", f"{config.budget.initial_frames_pct}% of {num_train_frames} "
           f"frames is {n_frames_init} frames, fewer than one per initial video ({n_init}); raise it.")
-
-
-def initial_video_count(config, num_train_videos: int) -> int:
-  return max(1, int(round(config.budget.initial_videos_pct / 100.0 * num_train_videos)))
-
-
-def initial_frame_count(config, num_train_frames: int) -> int:
-  return int(round(config.budget.initial_frames_pct / 100.0 * num_train_frames))
 
 
 def to_dict(config: ml_collections.ConfigDict) -> dict:

@@ -49,6 +49,7 @@ from tqdm import auto as tqdm
 from claus_jax import cli
 from claus_jax import clustering
 from claus_jax import configlib
+from claus_jax import errors
 from claus_jax import events
 from claus_jax import oracle as oracle_lib
 from claus_jax import parallel
@@ -74,38 +75,8 @@ EXIT_ERROR = cli.EXIT_ERROR
 EXIT_AWAITING_ANSWERS = 3
 
 
-class WorkdirMismatchError(ValueError):
+class WorkdirMismatchError(errors.UserError, ValueError):
   """The workdir was made by a different config."""
-
-
-def user_error_message(error: BaseException) -> str | None:
-  """The one-line message for an error a user can act on; None for a bug (keep the traceback)."""
-  from claus_jax import models
-  from claus_jax import train
-  from claus_jax.data import official
-
-  if isinstance(error, (configlib.ConfigError, WorkdirMismatchError, runlock.WorkdirBusyError,
-                        pool_lib.PoolError, pool_lib.StateFileError, pool_lib.DiskFullError,
-                        oracle_lib.AnswersError, train.CheckpointError, train.NonFiniteLossError,
-                        official.DatasetError, models.EncoderInitError,
-                        provenance.InputsChangedError)):
-    return str(error)
-  chain = list(pool_lib.error_chain(error))  # However deep a library wrapped it.
-  if pool_lib.is_disk_full(error):
-    named = next((e.filename for e in chain if getattr(e, "filename", None)), "the workdir")
-    return str(pool_lib.DiskFullError(named))
-  denied = next((e for e in chain if isinstance(e, PermissionError)), None)
-  if denied is not None:
-    where = denied.filename or "a file"
-    return (f"{where}: permission denied. Choose a folder this user can write (--workdir, "
-            "config.data.tfds_dir, config.pretrain.cache_dir) or fix its permissions, and re-run "
-            "the same command.")
-  if isinstance(error, (FileExistsError, NotADirectoryError)):
-    if error.filename:
-      return (f"{error.filename} is a file where a folder is needed; move or delete it and re-run "
-              "the same command.")
-    return str(error)
-  return None
 
 
 def check_or_write_config(config: ml_collections.ConfigDict, workdir: str,
@@ -130,6 +101,36 @@ def check_or_write_config(config: ml_collections.ConfigDict, workdir: str,
     return
   if write:
     pool_lib.atomic_write_json(path, current)
+
+
+RUN_FILE = "run.json"  # Beside config.json: where the run computes (record_environment).
+
+
+def record_environment(config: ml_collections.ConfigDict, workdir: str, mesh) -> dict:
+  """Logs where this invocation computes and writes it into ``workdir/run.json`` (process 0).
+
+  run.json holds this invocation's JAX version, backend, device kind and counts, processes, mesh
+  and compute dtype; the different environments of earlier invocations (a run resumed on another
+  machine) stay listed under ``earlier``, oldest first. A resume on the same machine leaves it as
+  it was.
+  """
+  env = {**parallel.describe(mesh), "compute_dtype": str(config.model.dtype),
+         "data_parallel_training": bool(config.train.data_parallel)}
+  say(f"running on {env['backend']}: {env['devices']} x {env['device_kind']} in "
+      f"{env['processes']} process(es), mesh {env['mesh']}, compute dtype {env['compute_dtype']}, "
+      f"JAX {env['jax']}")
+  if not parallel.is_primary():
+    return env
+  path = os.path.join(workdir, RUN_FILE)
+  earlier = []
+  if os.path.exists(path):
+    saved = pool_lib.read_json(path, require=("backend", "earlier"))
+    earlier = list(saved.pop("earlier"))
+    if saved == env:
+      return env
+    earlier.append(saved)
+  pool_lib.atomic_write_json(path, {**env, "earlier": earlier})
+  return env
 
 
 def make_folder(path: str, what: str) -> None:
@@ -228,7 +229,7 @@ class Experiment:
   """One active-learning run; :meth:`run` executes (or resumes) every round."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, dataset,
-               encoder_init: str = ""):
+               encoder_init: str = "", mesh=None):
     from claus_jax import models
 
     self.config = config
@@ -239,7 +240,7 @@ class Experiment:
     self.num_frames = dict(zip(self.index.video_ids, self.index.num_frames.tolist()))
     self.position = {v: i for i, v in enumerate(self.index.video_ids)}
     self.model = models.build_model(config)
-    self.mesh = parallel.make_mesh()
+    self.mesh = parallel.make_mesh() if mesh is None else mesh
     self.multi = jax.process_count() > 1
     if self.multi and not config.train.data_parallel:
       raise ValueError(f"config.train.data_parallel: this run has {jax.process_count()} processes; "
@@ -392,8 +393,8 @@ class Experiment:
     cfg = self.config
     pool = pool_lib.initial_pool(
         self.index.video_ids, self.index.num_frames,
-        configlib.initial_video_count(cfg, len(self.index)),
-        configlib.initial_frame_count(cfg, int(self.index.num_frames.sum())),
+        selection_lib.initial_video_count(cfg, len(self.index)),
+        selection_lib.initial_frame_count(cfg, int(self.index.num_frames.sum())),
         seed=cfg.seed, cost_video=cfg.budget.cost_video, cost_frame=cfg.budget.cost_frame)
     picks = [selection_lib.Pick(video_id=v, frames=pool.labelled_frames(v).tolist(),
                                 video_score=float("nan"), cluster=-1, new_video=True)
@@ -723,8 +724,10 @@ def _run_locked(config: ml_collections.ConfigDict, workdir: str, primary: bool,
   if recompute_from is not None:
     on_primary("recompute", lambda: provenance.recompute_from(workdir, recompute_from, round_dir,
                                                                       log=say))
+  mesh = parallel.make_mesh()
+  record_environment(config, workdir, mesh)
   try:
-    return Experiment(config, workdir, dataset, encoder_init).run()
+    return Experiment(config, workdir, dataset, encoder_init, mesh).run()
   except oracle_lib.AwaitingAnswers:
     return {"awaiting_answers": True}
 

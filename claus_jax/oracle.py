@@ -39,13 +39,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from claus_jax import errors
 from claus_jax import pool as pool_lib
 from claus_jax.data.record import VideoRecord
 
 KINDS = ("simulated", "files")  # config.oracle.kind (see the module docstring).
 
 
-class AnswersError(ValueError):
+class AnswersError(errors.UserError, ValueError):
   """answers.json does not answer the requests; the message lists every problem."""
 
 

@@ -56,6 +56,15 @@ def make_mesh(devices=None) -> Mesh:
   return Mesh(devices.reshape(-1), (DATA_AXIS,))
 
 
+def describe(mesh: Mesh) -> dict:
+  """Where a run computes: JAX's version, the backend, the device kind and counts, the processes
+  and ``mesh``'s axes (JSON-able; the same on every process)."""
+  return {"jax": jax.__version__, "backend": jax.default_backend(),
+          "device_kind": jax.devices()[0].device_kind, "devices": jax.device_count(),
+          "local_devices": jax.local_device_count(), "processes": jax.process_count(),
+          "mesh": {str(name): int(size) for name, size in mesh.shape.items()}}
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 

@@ -16,10 +16,12 @@ import hashlib
 import json
 import os
 import secrets
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import BinaryIO
 
 import numpy as np
+
+from claus_jax import errors
 
 FORMAT_VERSION = 1
 
@@ -40,11 +42,11 @@ def _json_value(value):
   raise TypeError(f"not JSON-able: {value!r}")
 
 
-class PoolError(ValueError):
+class PoolError(errors.UserError, ValueError):
   """A pool-state file or update that does not fit the dataset; the message names the entry."""
 
 
-class StateFileError(ValueError):
+class StateFileError(errors.UserError, ValueError):
   """A run's state file (JSON or npz) cannot be read; the message names it and what to do."""
 
 
@@ -56,6 +58,8 @@ STATE_FILE_FIXES = {
     "pool.json": "delete it and re-run the same command to rebuild it (round 0: the seeded initial "
                  "set; round K: round K-1's pool and selection).",
     "eval.json": "delete it and re-run the same command to evaluate that round again.",
+    "run.json": "delete it and re-run the same command (it is written again; only the record of "
+                "earlier machines is lost).",
     "train.json": "delete it and re-run the same command to write it again from the round's final "
                   "checkpoint (no retraining).",
     "train_history.json": "delete it and re-run the same command (the round's loss curve then "
@@ -93,39 +97,6 @@ def read_json(path: str, require: Sequence[str] = (), fix: str | None = None):
   return data
 
 
-class DiskFullError(OSError):
-  """A write failed because the disk is full (ENOSPC); the message names the path."""
-
-  def __init__(self, path: str):
-    super().__init__(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(path))
-
-  def __str__(self):
-    return (f"{self.filename}: no space left on device (ENOSPC); free space on that disk and re-run "
-            "the same command (finished stages and checkpoints are kept).")
-
-
-def error_chain(error: BaseException | None) -> Iterator[BaseException]:
-  """``error``, then each error it was raised from or while handling, down to the first one (the
-  storage layer's own, under orbax's and tensorstore's wraps)."""
-  for _ in range(64):  # A bound: a chain is never this deep, and a cyclic one must not hang.
-    if error is None:
-      return
-    yield error
-    error = error.__cause__ or error.__context__
-
-
-def root_cause(error: BaseException) -> str:
-  """``'Type: first line'`` of the deepest error in ``error``'s chain (200 characters at most)."""
-  root = list(error_chain(error))[-1]
-  return f"{type(root).__name__}: {(str(root).strip().splitlines() or [''])[0][:200]}"
-
-
-def is_disk_full(error: BaseException) -> bool:
-  """Whether ``error`` or an error it comes from is ENOSPC (also as tensorstore words it)."""
-  return any((isinstance(seen, OSError) and seen.errno == errno.ENOSPC)
-             or "No space left on device" in str(seen) for seen in error_chain(error))
-
-
 def atomic_write(path: str, write: Callable[[BinaryIO], object]) -> None:
   """Writes ``path`` with ``write(f)`` so readers see either the old or the new file, never a torn one.
 
@@ -149,7 +120,7 @@ def atomic_write(path: str, write: Callable[[BinaryIO], object]) -> None:
     if os.path.exists(tmp):
       os.unlink(tmp)
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-      raise DiskFullError(path) from None
+      raise errors.DiskFullError(path) from None
     raise
 
 

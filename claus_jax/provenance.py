@@ -28,6 +28,7 @@ import time
 
 from flax import traverse_util
 
+from claus_jax import errors
 from claus_jax import pool as pool_lib
 
 INPUTS_FILE = "inputs.json"
@@ -38,7 +39,7 @@ _ROUND = re.compile(r"^round_(\d+)$")
 ABSENT = "<absent>"  # How a field one config lacks is shown.
 
 
-class InputsChangedError(ValueError):
+class InputsChangedError(errors.UserError, ValueError):
   """A round's recorded inputs differ from this run's."""
 
 

@@ -22,10 +22,12 @@ from typing import Iterator
 
 from absl import logging
 
+from claus_jax import errors
+
 LOCK_FILE = "run.lock"
 
 
-class WorkdirBusyError(RuntimeError):
+class WorkdirBusyError(errors.UserError, RuntimeError):
   """Another live run holds the workdir's lock."""
 
 

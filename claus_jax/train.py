@@ -27,6 +27,7 @@ import orbax.checkpoint as ocp
 from flax.training import train_state
 
 from claus_jax import clustering
+from claus_jax import errors
 from claus_jax import losses
 from claus_jax import models
 from claus_jax import parallel
@@ -48,11 +49,11 @@ class TrainState(train_state.TrainState):
   cluster_active: jax.Array  # () bool: centres initialised, cluster loss on
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(errors.UserError, FloatingPointError):
   """The loss became NaN or inf; the message names the step and the loss part."""
 
 
-class CheckpointError(FileNotFoundError):
+class CheckpointError(errors.UserError, FileNotFoundError):
   """No usable checkpoint; the message names the folder and what to do."""
 
 
@@ -222,8 +223,8 @@ def _full_disk_named(folder: str):
   try:
     yield
   except Exception as e:  # pylint: disable=broad-except  (only a full disk is reworded)
-    if pool_lib.is_disk_full(e):
-      raise pool_lib.DiskFullError(os.path.abspath(folder)) from None
+    if errors.is_disk_full(e):
+      raise errors.DiskFullError(os.path.abspath(folder)) from None
     raise
 
 
@@ -241,7 +242,7 @@ def restore_latest(directory: str, abstract_state: TrainState, config) -> TrainS
     except Exception as e:  # pylint: disable=broad-except  (orbax and tensorstore raise many kinds)
       drop_closed_event_loop_reports()
       raise DamagedCheckpointError(
-          os.path.join(os.path.abspath(directory), str(step)), pool_lib.root_cause(e),
+          os.path.join(os.path.abspath(directory), str(step)), errors.root_cause(e),
           "Delete that folder and re-run the same command: training resumes from the round's "
           "previous checkpoint, or starts the round again.") from e
 
@@ -408,8 +409,7 @@ def cluster_start_step(config, total_steps: int | None = None) -> int:
   total = int(config.train.steps if total_steps is None else total_steps)
   start = int(config.cluster.get("start_step", -1))
   if start >= total > 0:  # train.epochs > 0: the round's steps are known only now.
-    from claus_jax import configlib  # pylint: disable=g-import-not-at-top  (configlib lists us)
-    raise configlib.ConfigError(
+    raise errors.ConfigError(
         f"config.cluster.start_step: {start} is not below this round's {total} steps "
         "(train.epochs), so k-means would never run and the clustering (loss and CLAUS's cluster "
         "quotas) would be silently off; use a smaller step, -1 (half-way) or 0.")

@@ -1,7 +1,7 @@
 """CLAUS on J-HMDB-21 with the paper's settings (Table 1 J-HMDB schedule, R=10, K=5, 224x224).
 
 Run (GPU):
-  python -m claus_jax.data.prepare --config=configs/jhmdb.py --config.data.root=/data/jhmdb
+  python -m claus_jax.prepare --config=configs/jhmdb.py --config.data.root=/data/jhmdb
   python -m claus_jax.main --config=configs/jhmdb.py --config.data.root=/data/jhmdb \
       --config.model.encoder_init=~/claus/i3d_charades
 Variants: '' (paper), 'tiny' (small frames and model, for fixtures and CPU checks), 'authors' (the

@@ -1,7 +1,7 @@
 """CLAUS on UCF-101-24 with the paper's settings (Table 1 UCF schedule, R=10, K=5, 224x224).
 
 Run (GPU):
-  python -m claus_jax.data.prepare --config=configs/ucf101_24.py --config.data.root=/data/ucf24
+  python -m claus_jax.prepare --config=configs/ucf101_24.py --config.data.root=/data/ucf24
   python -m claus_jax.main --config=configs/ucf101_24.py --config.data.root=/data/ucf24 \
       --config.model.encoder_init=~/claus/i3d_charades
 Variants: '' (paper), 'tiny' (small frames and model, for fixtures and CPU checks), 'authors' (the

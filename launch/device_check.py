@@ -58,7 +58,7 @@ def _parse(argv=None) -> argparse.Namespace:
 
 
 def _config(args, dtype: str):
-  from claus_jax import configlib
+  from claus_jax import configlib, models
   c = configlib.base_config()
   c.data.frame_size = args.frame_size
   c.model.num_classes = args.num_classes
@@ -67,7 +67,7 @@ def _config(args, dtype: str):
   c.model.dtype = dtype
   c.uncertainty.passes = args.passes
   c.uncertainty.pass_chunk = args.pass_chunk
-  configlib.geometry(args.frame_size)  # Fails early, naming the field, on a bad frame size.
+  models.geometry(args.frame_size)  # Fails early, naming the field, on a bad frame size.
   return c
 
 

@@ -58,7 +58,7 @@ EOF
 FLAGS=(--config="$CONFIG" --config.data.root="$DATA_ROOT" --config.data.split="$SPLIT"
        --config.model.dtype="$DTYPE")
 echo "== prepare J-HMDB-21 split $SPLIT (once; later runs only print the report)"
-"$PYTHON" -m claus_jax.data.prepare --config="$CONFIG" --config.data.root="$DATA_ROOT" \
+"$PYTHON" -m claus_jax.prepare --config="$CONFIG" --config.data.root="$DATA_ROOT" \
   --config.data.split="$SPLIT"
 echo "== CLAUS active learning in $WORKDIR"
 mkdir -p "$WORKDIR"

@@ -113,7 +113,7 @@ fi
 ENV="export CLAUS_TFDS_DIR=$(printf %q "$TFDS");"
 if [[ ${SKIP_PREPARE:-0} != 1 ]]; then
   echo "== prepare the dataset once (worker 0) into $TFDS"
-  on_workers 0 "$MOUNTS $ENV cd $REMOTE_DIR && python3 -m claus_jax.data.prepare \
+  on_workers 0 "$MOUNTS $ENV cd $REMOTE_DIR && python3 -m claus_jax.prepare \
 --config=$CONFIG --config.data.root=$(printf %q "$DATA")"
 fi
 

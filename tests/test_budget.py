@@ -63,7 +63,7 @@ def test_already_over_target_gives_zero():
 def test_rounding_and_caps():
   c = _config(initial_videos_pct=5.0, initial_frames_pct=1.0,
               schedule=((2.0, 15.0), (2.0, 25.0), (200.0 / 3, 100.0)))
-  # N = 10: round 0 is 0.5 videos -> at least 1 (configlib.initial_video_count).
+  # N = 10: round 0 is 0.5 videos -> at least 1 (selection.initial_video_count).
   assert B.round_targets(c, 0, 10, 100) == (1, 1)
   # 1.5 -> 2 and 2.5 -> 2: Python's round (half to even), the same rule as configlib.
   assert B.round_targets(c, 1, 10, 100)[0] == 2

@@ -6,6 +6,7 @@ import pytest
 
 from claus_jax import configlib
 from claus_jax import experiment
+from claus_jax import models
 from tests.config_files import load_config as load
 
 
@@ -103,10 +104,10 @@ def test_validation_against_data():
 
 
 def test_geometry_matches_paper_at_224():
-  g = configlib.geometry(224)
+  g = models.geometry(224)
   assert (g["feature"], g["primary_kernel"], g["grid"]) == (28, 9, 20)
   for size in (32, 64, 112):
-    g = configlib.geometry(size)
+    g = models.geometry(size)
     assert g["grid"] >= 1 and g["feature"] == size // 8
 
 

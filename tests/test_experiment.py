@@ -103,6 +103,35 @@ def test_smoke_run_outputs_budgets_and_costs(reference_run):
   assert "| 1 | 40.0 |" in summary  # round 1 reaches the schedule's 40% of videos
 
 
+def test_a_run_records_where_it_computes(reference_run, tmp_path):
+  import jax
+
+  from claus_jax import parallel
+
+  with open(os.path.join(reference_run, experiment.RUN_FILE)) as f:
+    env = json.load(f)
+  n = jax.device_count()
+  config = smoke_config()
+  assert env == {"jax": jax.__version__, "backend": "cpu", "device_kind": jax.devices()[0].device_kind,
+                 "devices": n, "local_devices": n, "processes": 1, "mesh": {"data": n},
+                 "compute_dtype": "float32",
+                 "data_parallel_training": bool(config.train.data_parallel), "earlier": []}
+  # Resumed elsewhere: the earlier machine stays listed; resumed again here, the file is unchanged.
+  workdir = str(tmp_path)
+  gpu = {**{k: v for k, v in env.items() if k != "earlier"}, "backend": "gpu", "devices": 8,
+         "mesh": {"data": 8}}
+  with open(os.path.join(workdir, experiment.RUN_FILE), "w") as f:
+    json.dump({**gpu, "earlier": []}, f)
+  mesh = parallel.make_mesh()
+  assert experiment.record_environment(config, workdir, mesh) == {
+      k: v for k, v in env.items() if k != "earlier"}
+  with open(os.path.join(workdir, experiment.RUN_FILE)) as f:
+    text = f.read()
+  assert json.loads(text) == {**env, "earlier": [gpu]}
+  experiment.record_environment(config, workdir, mesh)
+  assert _read(os.path.join(workdir, experiment.RUN_FILE)) == text
+
+
 def test_a_run_writes_its_losses_and_round_metrics_for_tensorboard(reference_run):
   from claus_jax import events
   from claus_jax import reporting

@@ -235,7 +235,7 @@ def test_prepare_cli_reports_counts_and_skips(root, tmp_path):
   videos = fx.jhmdb_videos()
   os.remove(os.path.join(root, "Rename_Images", videos[4].class_name, videos[4].name, "00002.png"))
   env = dict(os.environ, CLAUS_DATA_DIR=root, CLAUS_TFDS_DIR=str(tmp_path / "tfds"))
-  cmd = [sys.executable, "-m", "claus_jax.data.prepare", "--config=configs/jhmdb.py:tiny"]
+  cmd = [sys.executable, "-m", "claus_jax.prepare", "--config=configs/jhmdb.py:tiny"]
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   failed = subprocess.run(cmd, env=env, cwd=repo, capture_output=True, text=True, timeout=120)
   assert failed.returncode != 0 and "missing 00002.png" in failed.stderr

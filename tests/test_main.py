@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from claus_jax import errors
 from claus_jax import experiment
 from claus_jax import pool as pool_lib
 
@@ -64,17 +65,17 @@ def test_user_error_messages():
     except OSError as e:
       raise RuntimeError("Checkpoint save failed") from e
   except RuntimeError as wrapped:
-    assert experiment.user_error_message(wrapped) == (
+    assert errors.user_error_message(wrapped) == (
         "/runs/x/round_001/checkpoints/20: no space left on device (ENOSPC); free space on that "
         "disk and re-run the same command (finished stages and checkpoints are kept).")
-  assert experiment.user_error_message(ValueError("tensorstore: No space left on device")) == str(
-      pool_lib.DiskFullError("the workdir"))
+  assert errors.user_error_message(ValueError("tensorstore: No space left on device")) == str(
+      errors.DiskFullError("the workdir"))
   err = FileExistsError(errno.EEXIST, "File exists", "/runs/x/round_001")
-  assert experiment.user_error_message(err) == (
+  assert errors.user_error_message(err) == (
       "/runs/x/round_001 is a file where a folder is needed; move or delete it and re-run the "
       "same command.")
-  assert experiment.user_error_message(pool_lib.StateFileError("x is damaged")) == "x is damaged"
-  assert experiment.user_error_message(KeyError("a bug")) is None  # Keeps its traceback.
+  assert errors.user_error_message(pool_lib.StateFileError("x is damaged")) == "x is damaged"
+  assert errors.user_error_message(KeyError("a bug")) is None  # Keeps its traceback.
 
 
 @pytest.mark.parametrize("code", ["EXIT_ERROR", "EXIT_AWAITING_ANSWERS"])
@@ -87,7 +88,7 @@ def test_a_full_disk_while_checkpointing_names_the_folder(tmp_path):
   from claus_jax import train
 
   folder = str(tmp_path / "round_000" / "checkpoints")
-  with pytest.raises(pool_lib.DiskFullError) as e:
+  with pytest.raises(errors.DiskFullError) as e:
     with train._full_disk_named(folder):  # As tensorstore words it, under orbax's wrapper.
       try:
         raise ValueError('RESOURCE_EXHAUSTED: Error writing local file "x": Failed to write 8504 '

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from claus_jax import configlib
+from claus_jax import models
 from claus_jax.models import build_model, count_params, i3d, preprocess
 
 
@@ -70,7 +71,7 @@ def test_full_size_shapes_and_parameter_count():
 @pytest.mark.parametrize("frame_size,kernel,grid", [(224, 9, 20), (112, 4, 11), (64, 3, 6),
                                                     (32, 1, 4)])
 def test_smaller_inputs_decode_to_the_input_size(frame_size, kernel, grid):
-  geo = configlib.geometry(frame_size)
+  geo = models.geometry(frame_size)
   assert (geo["primary_kernel"], geo["grid"]) == (kernel, grid)
   model = build_model(_config(frame_size, width=0.25, num_classes=8, primary_caps=4))
   variables, video = _abstract_init(model, frame_size)

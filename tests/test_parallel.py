@@ -428,8 +428,8 @@ def _child_round(mode: str, out_dir: str, port: int = 0, process_id: int = 0) ->
   mesh = parallel.make_mesh()
   model = models.build_model(config)
   pool = pool_lib.initial_pool(
-      index.video_ids, index.num_frames, configlib.initial_video_count(config, len(index)),
-      configlib.initial_frame_count(config, int(index.num_frames.sum())), seed=config.seed)
+      index.video_ids, index.num_frames, selection_lib.initial_video_count(config, len(index)),
+      selection_lib.initial_frame_count(config, int(index.num_frames.sum())), seed=config.seed)
   position = {v: i for i, v in enumerate(index.video_ids)}
   items = [(position[v], pool.labelled_frames(v)) for v in pool.labelled_video_ids()]
   sampler = clips_lib.ClipSampler(dataset.train, items, config, seed=config.seed, round_index=0)
@@ -569,6 +569,11 @@ def test_two_process_driver_run_equals_one_process_with_two_devices(tmp_path):
       assert e_mp[key] == pytest.approx(e_one[key], abs=1e-6), (r, key)
   assert os.path.exists(mp_dir / "summary.md")
   assert not [f for f in os.listdir(mp_dir / "round_000") if f.endswith(".tmp")]
+  # Each run says where it computed: two processes of one device, or one of two, on a 2-wide mesh.
+  for folder, processes in ((mp_dir, 2), (single_dir, 1)):
+    env = read(folder, "run.json")
+    assert (env["backend"], env["devices"], env["processes"], env["mesh"]) == (
+        "cpu", 2, processes, {"data": 2}), env
 
 
 if __name__ == "__main__":

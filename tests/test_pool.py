@@ -9,6 +9,7 @@ from unittest import mock
 import numpy as np
 import pytest
 
+from claus_jax import errors
 from claus_jax import pool as pool_lib
 
 NUM_FRAMES = {"a": 10, "b": 20, "c": 5, "d": 12}
@@ -138,7 +139,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_previous_one(tmp_path):
     f.write(b"{")
     raise OSError(errno.ENOSPC, "No space left on device")
 
-  with pytest.raises(pool_lib.DiskFullError) as e:
+  with pytest.raises(errors.DiskFullError) as e:
     pool_lib.atomic_write(path, full)
   assert str(e.value) == (f"{path}: no space left on device (ENOSPC); free space on that disk and "
                           "re-run the same command (finished stages and checkpoints are kept).")

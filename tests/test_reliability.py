@@ -14,6 +14,7 @@ import textwrap
 
 import pytest
 
+from claus_jax import errors
 from claus_jax import experiment
 from claus_jax import models
 from claus_jax import pretrain
@@ -32,7 +33,7 @@ def _cli(module, *args, env=None):
 
 
 @pytest.mark.parametrize("module", ["claus_jax.main", "claus_jax.pretrain", "claus_jax.score",
-                                    "claus_jax.data.prepare"])
+                                    "claus_jax.prepare"])
 def test_a_config_file_that_fails_to_import_or_to_run_is_one_line(module, tmp_path):
   broken = tmp_path / "broken.py"
   broken.write_text("def get_config(:\n  pass\n")
@@ -60,7 +61,7 @@ def test_an_unknown_override_names_the_full_field_in_plain_text(tmp_path):
 
 
 def test_prepare_exits_2_like_main():
-  rc, err = _cli("claus_jax.data.prepare", "--config=configs/synthetic.py")
+  rc, err = _cli("claus_jax.prepare", "--config=configs/synthetic.py")
   assert rc == 2 and len(err) == 1 and err[0].startswith("error: config.dataset='synthetic'")
 
 
@@ -110,7 +111,7 @@ def test_a_cluster_start_that_can_never_come_is_refused_before_compute(tmp_path)
 def test_an_unwritable_folder_is_one_line_naming_it():
   wrapped = RuntimeError("orbax: could not write")
   wrapped.__cause__ = PermissionError(errno.EACCES, "Permission denied", "/runs/x/round_000/a.tmp")
-  message = experiment.user_error_message(wrapped)
+  message = errors.user_error_message(wrapped)
   assert message.startswith("/runs/x/round_000/a.tmp: permission denied. Choose a folder")
 
 
@@ -138,7 +139,7 @@ def test_a_damaged_pretrained_cache_is_set_aside_and_rebuilt(tmp_path):
   aside = [d for d in os.listdir(tmp_path) if d.startswith(cache.name + ".damaged-")]
   assert not cache.exists() and len(aside) == 1  # Kept for inspection; the next run pretrains.
   assert "pretraining again with the same settings" in logs[-1]
-  assert experiment.user_error_message(models.EncoderInitError("x")) == "x"
+  assert errors.user_error_message(models.EncoderInitError("x")) == "x"
 
 
 def test_a_killed_generation_leaves_no_incomplete_folder_behind(tmp_path):

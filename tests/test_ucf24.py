@@ -193,7 +193,7 @@ def test_tfds_round_trip_and_skip_report(root, tmp_path):
 
 
 def test_prepare_run_and_report(root, tmp_path):
-  from claus_jax.data import prepare
+  from claus_jax import prepare
   config = tiny_config(root, tmp_path)
   config.model.num_classes = 24
   first = prepare.run(config)

@@ -12,10 +12,11 @@ import os
 import numpy as np
 from PIL import Image
 
+from claus_jax import errors
 from claus_jax.data import official
 
 
-class AnnotationError(ValueError):
+class AnnotationError(errors.UserError, ValueError):
   """An annotation file does not answer the round; the message names every problem and the fix."""
 
 

@@ -26,6 +26,7 @@ from PIL import Image
 import tensorflow_datasets as tfds
 import tqdm
 
+from claus_jax import errors
 from claus_jax import pool as pool_lib
 from claus_jax.data import tfds_store
 from claus_jax.data.record import VideoDataset, VideoRecord
@@ -33,7 +34,7 @@ from claus_jax.data.record import VideoDataset, VideoRecord
 K = TypeVar("K")
 
 
-class DatasetError(ValueError):
+class DatasetError(errors.UserError, ValueError):
   """A dataset file is missing, unreadable or inconsistent; the message names the file and the fix."""
 
 

@@ -40,7 +40,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from claus_jax.configlib import ConfigError
+from claus_jax.errors import ConfigError
 from claus_jax.data.record import VideoRecord
 from claus_jax.evaluation import metrics
 

@@ -21,8 +21,9 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from claus_jax import configlib
-from claus_jax import pool as pool_lib
+from claus_jax import errors
+from claus_jax.models import detector as detector_lib
+from claus_jax.models import i3d as i3d_lib
 from claus_jax.models.capsules import ConvCapsules, PrimaryCapsules, em_routing
 from claus_jax.models.detector import CAPSULE_DIM, CLAUSDetector, Decoder, latent_dim
 from claus_jax.models.i3d import InceptionI3d
@@ -38,23 +39,55 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # config.model.dtyp
 # config.model.strides: the detector's Mixed_4f must keep one frame for the 2-D capsules, which only
 # the 'claus' strides do ('standard' is for InceptionI3d used on its own; see i3d.STRIDES).
 DETECTOR_STRIDES = ("claus",)
+# What to do, added to a choice error of the model section.
+CHOICE_HINTS = {"strides": "The detector needs 'claus' (Mixed_4f must keep one frame for the 2-D "
+                           "capsules); 'standard' is only for InceptionI3d used on its own."}
+
+
+def choices() -> dict[str, tuple[str, ...]]:
+  """The allowed values of the model section's enumerated fields (``config.model.<key>``)."""
+  return {"strides": DETECTOR_STRIDES, "dtype": tuple(DTYPES), "conv_impl": i3d_lib.CONV_IMPLS,
+          "routing_sign": detector_lib.ROUTING_SIGNS, "routing": detector_lib.ROUTINGS,
+          "init": detector_lib.INITS}
+
+
+def geometry(frame_size: int, clip_length: int = 8) -> dict:
+  """Spatial sizes through the detector for a square input of ``frame_size`` pixels.
+
+  The encoder reduces by 8 (1a: /2, 2a pool: /2, 3a pool: /2); the primary capsules use a VALID
+  kernel, chosen so the grid is 20 at 224 (kernel 9), and scaled for smaller inputs.
+  """
+  if frame_size % 16 != 0:
+    raise errors.ConfigError(f"config.data.frame_size={frame_size}: must be a multiple of 16 (the encoder "
+                             "downsamples by 8 and the decoder upsamples by 2 three times); try 64, 112 or 224.")
+  feat = frame_size // 8
+  kernel = max(1, round(9 * feat / 28)) if feat >= 4 else 1
+  grid = feat - kernel + 1
+  return {"feature": feat, "primary_kernel": kernel, "grid": grid,
+          "encoder_frames": max(1, clip_length // 8)}
 
 
 def primary_kernel(config: ml_collections.ConfigDict) -> int:
   """The primary-capsule kernel: config.model.primary_kernel, or derived from the frame size."""
   if config.model.primary_kernel:
     return int(config.model.primary_kernel)
-  return configlib.geometry(config.data.frame_size, config.model.clip_length)["primary_kernel"]
+  return geometry(config.data.frame_size, config.model.clip_length)["primary_kernel"]
 
 
 def build_model(config: ml_collections.ConfigDict) -> CLAUSDetector:
   """The CLAUS detector for ``config.model`` at ``config.data.frame_size``.
 
   Raises:
-    configlib.ConfigError: for a model setting the detector cannot run with.
+    errors.ConfigError: for a model setting the detector cannot run with (the schema's
+      ``configlib.validate`` checks every field before a run; this repeats the model's own, for
+      callers that build a model from a config by hand).
   """
-  configlib.check_fields(config, "model")
   m = config.model
+  for field, allowed in choices().items():
+    errors.check_choice(f"model.{field}", m[field], allowed, CHOICE_HINTS.get(field, ""))
+  if not 0.0 < float(m.seg_prior) < 1.0:
+    raise errors.ConfigError(f"config.model.seg_prior: {m.seg_prior!r} must be in (0, 1) (the mask "
+                             "output's starting foreground probability).")
   return CLAUSDetector(num_classes=m.num_classes, primary_kernel=primary_kernel(config),
                        width=m.width, strides=m.strides, primary_caps=m.primary_caps,
                        routing_iters=m.routing_iters, coord_add=m.coord_add,
@@ -120,7 +153,7 @@ def save_encoder_variables(encoder_variables: dict, directory: str) -> str:
   return path
 
 
-class EncoderInitError(ValueError):
+class EncoderInitError(errors.UserError, ValueError):
   """An ``encoder_init`` directory whose variables cannot be read (damaged or incomplete)."""
 
 
@@ -138,7 +171,7 @@ def read_encoder_variables(directory: str) -> dict:
     return ocp.StandardCheckpointer().restore(path)
   except Exception as e:  # pylint: disable=broad-except  (orbax and tensorstore raise many kinds)
     raise EncoderInitError(
-        f"encoder weights {path} cannot be read ({pool_lib.root_cause(e)}); the folder is "
+        f"encoder weights {path} cannot be read ({errors.root_cause(e)}); the folder is "
         "damaged or incomplete. Make it again: `python -m claus_jax.tools.import_i3d` for imported "
         "I3D weights, `python -m claus_jax.pretrain --force` for the synthetic pretraining "
         "cache.") from e

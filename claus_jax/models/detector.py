@@ -263,7 +263,7 @@ class CLAUSDetector(nn.Module):
 
   Attributes:
     num_classes: class capsules C.
-    primary_kernel: VALID kernel of the primary capsules (configlib.geometry: 9 at 224).
+    primary_kernel: VALID kernel of the primary capsules (models.geometry: 9 at 224).
     width: channel multiplier of the encoder and the decoder (capsule counts are not scaled).
     strides: I3D strides; the detector's geometry needs 'claus' (one frame left at Mixed_4f).
     primary_caps: primary capsule types.

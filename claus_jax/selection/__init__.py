@@ -2,6 +2,8 @@
 
 from claus_jax.selection.budget import RoundBudget
 from claus_jax.selection.budget import cumulative_schedule
+from claus_jax.selection.budget import initial_frame_count
+from claus_jax.selection.budget import initial_video_count
 from claus_jax.selection.budget import num_rounds
 from claus_jax.selection.budget import round_budget
 from claus_jax.selection.budget import round_targets

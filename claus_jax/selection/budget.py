@@ -3,7 +3,7 @@
 The schedule is cumulative: round 0 labels ``initial_videos_pct`` of the pool's N videos and
 annotates ``initial_frames_pct`` of its F frames (at random); round r >= 1 raises the totals to the
 r-th ``(A%, V%)`` pair of ``config.budget.schedule``. Targets are rounded with Python's ``round``
-(half to even, as :func:`claus_jax.configlib.initial_video_count` does; round 0 uses those two
+(half to even, as :func:`initial_video_count` does; round 0 uses those two
 functions, so at least one video is labelled) and capped at the pool. A round's budgets pay only
 for what is still missing:
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from claus_jax import configlib
 
 # Budgets are products of counts and float costs; this absorbs the rounding of B / C.
 _EPS = 1e-9
@@ -67,6 +66,16 @@ def num_rounds(config) -> int:
   return len(cumulative_schedule(config)) - 1
 
 
+def initial_video_count(config, num_train_videos: int) -> int:
+  """Round 0's labelled videos: ``budget.initial_videos_pct`` of the pool, at least one."""
+  return max(1, int(round(config.budget.initial_videos_pct / 100.0 * num_train_videos)))
+
+
+def initial_frame_count(config, num_train_frames: int) -> int:
+  """Round 0's annotated frames: ``budget.initial_frames_pct`` of the pool's frames."""
+  return int(round(config.budget.initial_frames_pct / 100.0 * num_train_frames))
+
+
 def round_targets(config, round_index: int, total_videos: int, total_frames: int) -> tuple[int, int]:
   """(videos_target, frames_target) after ``round_index``: cumulative counts, capped at the pool."""
   sched = cumulative_schedule(config)
@@ -75,8 +84,8 @@ def round_targets(config, round_index: int, total_videos: int, total_frames: int
                      f"config.budget.schedule has {len(config.budget.schedule)} entries, "
                      f"max_rounds={config.budget.max_rounds}).")
   if round_index == 0:
-    videos = configlib.initial_video_count(config, total_videos)
-    frames = configlib.initial_frame_count(config, total_frames)
+    videos = initial_video_count(config, total_videos)
+    frames = initial_frame_count(config, total_frames)
   else:
     a_pct, v_pct = sched[round_index]
     videos = int(round(v_pct / 100.0 * total_videos))

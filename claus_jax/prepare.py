@@ -1,7 +1,7 @@
 r"""Prepares J-HMDB-21 or UCF-101-24 into tfds (array_record) once, and reports what was written.
 
-  python -m claus_jax.data.prepare --config=configs/jhmdb.py --config.data.root=/data/jhmdb
-  python -m claus_jax.data.prepare --config=configs/ucf101_24.py --config.data.root=/data/ucf24
+  python -m claus_jax.prepare --config=configs/jhmdb.py --config.data.root=/data/jhmdb
+  python -m claus_jax.prepare --config=configs/ucf101_24.py --config.data.root=/data/ucf24
 
 The root defaults to $CLAUS_DATA_DIR; the output goes to config.data.tfds_dir (else $CLAUS_TFDS_DIR,
 else ~/.cache/claus_jax/tfds). Running it again with the same settings only prints the report.
