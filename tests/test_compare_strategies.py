@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from tests.config_files import load_launch
+from tests.config_files import load_module
 
 compare = load_launch("compare_strategies")
 
@@ -109,7 +110,7 @@ def test_tabulate_pairs_finished_runs_of_two_settings_by_seed(tmp_path):
 def test_foreground_mass_reads_each_scored_round_beside_its_metric(tmp_path, capsys):
   import numpy as np
 
-  fm = load_launch("foreground_mass")
+  fm = load_module("foreground_mass", "launch", "studies", "foreground_mass.py")
   f = "capsule/f-mAP@0.5"
   run = tmp_path / "run"
   # Rounds 0 and 1 scored (two shards in round 0), round 2 (the last) not scored.

@@ -6,8 +6,8 @@ of the frames, drawn as round 0 draws its set), logs the loss every ``--every`` 
 on the test split. It prints a Markdown table of the curves and of the test metrics, and writes them
 as JSON with ``--out``.
 
-  python launch/loss_variants.py --config=configs/synthetic.py --steps=200
-  python launch/loss_variants.py --config=configs/synthetic.py:smoke --steps=20 --every=5
+  python launch/studies/loss_variants.py --config=configs/synthetic.py --steps=200
+  python launch/studies/loss_variants.py --config=configs/synthetic.py:smoke --steps=20 --every=5
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
@@ -86,6 +86,7 @@ def main(argv):
   from claus_jax import data as data_lib
   from claus_jax import experiment
   from claus_jax import pool as pool_lib
+  from claus_jax import selection as selection_lib
 
   experiment.quiet_library_logs()
   experiment.enable_compilation_cache()
@@ -102,8 +103,8 @@ def main(argv):
   dataset = data_lib.get_dataset(config)
   index = dataset.train_index
   pool = pool_lib.initial_pool(
-      index.video_ids, index.num_frames, configlib.initial_video_count(config, len(index)),
-      configlib.initial_frame_count(config, int(index.num_frames.sum())), seed=config.seed)
+      index.video_ids, index.num_frames, selection_lib.initial_video_count(config, len(index)),
+      selection_lib.initial_frame_count(config, int(index.num_frames.sum())), seed=config.seed)
   print(f"pool: {pool.num_labelled_videos} videos, {pool.num_labelled_frames} frames; "
         f"{_STEPS.value} steps per variant", flush=True)
   workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="claus_loss_variants_")

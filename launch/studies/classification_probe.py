@@ -9,8 +9,8 @@ reports:
     the training clips and scored on the validation clips. When the probe reads the class and the
     head does not, the head's read-out is the bottleneck, not the features.
 
-  python launch/classification_probe.py --config=configs/synthetic.py --steps=400
-  python launch/classification_probe.py --config=configs/synthetic.py --steps=400 \
+  python launch/studies/classification_probe.py --config=configs/synthetic.py --steps=400
+  python launch/studies/classification_probe.py --config=configs/synthetic.py --steps=400 \
       --config.model.routing_cost_scale=0
 """
 
@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402

@@ -7,8 +7,8 @@ each pool video) and the round's metric in ``metrics.jsonl``. It prints per roun
 foreground over the pool's frames beside the metric, then the Spearman rank correlation over all
 rounds. The last round of a run is never scored, so it has no row.
 
-  python launch/foreground_mass.py runs/compare/claus_seed0 runs/compare/claus_seed1
-  python launch/foreground_mass.py --metric=accuracy runs/compare/*_seed*
+  python launch/studies/foreground_mass.py runs/compare/claus_seed0 runs/compare/claus_seed1
+  python launch/studies/foreground_mass.py --metric=accuracy runs/compare/*_seed*
 
 ``--from_round=1`` leaves out round 0, e.g. where runs that differ only from round 1 on share it.
 """
@@ -23,7 +23,7 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from claus_jax import score_files  # noqa: E402
 
