@@ -58,8 +58,9 @@ def geometry(frame_size: int, clip_length: int = 8) -> dict:
   kernel, chosen so the grid is 20 at 224 (kernel 9), and scaled for smaller inputs.
   """
   if frame_size % 16 != 0:
-    raise errors.ConfigError(f"config.data.frame_size={frame_size}: must be a multiple of 16 (the encoder "
-                             "downsamples by 8 and the decoder upsamples by 2 three times); try 64, 112 or 224.")
+    raise errors.ConfigError(
+        f"config.data.frame_size={frame_size}: must be a multiple of 16 (the encoder downsamples "
+        "by 8 and the decoder upsamples by 2 three times); try 64, 112 or 224.")
   feat = frame_size // 8
   kernel = max(1, round(9 * feat / 28)) if feat >= 4 else 1
   grid = feat - kernel + 1
