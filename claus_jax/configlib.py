@@ -11,7 +11,7 @@ import os
 
 import ml_collections
 
-from claus_jax import clustering, losses, models, oracle, tiling, train, uncertainty
+from claus_jax import clustering, errors, losses, models, oracle, tiling, train, uncertainty
 from claus_jax.data import clips, official, pseudo_labels, synthetic
 from claus_jax.errors import ConfigError  # noqa: F401  (the schema's error; raised by every check)
 from claus_jax.evaluation import evaluator
@@ -369,12 +369,7 @@ RANGES = {
     "data.synthetic.occlusion": "[0, 1]",
     "data.synthetic.clutter": "[0, inf)",
     "data.synthetic.jitter": "[0, inf)",
-    "model.num_classes": "[1, inf)",
-    "model.primary_caps": "[1, inf)",
-    "model.primary_kernel": "[0, inf)",
-    "model.routing_iters": "[1, inf)",
-    "model.routing_lambda": "(0, inf)",
-    "model.seg_prior": "(0, 1)",
+    **{f"model.{k}": interval for k, interval in models.RANGES.items()},
     "train.steps": "[1, inf)",
     "train.batch_size": "[1, inf)",
     "train.learning_rate": "(0, inf)",
@@ -418,7 +413,6 @@ RANGES = {
     "cluster.start_step": "[-1, inf)",
     "cluster.latent_clips": "[1, inf)",
     "selection.cluster_cap": "(0, 1]",
-    "model.input_range": "(-inf, inf)",
     "pretrain.seed": "[0, 2147483647]",
     "pretrain.frame_size": "[0, inf)",
     "pretrain.steps": "[1, inf)",
@@ -433,9 +427,6 @@ RANGES = {
     "pretrain.occlusion": "[0, 1]",
     "pretrain.jitter": "[0, inf)",
     "pretrain.val_clips": "[0, inf)",
-    "model.width": "(0, inf)",
-    "model.dropout": "[0, 1)",
-    "model.routing_cost_scale": "[0, inf)",
     "train.bn_recalibration_batches": "[0, inf)",
     "uncertainty.passes": "[1, inf)",
     "cluster.k": "[1, inf)",
@@ -450,9 +441,7 @@ RANGES = {
 
 # What to do, added to a field's choice or range error.
 _HINTS = {
-    **{f"model.{k}": hint for k, hint in models.CHOICE_HINTS.items()},
-    "model.width": "1.0 is the paper's width.",
-    "model.routing_cost_scale": "0 standardises the costs over the classes.",
+    **{f"model.{k}": hint for k, hint in models.HINTS.items()},
     "train.bn_recalibration_batches": "0 keeps the running statistics.",
     "uncertainty.passes": "It counts MC-dropout passes (paper: 10).",
     "cluster.k": "It counts deep-clustering centres (paper: 5).",
@@ -473,45 +462,16 @@ def field_value(config: ml_collections.ConfigDict, field: str):
   return value
 
 
-def _range_text(interval: str) -> str:
-  """'[1, inf)' -> '>= 1', '(0, inf)' -> '> 0', '[0, 1)' -> 'in [0, 1)'."""
-  low, high = interval[1:-1].split(", ")
-  if high == "inf":
-    return (">= " if interval[0] == "[" else "> ") + low
-  return "in " + interval
-
-
-def _in_range(value, interval: str) -> bool:
-  low, high = (float(x) for x in interval[1:-1].split(", "))
-  if isinstance(value, bool) or not isinstance(value, (int, float)):
-    return False
-  above = value >= low if interval[0] == "[" else value > low
-  below = value <= high if interval[-1] == "]" else value < high
-  return above and below  # False for NaN.
-
-
-def check_fields(config: ml_collections.ConfigDict, section: str | None = None) -> None:
-  """Every field of :func:`choices` and RANGES, or only those under ``section`` (e.g. 'model').
+def check_fields(config: ml_collections.ConfigDict) -> None:
+  """Every field of :func:`choices` and RANGES.
 
   Raises:
     ConfigError: for the first bad field, naming it, the allowed values and what to do.
   """
-  prefix = "" if section is None else section + "."
   for field, allowed in choices().items():
-    if not field.startswith(prefix):
-      continue
-    value = field_value(config, field)
-    if value not in allowed:
-      _fail(field, " ".join(filter(None, (f"{value!r} is not allowed; use one of {allowed}.",
-                                          _HINTS.get(field)))))
+    errors.check_choice(field, field_value(config, field), allowed, _HINTS.get(field, ""))
   for field, interval in RANGES.items():
-    if not field.startswith(prefix):
-      continue
-    value = field_value(config, field)
-    for v in (value if isinstance(value, (tuple, list)) else (value,)):
-      if not _in_range(v, interval):
-        _fail(field, " ".join(filter(None, (f"{v!r} must be {_range_text(interval)}.",
-                                            _HINTS.get(field)))))
+    errors.check_range(field, field_value(config, field), interval, _HINTS.get(field, ""))
 
 
 def _check_relations(config: ml_collections.ConfigDict) -> None:

@@ -40,6 +40,32 @@ def check_choice(field: str, value, allowed, hint: str = "") -> None:
         f"config.{field}: {value!r} is not allowed; use one of {tuple(allowed)}.", hint))))
 
 
+def _range_text(interval: str) -> str:
+  """'[1, inf)' -> '>= 1', '(0, inf)' -> '> 0', '[0, 1)' -> 'in [0, 1)'."""
+  low, high = interval[1:-1].split(", ")
+  if high == "inf":
+    return (">= " if interval[0] == "[" else "> ") + low
+  return "in " + interval
+
+
+def _in_range(value, interval: str) -> bool:
+  low, high = (float(x) for x in interval[1:-1].split(", "))
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    return False
+  above = value >= low if interval[0] == "[" else value > low
+  below = value <= high if interval[-1] == "]" else value < high
+  return above and below  # False for NaN.
+
+
+def check_range(field: str, value, interval: str, hint: str = "") -> None:
+  """Raises :class:`ConfigError` naming ``field`` unless ``value`` (each item of a tuple or list)
+  is a number in ``interval``, written as ``'[1, inf)'``, ``'(0, 1)'``, ``'[0, 1]'`` ..."""
+  for v in (value if isinstance(value, (tuple, list)) else (value,)):
+    if not _in_range(v, interval):
+      raise ConfigError(" ".join(filter(None, (
+          f"config.{field}: {v!r} must be {_range_text(interval)}.", hint))))
+
+
 def error_chain(error: BaseException | None) -> Iterator[BaseException]:
   """``error``, then each error it was raised from or while handling, down to the first one (the
   storage layer's own, under orbax's and tensorstore's wraps)."""

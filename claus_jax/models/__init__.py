@@ -39,9 +39,16 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # config.model.dtyp
 # config.model.strides: the detector's Mixed_4f must keep one frame for the 2-D capsules, which only
 # the 'claus' strides do ('standard' is for InceptionI3d used on its own; see i3d.STRIDES).
 DETECTOR_STRIDES = ("claus",)
-# What to do, added to a choice error of the model section.
-CHOICE_HINTS = {"strides": "The detector needs 'claus' (Mixed_4f must keep one frame for the 2-D "
-                           "capsules); 'standard' is only for InceptionI3d used on its own."}
+# The numeric fields of the model section (config.model.<key>) and their intervals.
+RANGES = {"num_classes": "[1, inf)", "primary_caps": "[1, inf)", "primary_kernel": "[0, inf)",
+          "routing_iters": "[1, inf)", "routing_lambda": "(0, inf)", "seg_prior": "(0, 1)",
+          "input_range": "(-inf, inf)", "width": "(0, inf)", "dropout": "[0, 1)",
+          "routing_cost_scale": "[0, inf)"}
+# What to do, added to a choice or range error of the model section.
+HINTS = {"strides": "The detector needs 'claus' (Mixed_4f must keep one frame for the 2-D "
+                    "capsules); 'standard' is only for InceptionI3d used on its own.",
+         "width": "1.0 is the paper's width.",
+         "routing_cost_scale": "0 standardises the costs over the classes."}
 
 
 def choices() -> dict[str, tuple[str, ...]]:
@@ -49,6 +56,18 @@ def choices() -> dict[str, tuple[str, ...]]:
   return {"strides": DETECTOR_STRIDES, "dtype": tuple(DTYPES), "conv_impl": i3d_lib.CONV_IMPLS,
           "routing_sign": detector_lib.ROUTING_SIGNS, "routing": detector_lib.ROUTINGS,
           "init": detector_lib.INITS}
+
+
+def check_section(model_config: ml_collections.ConfigDict) -> None:
+  """Every enumerated and numeric field of ``config.model`` (:func:`choices`, ``RANGES``).
+
+  Raises:
+    errors.ConfigError: for the first bad field, naming it, the allowed values and what to do.
+  """
+  for field, allowed in choices().items():
+    errors.check_choice(f"model.{field}", model_config[field], allowed, HINTS.get(field, ""))
+  for field, interval in RANGES.items():
+    errors.check_range(f"model.{field}", model_config[field], interval, HINTS.get(field, ""))
 
 
 def geometry(frame_size: int, clip_length: int = 8) -> dict:
@@ -79,16 +98,11 @@ def build_model(config: ml_collections.ConfigDict) -> CLAUSDetector:
   """The CLAUS detector for ``config.model`` at ``config.data.frame_size``.
 
   Raises:
-    errors.ConfigError: for a model setting the detector cannot run with (the schema's
-      ``configlib.validate`` checks every field before a run; this repeats the model's own, for
-      callers that build a model from a config by hand).
+    errors.ConfigError: for a model setting the detector cannot run with (:func:`check_section`,
+      which the schema's ``configlib.validate`` also runs before a run).
   """
+  check_section(config.model)
   m = config.model
-  for field, allowed in choices().items():
-    errors.check_choice(f"model.{field}", m[field], allowed, CHOICE_HINTS.get(field, ""))
-  if not 0.0 < float(m.seg_prior) < 1.0:
-    raise errors.ConfigError(f"config.model.seg_prior: {m.seg_prior!r} must be in (0, 1) (the mask "
-                             "output's starting foreground probability).")
   return CLAUSDetector(num_classes=m.num_classes, primary_kernel=primary_kernel(config),
                        width=m.width, strides=m.strides, primary_caps=m.primary_caps,
                        routing_iters=m.routing_iters, coord_add=m.coord_add,
