@@ -160,9 +160,10 @@ def _round0_sampler(config: ml_collections.ConfigDict, batch: int):
 
   dataset = data_lib.get_dataset(config)
   index = dataset.train_index
+  budget = selection_lib.BudgetParams.from_config(config)
   pool = pool_lib.initial_pool(
-      index.video_ids, index.num_frames, selection_lib.initial_video_count(config, len(index)),
-      selection_lib.initial_frame_count(config, int(index.num_frames.sum())), seed=config.seed)
+      index.video_ids, index.num_frames, selection_lib.initial_video_count(budget, len(index)),
+      selection_lib.initial_frame_count(budget, int(index.num_frames.sum())), seed=config.seed)
   position = {v: i for i, v in enumerate(index.video_ids)}
   items = [(position[v], pool.labelled_frames(v)) for v in pool.labelled_video_ids()]
   sampler = clips_lib.ClipSampler(dataset.train, items, config, seed=config.seed, round_index=0,

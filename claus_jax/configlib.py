@@ -586,12 +586,13 @@ def validate_against_data(config: ml_collections.ConfigDict, num_train_videos: i
   if config.model.num_classes != num_classes:
     _fail("model.num_classes", f"{config.model.num_classes} but the dataset has {num_classes} "
           f"classes; set --config.model.num_classes={num_classes}.")
-  n_init = budget.initial_video_count(config, num_train_videos)
+  budget_params = budget.BudgetParams.from_config(config)
+  n_init = budget.initial_video_count(budget_params, num_train_videos)
   if config.cluster.k > n_init:
     _fail("cluster.k", f"K={config.cluster.k} is larger than the {n_init} videos labelled in round 0 "
           f"(budget.initial_videos_pct={config.budget.initial_videos_pct} of {num_train_videos}); "
           "lower K or raise initial_videos_pct.")
-  n_frames_init = budget.initial_frame_count(config, num_train_frames)
+  n_frames_init = budget.initial_frame_count(budget_params, num_train_frames)
   if n_frames_init < n_init:
     _fail("budget.initial_frames_pct", f"{config.budget.initial_frames_pct}% of {num_train_frames} "
           f"frames is {n_frames_init} frames, fewer than one per initial video ({n_init}); raise it.")

@@ -231,8 +231,11 @@ class Experiment:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, dataset,
                encoder_init: str = "", mesh=None):
     from claus_jax import models
+    from claus_jax import selection as selection_lib
 
     self.config = config
+    # config.selection and config.budget, read once for the whole run.
+    self.selection_params = selection_lib.SelectionParams.from_config(config)
     self.encoder_init = encoder_init  # Pretrained encoder every round starts from ('' = none).
     self.workdir = workdir
     self.dataset = dataset
@@ -260,7 +263,7 @@ class Experiment:
     from claus_jax import reporting
     from claus_jax import selection as selection_lib
 
-    last_round = selection_lib.num_rounds(self.config)
+    last_round = selection_lib.num_rounds(self.selection_params.budget)
     self._answer(self.initial_selection(), self._empty_pool(), 0)
     for r in range(last_round + 1):
       self._replay_answers(r)
@@ -309,7 +312,7 @@ class Experiment:
                                    num_frames=self.num_frames)
 
   def _empty_pool(self) -> pool_lib.PoolState:
-    budget = self.config.budget
+    budget = self.selection_params.budget
     return pool_lib.PoolState(self.num_frames, budget.cost_video, budget.cost_frame)
 
   # ------------------------------------------------------------------------------- the oracle
@@ -390,12 +393,12 @@ class Experiment:
     """Round 0: the seeded random set (V% videos, A% frames), as a selection for the oracle."""
     from claus_jax import selection as selection_lib
 
-    cfg = self.config
+    budget = self.selection_params.budget
     pool = pool_lib.initial_pool(
         self.index.video_ids, self.index.num_frames,
-        selection_lib.initial_video_count(cfg, len(self.index)),
-        selection_lib.initial_frame_count(cfg, int(self.index.num_frames.sum())),
-        seed=cfg.seed, cost_video=cfg.budget.cost_video, cost_frame=cfg.budget.cost_frame)
+        selection_lib.initial_video_count(budget, len(self.index)),
+        selection_lib.initial_frame_count(budget, int(self.index.num_frames.sum())),
+        seed=self.config.seed, cost_video=budget.cost_video, cost_frame=budget.cost_frame)
     picks = [selection_lib.Pick(video_id=v, frames=pool.labelled_frames(v).tolist(),
                                 video_score=float("nan"), cluster=-1, new_video=True)
              for v in pool.labelled_video_ids()]
@@ -576,6 +579,7 @@ class Experiment:
     from claus_jax import selection as selection_lib
 
     cfg = self.config
+    params = self.selection_params
     rd = round_dir(self.workdir, r)
 
     def load(path):
@@ -590,14 +594,14 @@ class Experiment:
       latents = np.stack([scores[v]["latent"] for v in ids])
       clusters = clustering.video_clusters(state, self.model, self.train_source, latents, cfg)
       spans = None
-      if cfg.selection.restrict_to_gt_span:  # Leaks ground truth: explicit opt-in only.
+      if params.restrict_to_gt_span:  # Leaks ground truth: explicit opt-in only.
         spans = [tuple(self.dataset.train[i].span) for i in range(len(ids))]
       candidates = selection_lib.video_candidates(ids, self.num_frames, scores, pool, clusters,
                                                   spans)
-      budget = selection_lib.round_budget(cfg, r + 1, len(ids), pool.total_frames,
+      budget = selection_lib.round_budget(params.budget, r + 1, len(ids), pool.total_frames,
                                           pool.num_labelled_videos, pool.num_labelled_frames)
       rng = np.random.default_rng([cfg.seed, r, 7])
-      chosen = dataclasses.replace(selection_lib.select(candidates, budget, cfg, rng), round=r)
+      chosen = dataclasses.replace(selection_lib.select(candidates, budget, params, rng), round=r)
       record = chosen.to_json()
       record["budget"] = dataclasses.asdict(budget)
       record["clusters"] = {v: int(c) for v, c in zip(ids, clusters)}

@@ -427,9 +427,13 @@ def _child_round(mode: str, out_dir: str, port: int = 0, process_id: int = 0) ->
   index = dataset.train_index
   mesh = parallel.make_mesh()
   model = models.build_model(config)
+  selection_params = selection_lib.SelectionParams.from_config(config)
+  budget_params = selection_params.budget
   pool = pool_lib.initial_pool(
-      index.video_ids, index.num_frames, selection_lib.initial_video_count(config, len(index)),
-      selection_lib.initial_frame_count(config, int(index.num_frames.sum())), seed=config.seed)
+      index.video_ids, index.num_frames,
+      selection_lib.initial_video_count(budget_params, len(index)),
+      selection_lib.initial_frame_count(budget_params, int(index.num_frames.sum())),
+      seed=config.seed)
   position = {v: i for i, v in enumerate(index.video_ids)}
   items = [(position[v], pool.labelled_frames(v)) for v in pool.labelled_video_ids()]
   sampler = clips_lib.ClipSampler(dataset.train, items, config, seed=config.seed, round_index=0)
@@ -449,9 +453,10 @@ def _child_round(mode: str, out_dir: str, port: int = 0, process_id: int = 0) ->
       video_id=s.video_id, num_frames=int(n), frame_scores=s.scores(), entropy_scores=s.entropy,
       labelled_frames=pool.labelled_frames(s.video_id), video_labelled=pool.is_labelled(s.video_id),
       cluster=-1, gt_span=None) for s, n in zip(scores, index.num_frames)]
-  budget = selection_lib.round_budget(config, 1, len(index), pool.total_frames,
+  budget = selection_lib.round_budget(budget_params, 1, len(index), pool.total_frames,
                                       pool.num_labelled_videos, pool.num_labelled_frames)
-  chosen = selection_lib.select(candidates, budget, config, np.random.default_rng([config.seed, 0]))
+  chosen = selection_lib.select(candidates, budget, selection_params,
+                                np.random.default_rng([config.seed, 0]))
   digest = parallel.assert_same_across_processes(chosen.to_json(), "selection")
   params = parallel.gather_to_host(result.state.params)
   with open(os.path.join(out_dir, f"result_{mode}_{process_id}.json"), "w") as f:

@@ -10,11 +10,11 @@ from claus_jax import configlib
 from claus_jax.selection import frames as F
 
 
-def _config(**selection):
+def _params(**selection):
   c = configlib.base_config()
   for k, v in selection.items():
     setattr(c.selection, k, v)
-  return c
+  return F.SelectionParams.from_config(c)
 
 
 def test_proximity_penalty_values():
@@ -41,7 +41,7 @@ def test_uncertainty_hand_worked():
   #   t8 .988891-.531096=.457795   t9 .896638-.324652=.571986  (t2, t3, t6, t7 go negative)
   # Pick 2: t1 (.743246). Subtract around 1: t4 .543246-.531096=.012150.
   # Pick 3: t9 (.571986) beats t8 (.457795) and t4 (.012150).
-  picks = F.select_frames(scores, [0], 3, "uncertainty", config=_config())
+  picks = F.select_frames(scores, [0], 3, "uncertainty", params=_params())
   assert picks.tolist() == [1, 5, 9]
   # Without the penalty the three best raw scores are frames 1, 4, 5.
   assert F.select_frames(scores, [0], 3, "top").tolist() == [1, 4, 5]
@@ -54,9 +54,10 @@ def test_uncertainty_nms_radius_cutoff():
   # frame 5 (0.6) is at distance 5, outside the radius: stays 0.6 -> picked second.
   scores = np.zeros(12)
   scores[[0, 4, 5]] = [1.0, 0.9, 0.6]
-  assert F.select_frames(scores, [], 2, "uncertainty", config=_config()).tolist() == [0, 5]
+  assert F.select_frames(scores, [], 2, "uncertainty", params=_params()).tolist() == [0, 5]
   # With radius 5, frame 5 drops to 0.6 - .172422 = .427578 < .575348 -> frame 4 instead.
-  assert F.select_frames(scores, [], 2, "uncertainty", config=_config(nms_radius=5)).tolist() == [0, 4]
+  picks = F.select_frames(scores, [], 2, "uncertainty", params=_params(nms_radius=5))
+  assert picks.tolist() == [0, 4]
 
 
 def test_uncertainty_penalties_accumulate():
@@ -75,9 +76,10 @@ def test_entropy_skip_hand_worked():
   scores = [0.1, 0.9, 0.8, 0.7, 0.2, 0.3, 0.6, 0.85, 0.1, 0.1, 0.1, 0.5]
   # skip 5: pick 1 (0.9) -> 0..6 ineligible; pick 7 (0.85) -> 2..11 ineligible; nothing is eligible,
   # so the fallback takes the best remaining frame, 2 (0.8).
-  assert F.select_frames(scores, [], 3, "entropy", config=_config()).tolist() == [1, 2, 7]
+  assert F.select_frames(scores, [], 3, "entropy", params=_params()).tolist() == [1, 2, 7]
   # skip 2: pick 1 -> 0..3 out; pick 7 (0.85) -> 5..9 out; eligible 4 (0.2), 10 (0.1), 11 (0.5) -> 11.
-  assert F.select_frames(scores, [], 3, "entropy", config=_config(entropy_skip=2)).tolist() == [1, 7, 11]
+  picks = F.select_frames(scores, [], 3, "entropy", params=_params(entropy_skip=2))
+  assert picks.tolist() == [1, 7, 11]
   # A labelled frame is never picked even if it has the top score.
   assert 1 not in F.select_frames(scores, [1], 3, "entropy").tolist()
 
@@ -179,5 +181,5 @@ def test_properties(video, method, seed, span):
 def test_penalised_greedy_matches_reference(video, sigma, radius):
   scores, labelled, k = video
   got = F.select_frames(scores, labelled, k, "uncertainty",
-                        config=_config(proximity_sigma=sigma, nms_radius=radius))
+                        params=_params(proximity_sigma=sigma, nms_radius=radius))
   assert got.tolist() == _reference_penalised(scores, labelled, k, sigma, radius)

@@ -65,12 +65,32 @@ def _config(**selection):
   return c
 
 
+def _params(**selection):
+  return S.SelectionParams.from_config(_config(**selection))
+
+
 def _frames(sel):
   return {p.video_id: p.frames for p in sel.picks}
 
 
 def test_registry_matches_config():
   assert tuple(S.STRATEGIES) == configlib.STRATEGIES
+
+
+def test_params_read_the_selection_section():
+  c = configlib.base_config()
+  params = S.SelectionParams.from_config(c)
+  # The defaults (frames' when no params are passed) are base_config's selection section.
+  assert params == S.SelectionParams(budget=B.BudgetParams.from_config(c))
+  changed = dict(strategy="random", proximity_sigma=2.0, nms_radius=3, entropy_skip=1,
+                 restrict_to_gt_span=True, video_score="penalised", cluster_quota="cap",
+                 cluster_cap=0.3)
+  for k, v in changed.items():
+    setattr(c.selection, k, v)
+  c.budget.cost_frame = 0.5
+  assert S.SelectionParams.from_config(c) == S.SelectionParams(
+      **changed, budget=B.BudgetParams.from_config(c))
+  assert S.SelectionParams.from_config(c).budget.cost_frame == 0.5
 
 
 def test_cluster_budgets():
@@ -101,7 +121,7 @@ def test_allocate_frames():
 
 
 def test_claus_on_hand_made_pool():
-  c = _config()
+  c = _params()
   # B_v = 2 videos, B_f = 5 frames -> 2 new videos, A_t = 5 // 2 = 2.
   # Clusters: n_0 = 3 (a, b, c), n_1 = 4 (d, e, f, g), N_U = 7: floor(3*2/7)=0, floor(4*2/7)=1,
   # remainder 1 -> unused 3 vs 3, tie -> cluster 0. Best per cluster: a (2.95) and d (0.95 > g .60).
@@ -117,7 +137,7 @@ def test_claus_on_hand_made_pool():
 
 
 def test_claus_no_cluster_is_top_k():
-  sel = S.select(_pool(), _budget(2, 5), _config(), np.random.default_rng(0), "claus_no_cluster")
+  sel = S.select(_pool(), _budget(2, 5), _params(), np.random.default_rng(0), "claus_no_cluster")
   assert _frames(sel) == {"a": [0, 2, 7], "b": [1, 8]}
   assert [p.video_score for p in sel.picks] == pytest.approx([2.95, 2.75])
 
@@ -126,7 +146,7 @@ def test_frame_budget_below_video_budget_reduces_new_videos():
   # B_v = 4 but only 2 frames: 2 new videos with 1 frame each (A_t = 1: Eq. 1 = the best frame:
   # a 3.0, b 2.8, c 2.6 | d 1.0, e .8, f .6, g .6). Quotas: floor(6/7)=0, floor(8/7)=1, remainder
   # to cluster 0 (unused 3 vs 3, smaller id) -> a and d.
-  sel = S.select(_pool(), _budget(4, 2), _config(), np.random.default_rng(0), "claus")
+  sel = S.select(_pool(), _budget(4, 2), _params(), np.random.default_rng(0), "claus")
   assert _frames(sel) == {"a": [2], "d": [4]}
   assert sel.cost == 4.0 and sel.num_new_videos == 2
 
@@ -134,7 +154,7 @@ def test_frame_budget_below_video_budget_reduces_new_videos():
 def test_uncertainty_baseline():
   # Mean score ranks g (.60) over a (.59); frames by plain top-k: g gets 3 of its flat frames
   # (ties -> lowest index), a gets its two peaks.
-  sel = S.select(_pool(), _budget(2, 5), _config(), np.random.default_rng(0), "uncertainty")
+  sel = S.select(_pool(), _budget(2, 5), _params(), np.random.default_rng(0), "uncertainty")
   assert _frames(sel) == {"a": [2, 7], "g": [0, 1, 2]}
   assert {p.video_id: p.video_score for p in sel.picks} == pytest.approx({"a": 0.59, "g": 0.6})
 
@@ -143,24 +163,24 @@ def test_entropy_baseline():
   # Mean entropy: f 1.57, e .29, others 0. f ranks first and takes 3 frames: 3 (5.0), then 0..8
   # are skipped so 9 (1.0), then the fallback takes the best skipped frame, 4 (4.9).
   # e: 0 (2.0), then 0..5 skipped -> 6 (first of the 0.1 frames).
-  sel = S.select(_pool(), _budget(2, 5), _config(), np.random.default_rng(0), "entropy")
+  sel = S.select(_pool(), _budget(2, 5), _params(), np.random.default_rng(0), "entropy")
   assert _frames(sel) == {"e": [0, 6], "f": [3, 4, 9]}
   pool = _pool()
   pool[0].entropy_scores = None
   with pytest.raises(ValueError, match="entropy_scores"):
-    S.select(pool, _budget(2, 5), _config(), np.random.default_rng(0), "entropy")
+    S.select(pool, _budget(2, 5), _params(), np.random.default_rng(0), "entropy")
 
 
 def test_random_and_equidistant():
   unlabelled = {"a", "b", "c", "d", "e", "f", "g"}
   seen = set()
   for seed in range(40):
-    sel = S.select(_pool(), _budget(2, 5), _config(), np.random.default_rng(seed), "random")
+    sel = S.select(_pool(), _budget(2, 5), _params(), np.random.default_rng(seed), "random")
     ids = [p.video_id for p in sel.picks]
     assert len(ids) == 2 and set(ids) <= unlabelled
     assert sorted(len(p.frames) for p in sel.picks) == [2, 3]
     seen |= set(ids)
-    eq = S.select(_pool(), _budget(2, 5), _config(), np.random.default_rng(seed), "equidistant")
+    eq = S.select(_pool(), _budget(2, 5), _params(), np.random.default_rng(seed), "equidistant")
     # Same rng stream for the video draw -> same videos as 'random'.
     assert sorted(p.video_id for p in eq.picks) == sorted(ids)
     # 10 frames: k=3 -> floor(10/6)=1, floor(5)=5, floor(25/3)=8; k=2 -> floor(2.5)=2, floor(7.5)=7.
@@ -170,7 +190,7 @@ def test_random_and_equidistant():
 
 def test_inter_only_takes_whole_videos():
   # 25 frames: two whole 10-frame videos fit, a third does not (5 frames left).
-  sel = S.select(_pool(), _budget(5, 25), _config(), np.random.default_rng(3), "inter_only")
+  sel = S.select(_pool(), _budget(5, 25), _params(), np.random.default_rng(3), "inter_only")
   assert sel.num_new_videos == 2 and sel.num_new_frames == 20
   assert all(p.frames == list(range(T)) and p.new_video for p in sel.picks)
   # First fit: a 20-frame video never fits 7 frames, the 3- and 4-frame ones both do, in any order.
@@ -178,7 +198,7 @@ def test_inter_only_takes_whole_videos():
           S.VideoCandidate("y", 3, np.zeros(3), None, [], False),
           S.VideoCandidate("z", 4, np.zeros(4), None, [], False)]
   for seed in range(6):
-    sel = S.select(pool, _budget(5, 7), _config(), np.random.default_rng(seed), "inter_only")
+    sel = S.select(pool, _budget(5, 7), _params(), np.random.default_rng(seed), "inter_only")
     assert _frames(sel) == {"y": [0, 1, 2], "z": [0, 1, 2, 3]}
     assert sel.cost == 2 + 7
 
@@ -188,7 +208,7 @@ def test_intra_only_spreads_over_labelled_videos():
   # least-annotated of {L1 (1 labelled), L2 (2), new (1)}: 2, 2, 2 after two frames, then two of the
   # three reach 3 -> final annotated counts [2, 3, 3].
   for seed in range(5):
-    sel = S.select(_pool(), _budget(1, 5), _config(), np.random.default_rng(seed), "intra_only")
+    sel = S.select(_pool(), _budget(1, 5), _params(), np.random.default_rng(seed), "intra_only")
     assert sel.num_new_videos == 1 and sel.num_new_frames == 5 and sel.cost == 6.0
     labelled = {"L1": 1, "L2": 2}
     new = [p for p in sel.picks if p.new_video]
@@ -200,7 +220,7 @@ def test_intra_only_spreads_over_labelled_videos():
     for p in sel.picks:
       assert not set(p.frames) & {"L1": {0}, "L2": {0, 5}}.get(p.video_id, set())
   # No video budget: the frames only go to the already labelled videos.
-  sel = S.select(_pool(), _budget(0, 4), _config(), np.random.default_rng(0), "intra_only")
+  sel = S.select(_pool(), _budget(0, 4), _params(), np.random.default_rng(0), "intra_only")
   assert sel.num_new_videos == 0 and {p.video_id for p in sel.picks} == {"L1", "L2"}
   # Annotated counts L1 1, L2 2 -> 2, 2 -> 3, 2 -> 3, 3 -> 4, 3 (ties by random rank): 4 and 3.
   final = {"L1": 1, "L2": 2}
@@ -212,25 +232,26 @@ def test_intra_only_spreads_over_labelled_videos():
 def test_gt_span_option():
   pool = _pool()
   with pytest.raises(ValueError, match="restrict_to_gt_span"):
-    S.select(pool, _budget(2, 5), _config(restrict_to_gt_span=True), np.random.default_rng(0), "claus")
+    S.select(pool, _budget(2, 5), _params(restrict_to_gt_span=True), np.random.default_rng(0),
+             "claus")
   for c in pool:
     c.gt_span = (3, 7)
-  sel = S.select(pool, _budget(2, 5), _config(restrict_to_gt_span=True), np.random.default_rng(0),
+  sel = S.select(pool, _budget(2, 5), _params(restrict_to_gt_span=True), np.random.default_rng(0),
                  "claus")
   assert all(3 <= f < 7 for p in sel.picks for f in p.frames)
   # Off (the default): the span is ignored even when present.
-  sel = S.select(pool, _budget(2, 5), _config(), np.random.default_rng(0), "claus")
+  sel = S.select(pool, _budget(2, 5), _params(), np.random.default_rng(0), "claus")
   assert _frames(sel)["a"] == [0, 2, 7]
 
 
 def test_json_round_trip():
-  sel = S.select(_pool(), _budget(2, 5), _config(), np.random.default_rng(0), "claus")
+  sel = S.select(_pool(), _budget(2, 5), _params(), np.random.default_rng(0), "claus")
   text = json.dumps(sel.to_json())
   assert S.Selection.from_json(text) == sel
   assert S.Selection.from_json(json.loads(text)) == sel
   # Non-finite scores are written as null, read back as -inf.
   pool = [S.VideoCandidate("x", 3, np.full(3, -np.inf), None, [], False)]
-  sel = S.select(pool, _budget(1, 1), _config(), np.random.default_rng(0), "claus")
+  sel = S.select(pool, _budget(1, 1), _params(), np.random.default_rng(0), "claus")
   data = json.loads(json.dumps(sel.to_json(), allow_nan=False))
   assert data["picks"][0]["video_score"] is None
   assert S.Selection.from_json(data).picks[0].video_score == -math.inf
@@ -238,17 +259,18 @@ def test_json_round_trip():
 
 def test_simulated_rounds_stay_within_targets():
   """A few rounds of a toy pool: cumulative counts never pass the schedule's targets."""
-  c = _config()
-  c.budget.initial_videos_pct = 10.0
-  c.budget.initial_frames_pct = 2.0
-  c.budget.schedule = ((4.0, 20.0), (6.0, 30.0), (10.0, 50.0))
+  config = _config()
+  config.budget.initial_videos_pct = 10.0
+  config.budget.initial_frames_pct = 2.0
+  config.budget.schedule = ((4.0, 20.0), (6.0, 30.0), (10.0, 50.0))
+  c = S.SelectionParams.from_config(config)
   rng = np.random.default_rng(0)
   lengths = rng.integers(8, 30, size=40)
   ids = [f"v{i:02d}" for i in range(40)]
   for name in S.STRATEGIES:
     labelled_videos, labelled_frames = set(), {v: set() for v in ids}
-    for r in range(B.num_rounds(c) + 1):
-      rb = B.round_budget(c, r, len(ids), int(lengths.sum()), len(labelled_videos),
+    for r in range(B.num_rounds(c.budget) + 1):
+      rb = B.round_budget(c.budget, r, len(ids), int(lengths.sum()), len(labelled_videos),
                           sum(len(s) for s in labelled_frames.values()))
       cands = [S.VideoCandidate(v, int(t), rng.random(t), rng.random(t), sorted(labelled_frames[v]),
                                 v in labelled_videos, i % 3) for i, (v, t) in enumerate(zip(ids, lengths))]
@@ -290,12 +312,13 @@ def _random_pool(draw):
        st.randoms(use_true_random=False))
 def test_strategy_properties(pool, name, seed, shuffler):
   cands, budget, cv, cf = pool
-  c = _config()
-  c.budget.cost_video = cv
-  c.budget.cost_frame = cf
+  config = _config()
+  config.budget.cost_video = cv
+  config.budget.cost_frame = cf
+  c = S.SelectionParams.from_config(config)
   sel = S.select(cands, budget, c, np.random.default_rng(seed), name)
   by_id = {x.video_id: x for x in cands}
-  nv, nf = B.max_new_videos(budget, c), B.max_new_frames(budget, c)
+  nv, nf = B.max_new_videos(budget, c.budget), B.max_new_frames(budget, c.budget)
   # Budget respected and cost reported honestly.
   assert sel.num_new_videos * cv <= budget.budget_video + 1e-9
   assert sel.num_new_frames * cf <= budget.budget_frame + 1e-9
@@ -366,8 +389,7 @@ def test_penalised_video_score_matches_the_authors_loop():
   """selection.video_score='penalised' (item 14) is the authors' Eq. 1, on videos with labels (for
   a video without labels their g(0) = 1 on every frame shifts every score by the same -1)."""
   rng = np.random.default_rng(0)
-  config = configlib.base_config()
-  config.selection.video_score = "penalised"
+  params = S.SelectionParams(video_score="penalised")
   checked = 0
   for trial in range(200):
     n = int(rng.integers(12, 40))
@@ -377,7 +399,7 @@ def test_penalised_video_score_matches_the_authors_loop():
     want_picks, want = _authors_frame_loop(unc, annots, k)
     if set(want_picks) & set(annots):
       continue  # Their loop re-picked a labelled frame (here never); REFERENCE.md: ~3.5%.
-    picks, got = F.penalised_video_score(unc, annots, k, config)
+    picks, got = F.penalised_video_score(unc, annots, k, params)
     np.testing.assert_array_equal(picks, want_picks)
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
     checked += 1
@@ -385,9 +407,9 @@ def test_penalised_video_score_matches_the_authors_loop():
   # The strategy ranks videos by it.
   cands = [S.VideoCandidate(f"v{i}", 12, rng.random(12), None, [], False, cluster=0)
            for i in range(4)]
-  scored = S._claus_scores(cands, 2, config)
+  scored = S._claus_scores(cands, 2, params)
   for c, s in scored:
-    assert s == F.penalised_video_score(c.frame_scores, [], 2, config)[1]
+    assert s == F.penalised_video_score(c.frame_scores, [], 2, params)[1]
 
 
 def _authors_cap_loop(order, cluster_of, labelled, sizes, n_new, cap=0.54):

@@ -26,6 +26,40 @@ _EPS = 1e-9
 
 
 @dataclasses.dataclass(frozen=True)
+class BudgetParams:
+  """Every setting of ``config.budget`` the budget arithmetic reads (see configlib.base_config).
+
+  The defaults are base_config's round 0 and costs with no later round (the paper schedules are
+  configlib's).
+
+  Attributes:
+    initial_videos_pct: V% of round 0 (``budget.initial_videos_pct``).
+    initial_frames_pct: A% of round 0 (``budget.initial_frames_pct``).
+    schedule: cumulative ``(A%, V%)`` of rounds 1..R (``budget.schedule``).
+    max_rounds: > 0 keeps only that many selection rounds after round 0 (``budget.max_rounds``).
+    cost_video: C_v, the cost of one video label (``budget.cost_video``).
+    cost_frame: C_f, the cost of one frame annotation (``budget.cost_frame``).
+  """
+
+  initial_videos_pct: float = 5.0
+  initial_frames_pct: float = 0.15
+  schedule: tuple[tuple[float, float], ...] = ()
+  max_rounds: int = 0
+  cost_video: float = 1.0
+  cost_frame: float = 1.0
+
+  @classmethod
+  def from_config(cls, config) -> BudgetParams:
+    """The settings of ``config.budget``, read once."""
+    b = config.budget
+    return cls(initial_videos_pct=float(b.initial_videos_pct),
+               initial_frames_pct=float(b.initial_frames_pct),
+               schedule=tuple((float(a), float(v)) for a, v in b.schedule),
+               max_rounds=int(b.max_rounds or 0), cost_video=float(b.cost_video),
+               cost_frame=float(b.cost_frame))
+
+
+@dataclasses.dataclass(frozen=True)
 class RoundBudget:
   """What one round may buy.
 
@@ -49,43 +83,43 @@ class RoundBudget:
     return self.budget_video + self.budget_frame
 
 
-def cumulative_schedule(config) -> list[tuple[float, float]]:
+def cumulative_schedule(params: BudgetParams) -> list[tuple[float, float]]:
   """[(A%, V%)] for rounds 0..R: round 0 from the initial percents, then the schedule.
 
-  ``config.budget.max_rounds`` > 0 keeps only that many selection rounds after round 0.
+  ``max_rounds`` > 0 keeps only that many selection rounds after round 0.
   """
-  b = config.budget
-  rounds = [(float(a), float(v)) for a, v in b.schedule]
-  if b.max_rounds and b.max_rounds > 0:
-    rounds = rounds[:int(b.max_rounds)]
-  return [(float(b.initial_frames_pct), float(b.initial_videos_pct))] + rounds
+  rounds = list(params.schedule)
+  if params.max_rounds > 0:
+    rounds = rounds[:params.max_rounds]
+  return [(params.initial_frames_pct, params.initial_videos_pct)] + rounds
 
 
-def num_rounds(config) -> int:
+def num_rounds(params: BudgetParams) -> int:
   """Selection rounds after round 0 (the length of the capped schedule)."""
-  return len(cumulative_schedule(config)) - 1
+  return len(cumulative_schedule(params)) - 1
 
 
-def initial_video_count(config, num_train_videos: int) -> int:
+def initial_video_count(params: BudgetParams, num_train_videos: int) -> int:
   """Round 0's labelled videos: ``budget.initial_videos_pct`` of the pool, at least one."""
-  return max(1, int(round(config.budget.initial_videos_pct / 100.0 * num_train_videos)))
+  return max(1, int(round(params.initial_videos_pct / 100.0 * num_train_videos)))
 
 
-def initial_frame_count(config, num_train_frames: int) -> int:
+def initial_frame_count(params: BudgetParams, num_train_frames: int) -> int:
   """Round 0's annotated frames: ``budget.initial_frames_pct`` of the pool's frames."""
-  return int(round(config.budget.initial_frames_pct / 100.0 * num_train_frames))
+  return int(round(params.initial_frames_pct / 100.0 * num_train_frames))
 
 
-def round_targets(config, round_index: int, total_videos: int, total_frames: int) -> tuple[int, int]:
+def round_targets(params: BudgetParams, round_index: int, total_videos: int,
+                  total_frames: int) -> tuple[int, int]:
   """(videos_target, frames_target) after ``round_index``: cumulative counts, capped at the pool."""
-  sched = cumulative_schedule(config)
+  sched = cumulative_schedule(params)
   if not 0 <= round_index < len(sched):
     raise ValueError(f"round {round_index} is outside the schedule (rounds 0..{len(sched) - 1}; "
-                     f"config.budget.schedule has {len(config.budget.schedule)} entries, "
-                     f"max_rounds={config.budget.max_rounds}).")
+                     f"config.budget.schedule has {len(params.schedule)} entries, "
+                     f"max_rounds={params.max_rounds}).")
   if round_index == 0:
-    videos = initial_video_count(config, total_videos)
-    frames = initial_frame_count(config, total_frames)
+    videos = initial_video_count(params, total_videos)
+    frames = initial_frame_count(params, total_frames)
   else:
     a_pct, v_pct = sched[round_index]
     videos = int(round(v_pct / 100.0 * total_videos))
@@ -93,23 +127,23 @@ def round_targets(config, round_index: int, total_videos: int, total_frames: int
   return min(videos, total_videos), min(frames, total_frames)
 
 
-def round_budget(config, round_index: int, total_videos: int, total_frames: int,
+def round_budget(params: BudgetParams, round_index: int, total_videos: int, total_frames: int,
                  labelled_videos: int, labelled_frames: int) -> RoundBudget:
   """The budgets B_v, B_f of one round given what is labelled already.
 
   Args:
-    config: claus_jax config (``budget`` section).
-    round_index: 0 (initial pool) or 1..num_rounds(config).
+    params: the ``budget`` settings (:meth:`BudgetParams.from_config`).
+    round_index: 0 (initial pool) or 1..num_rounds(params).
     total_videos: N, videos in the pool (train split).
     total_frames: F, frames over all pool videos.
     labelled_videos: videos carrying a video label before this round.
     labelled_frames: annotated frames before this round.
   """
-  videos, frames = round_targets(config, round_index, total_videos, total_frames)
+  videos, frames = round_targets(params, round_index, total_videos, total_frames)
   return RoundBudget(
       round=round_index, num_videos=videos, num_frames=frames,
-      budget_video=max(0, videos - labelled_videos) * float(config.budget.cost_video),
-      budget_frame=max(0, frames - labelled_frames) * float(config.budget.cost_frame))
+      budget_video=max(0, videos - labelled_videos) * params.cost_video,
+      budget_frame=max(0, frames - labelled_frames) * params.cost_frame)
 
 
 def affordable(budget_units: float, unit_cost: float) -> int:
@@ -120,23 +154,23 @@ def affordable(budget_units: float, unit_cost: float) -> int:
   return max(0, int(math.floor(budget_units / unit_cost + _EPS)))
 
 
-def max_new_videos(budget: RoundBudget, config) -> int:
+def max_new_videos(budget: RoundBudget, params: BudgetParams) -> int:
   """floor(B_v / C_v): new video labels the round can pay for."""
-  return affordable(budget.budget_video, float(config.budget.cost_video))
+  return affordable(budget.budget_video, params.cost_video)
 
 
-def max_new_frames(budget: RoundBudget, config) -> int:
+def max_new_frames(budget: RoundBudget, params: BudgetParams) -> int:
   """floor(B_f / C_f): new frame annotations the round can pay for."""
-  return affordable(budget.budget_frame, float(config.budget.cost_frame))
+  return affordable(budget.budget_frame, params.cost_frame)
 
 
-def selection_cost(num_new_videos: int, num_new_frames: int, config) -> float:
+def selection_cost(num_new_videos: int, num_new_frames: int, params: BudgetParams) -> float:
   """C_v * new video labels + C_f * new frame annotations."""
-  return (num_new_videos * float(config.budget.cost_video)
-          + num_new_frames * float(config.budget.cost_frame))
+  return num_new_videos * params.cost_video + num_new_frames * params.cost_frame
 
 
-def within_budget(num_new_videos: int, num_new_frames: int, budget: RoundBudget, config) -> bool:
+def within_budget(num_new_videos: int, num_new_frames: int, budget: RoundBudget,
+                  params: BudgetParams) -> bool:
   """True when both parts fit: new videos * C_v <= B_v and new frames * C_f <= B_f."""
-  return (num_new_videos <= max_new_videos(budget, config)
-          and num_new_frames <= max_new_frames(budget, config))
+  return (num_new_videos <= max_new_videos(budget, params)
+          and num_new_frames <= max_new_frames(budget, params))

@@ -49,16 +49,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from claus_jax.selection.params import SelectionParams
+
 METHODS = ("uncertainty", "top", "entropy", "random", "equidistant")
 VIDEO_SCORES = ("raw", "penalised")  # config.selection.video_score (Eq. 1 over which scores).
 
-# Defaults equal to configlib.base_config().selection, used when no config is passed.
-_DEFAULT_SIGMA = 8.0 / 3.0
-_DEFAULT_NMS_RADIUS = 4
-_DEFAULT_ENTROPY_SKIP = 5
+# Equal to configlib.base_config().selection, used when no params are passed.
+_DEFAULTS = SelectionParams()
 
 
-def proximity_penalty(distance, sigma: float = _DEFAULT_SIGMA) -> np.ndarray:
+def proximity_penalty(distance, sigma: float = _DEFAULTS.proximity_sigma) -> np.ndarray:
   """g(d) = N(d; 0, sigma) / N(0; 0, sigma) = exp(-d^2 / (2 sigma^2)); 1 at d = 0.
 
   Args:
@@ -150,7 +150,7 @@ def _greedy_skip(scores: np.ndarray, avail: np.ndarray, k: int, skip: int) -> li
 
 
 def select_frames(scores, labelled: Sequence[int], k: int, method: str = "uncertainty",
-                  rng: np.random.Generator | None = None, config=None,
+                  rng: np.random.Generator | None = None, params: SelectionParams | None = None,
                   span: tuple[int, int] | None = None) -> np.ndarray:
   """Picks up to k new frames of one video to annotate.
 
@@ -162,8 +162,8 @@ def select_frames(scores, labelled: Sequence[int], k: int, method: str = "uncert
     k: frames wanted; capped at the number of available frames.
     method: one of METHODS (see the module docstring).
     rng: NumPy generator, required for 'random'.
-    config: a claus_jax config (uses ``config.selection.proximity_sigma``, ``nms_radius``,
-      ``entropy_skip``); None = the paper defaults (8/3, 4, 5).
+    params: the selection settings (uses ``proximity_sigma``, ``nms_radius``, ``entropy_skip``);
+      None = the paper defaults (8/3, 4, 5).
     span: optional half-open ``(start, end)`` to choose from. Pass the ground-truth span only
       when ``config.selection.restrict_to_gt_span`` is True: it leaks labels.
   Returns:
@@ -178,16 +178,13 @@ def select_frames(scores, labelled: Sequence[int], k: int, method: str = "uncert
   k = int(min(max(int(k), 0), avail.size))
   if k == 0:
     return np.zeros((0,), dtype=np.int64)
-  sel = config.selection if config is not None else None
+  params = _DEFAULTS if params is None else params
   if method == "uncertainty":
-    sigma = float(sel.proximity_sigma) if sel is not None else _DEFAULT_SIGMA
-    radius = int(sel.nms_radius) if sel is not None else _DEFAULT_NMS_RADIUS
-    picks = _greedy_penalised(s, lab, avail, k, sigma, radius)
+    picks = _greedy_penalised(s, lab, avail, k, params.proximity_sigma, params.nms_radius)
   elif method == "top":
     picks = _greedy_skip(s, avail, k, skip=0)
   elif method == "entropy":
-    skip = int(sel.entropy_skip) if sel is not None else _DEFAULT_ENTROPY_SKIP
-    picks = _greedy_skip(s, avail, k, skip=skip)
+    picks = _greedy_skip(s, avail, k, skip=params.entropy_skip)
   elif method == "random":
     if rng is None:
       raise ValueError("select_frames(method='random') needs an rng (np.random.Generator).")
@@ -198,11 +195,13 @@ def select_frames(scores, labelled: Sequence[int], k: int, method: str = "uncert
   return np.sort(np.asarray(picks, dtype=np.int64))
 
 
-def penalised_video_score(scores, labelled: Sequence[int], k: int, config=None,
+def penalised_video_score(scores, labelled: Sequence[int], k: int,
+                          params: SelectionParams | None = None,
                           span: tuple[int, int] | None = None) -> tuple[np.ndarray, float]:
   """Intra selection (``'uncertainty'``) and the authors' Eq. 1: the mean of the picks' *adjusted*
   scores at the moment each is picked (frame score minus the proximity penalty and the suppression
   of earlier picks), as their selection loop sums them (``selection.video_score='penalised'``).
+  ``params`` as in :func:`select_frames` (None = the paper defaults).
 
   Returns:
     ``(picks (min(k, available),) int64 sorted, score)``; score is -inf without a pick.
@@ -213,11 +212,10 @@ def penalised_video_score(scores, labelled: Sequence[int], k: int, config=None,
   k = int(min(max(int(k), 0), avail.size))
   if k == 0:
     return np.zeros((0,), dtype=np.int64), float("-inf")
-  sel = config.selection if config is not None else None
-  sigma = float(sel.proximity_sigma) if sel is not None else _DEFAULT_SIGMA
-  radius = int(sel.nms_radius) if sel is not None else _DEFAULT_NMS_RADIUS
+  params = _DEFAULTS if params is None else params
   values: list[float] = []
-  picks = _greedy_penalised(s, lab, avail, k, sigma, radius, values)
+  picks = _greedy_penalised(s, lab, avail, k, params.proximity_sigma, params.nms_radius,
+                            values)
   return np.sort(np.asarray(picks, dtype=np.int64)), float(np.mean(values))
 
 

@@ -3,7 +3,8 @@
 One registry, :data:`STRATEGIES`, keyed by ``config.selection.strategy`` (the names of
 ``configlib.STRATEGIES``). Every strategy has the signature
 
-    select(candidates: list[VideoCandidate], budget: RoundBudget, config, rng) -> Selection
+    select(candidates: list[VideoCandidate], budget: RoundBudget, params: SelectionParams,
+           rng) -> Selection
 
 and is host-side NumPy. Determinism: candidates are sorted by ``video_id`` before anything else, all
 random draws come from ``rng`` in that order, and score ties are broken by ``video_id``; the same
@@ -70,6 +71,7 @@ import numpy as np
 from claus_jax.selection import budget as budget_lib
 from claus_jax.selection import frames as frames_lib
 from claus_jax.selection.budget import RoundBudget
+from claus_jax.selection.params import SelectionParams
 
 
 @dataclasses.dataclass
@@ -252,8 +254,8 @@ def allocate_frames(capacities: Sequence[int], total: int) -> list[int]:
   return alloc
 
 
-def _span(c: VideoCandidate, config) -> tuple[int, int] | None:
-  if not config.selection.restrict_to_gt_span:
+def _span(c: VideoCandidate, params: SelectionParams) -> tuple[int, int] | None:
+  if not params.restrict_to_gt_span:
     return None
   if c.gt_span is None:
     raise ValueError(f"config.selection.restrict_to_gt_span is True but video {c.video_id!r} has no "
@@ -279,14 +281,14 @@ def _sorted(candidates: Sequence[VideoCandidate]) -> list[VideoCandidate]:
   return sorted(candidates, key=lambda c: c.video_id)
 
 
-def _eligible_new(cands: list[VideoCandidate], config) -> list[VideoCandidate]:
-  return [c for c in cands if not c.video_labelled and _capacity(c, _span(c, config)) > 0]
+def _eligible_new(cands: list[VideoCandidate], params: SelectionParams) -> list[VideoCandidate]:
+  return [c for c in cands if not c.video_labelled and _capacity(c, _span(c, params)) > 0]
 
 
-def _counts(num_eligible: int, budget: RoundBudget, config) -> tuple[int, int]:
+def _counts(num_eligible: int, budget: RoundBudget, params: SelectionParams) -> tuple[int, int]:
   """(new videos, frames affordable) for the hybrid split."""
-  nv = budget_lib.max_new_videos(budget, config)
-  nf = budget_lib.max_new_frames(budget, config)
+  nv = budget_lib.max_new_videos(budget, params.budget)
+  nf = budget_lib.max_new_frames(budget, params.budget)
   return min(nv, nf, num_eligible), nf
 
 
@@ -294,29 +296,30 @@ def _by_score(items: list[tuple[VideoCandidate, float]]) -> list[tuple[VideoCand
   return sorted(items, key=lambda cs: (-cs[1] if not math.isnan(cs[1]) else math.inf, cs[0].video_id))
 
 
-def _finish(picks: list[Pick], budget: RoundBudget, config, name: str) -> Selection:
+def _finish(picks: list[Pick], budget: RoundBudget, params: SelectionParams,
+            name: str) -> Selection:
   picks = [p for p in picks if p.frames or p.new_video]
   picks.sort(key=lambda p: p.video_id)
   n_v = sum(1 for p in picks if p.new_video)
   n_f = sum(len(p.frames) for p in picks)
-  if not budget_lib.within_budget(n_v, n_f, budget, config):
+  if not budget_lib.within_budget(n_v, n_f, budget, params.budget):
     raise RuntimeError(f"strategy {name!r} exceeded the round budget ({n_v} videos, {n_f} frames vs "
                        f"B_v={budget.budget_video}, B_f={budget.budget_frame}); this is a bug.")
-  return Selection(picks=picks, cost=budget_lib.selection_cost(n_v, n_f, config), num_new_videos=n_v,
-                   num_new_frames=n_f, strategy=name, round=budget.round)
+  return Selection(picks=picks, cost=budget_lib.selection_cost(n_v, n_f, params.budget),
+                   num_new_videos=n_v, num_new_frames=n_f, strategy=name, round=budget.round)
 
 
 def _hybrid_frames(ranked: list[tuple[VideoCandidate, float]], frames_total: int, method: str,
-                   config, rng, score_of: Callable[[VideoCandidate], np.ndarray],
+                   params: SelectionParams, rng, score_of: Callable[[VideoCandidate], np.ndarray],
                    report_eq1: bool) -> list[Pick]:
   """Allocates frames over ``ranked`` new videos (priority order) and picks them by ``method``."""
-  spans = [_span(c, config) for c, _ in ranked]
+  spans = [_span(c, params) for c, _ in ranked]
   caps = [_capacity(c, s) for (c, _), s in zip(ranked, spans)]
   alloc = allocate_frames(caps, frames_total)
   picks = []
   for (c, score), span, k in zip(ranked, spans, alloc):
     chosen = frames_lib.select_frames(score_of(c), c.labelled_frames, k, method, rng=rng,
-                                      config=config, span=span)
+                                      params=params, span=span)
     vs = frames_lib.video_score(c.frame_scores, chosen) if report_eq1 else score
     picks.append(Pick(video_id=c.video_id, frames=[int(f) for f in chosen], video_score=vs,
                       cluster=int(c.cluster), new_video=True))
@@ -333,17 +336,18 @@ def _need_entropy(c: VideoCandidate) -> np.ndarray:
 # ----------------------------------------------------------------------------- strategies
 
 
-def _claus_scores(eligible: list[VideoCandidate], a_t: int, config) -> list[tuple[VideoCandidate, float]]:
+def _claus_scores(eligible: list[VideoCandidate], a_t: int,
+                  params: SelectionParams) -> list[tuple[VideoCandidate, float]]:
   out = []
-  penalised = config.selection.get("video_score", "raw") == "penalised"
+  penalised = params.video_score == "penalised"
   for c in eligible:
     if penalised:
-      _, score = frames_lib.penalised_video_score(c.frame_scores, c.labelled_frames, a_t, config,
-                                                  _span(c, config))
+      _, score = frames_lib.penalised_video_score(c.frame_scores, c.labelled_frames, a_t, params,
+                                                  _span(c, params))
       out.append((c, score))
       continue
     chosen = frames_lib.select_frames(c.frame_scores, c.labelled_frames, a_t, "uncertainty",
-                                      config=config, span=_span(c, config))
+                                      params=params, span=_span(c, params))
     out.append((c, frames_lib.video_score(c.frame_scores, chosen)))
   return out
 
@@ -374,20 +378,19 @@ def capped_cluster_pick(scored: list[tuple[VideoCandidate, float]], all_candidat
   return chosen
 
 
-def _claus(candidates, budget, config, rng, *, use_clusters: bool, name: str) -> Selection:
+def _claus(candidates, budget, params, rng, *, use_clusters: bool, name: str) -> Selection:
   del rng  # Fully determined by the scores.
-  eligible = _eligible_new(_sorted(candidates), config)
-  n_new, nf = _counts(len(eligible), budget, config)
+  eligible = _eligible_new(_sorted(candidates), params)
+  n_new, nf = _counts(len(eligible), budget, params)
   if n_new == 0:
-    return _finish([], budget, config, name)
+    return _finish([], budget, params, name)
   a_t = nf // n_new
-  scored = _claus_scores(eligible, a_t, config)
-  quota_rule = config.selection.get("cluster_quota", "proportional")
+  scored = _claus_scores(eligible, a_t, params)
+  quota_rule = params.cluster_quota
   if use_clusters and quota_rule == "cap":
-    chosen = capped_cluster_pick(scored, _sorted(candidates), n_new,
-                                 float(config.selection.cluster_cap))
+    chosen = capped_cluster_pick(scored, _sorted(candidates), n_new, params.cluster_cap)
     if not chosen:
-      return _finish([], budget, config, name)
+      return _finish([], budget, params, name)
   elif use_clusters:
     groups: dict[int, list[tuple[VideoCandidate, float]]] = {}
     for cs in scored:
@@ -397,65 +400,66 @@ def _claus(candidates, budget, config, rng, *, use_clusters: bool, name: str) ->
   else:
     chosen = _by_score(scored)[:n_new]
   ranked = _by_score(chosen)
-  picks = _hybrid_frames(ranked, nf, "uncertainty", config, None, lambda c: c.frame_scores,
+  picks = _hybrid_frames(ranked, nf, "uncertainty", params, None, lambda c: c.frame_scores,
                          report_eq1=False)
-  return _finish(picks, budget, config, name)
+  return _finish(picks, budget, params, name)
 
 
-def select_claus(candidates, budget, config, rng) -> Selection:
+def select_claus(candidates, budget, params, rng) -> Selection:
   """CLAUS: Eq. 1 video scores, cluster-proportional budgets, penalised greedy frames."""
-  return _claus(candidates, budget, config, rng, use_clusters=True, name="claus")
+  return _claus(candidates, budget, params, rng, use_clusters=True, name="claus")
 
 
-def select_claus_no_cluster(candidates, budget, config, rng) -> Selection:
+def select_claus_no_cluster(candidates, budget, params, rng) -> Selection:
   """CLAUS without clustering: global top-k of the Eq. 1 video scores."""
-  return _claus(candidates, budget, config, rng, use_clusters=False, name="claus_no_cluster")
+  return _claus(candidates, budget, params, rng, use_clusters=False, name="claus_no_cluster")
 
 
-def _mean_score_topk(candidates, budget, config, score_of, method: str, name: str) -> Selection:
-  eligible = _eligible_new(_sorted(candidates), config)
-  n_new, nf = _counts(len(eligible), budget, config)
+def _mean_score_topk(candidates, budget, params, score_of, method: str, name: str) -> Selection:
+  eligible = _eligible_new(_sorted(candidates), params)
+  n_new, nf = _counts(len(eligible), budget, params)
   ranked = _by_score([(c, _finite_mean(score_of(c))) for c in eligible])[:n_new]
-  picks = _hybrid_frames(ranked, nf, method, config, None, score_of, report_eq1=False)
-  return _finish(picks, budget, config, name)
+  picks = _hybrid_frames(ranked, nf, method, params, None, score_of, report_eq1=False)
+  return _finish(picks, budget, params, name)
 
 
-def select_uncertainty(candidates, budget, config, rng) -> Selection:
+def select_uncertainty(candidates, budget, params, rng) -> Selection:
   """MC-dropout baseline: mean frame uncertainty per video, top-k videos, top-k frames."""
   del rng
-  return _mean_score_topk(candidates, budget, config, lambda c: c.frame_scores, "top", "uncertainty")
+  return _mean_score_topk(candidates, budget, params, lambda c: c.frame_scores, "top",
+                          "uncertainty")
 
 
-def select_entropy(candidates, budget, config, rng) -> Selection:
+def select_entropy(candidates, budget, params, rng) -> Selection:
   """Entropy baseline: mean frame entropy per video, top-k videos, frames skipping neighbours."""
   del rng
-  return _mean_score_topk(candidates, budget, config, _need_entropy, "entropy", "entropy")
+  return _mean_score_topk(candidates, budget, params, _need_entropy, "entropy", "entropy")
 
 
-def _random_videos(candidates, budget, config, rng, method: str, name: str) -> Selection:
-  eligible = _eligible_new(_sorted(candidates), config)
-  n_new, nf = _counts(len(eligible), budget, config)
+def _random_videos(candidates, budget, params, rng, method: str, name: str) -> Selection:
+  eligible = _eligible_new(_sorted(candidates), params)
+  n_new, nf = _counts(len(eligible), budget, params)
   order = rng.permutation(len(eligible))[:n_new]
   ranked = [(eligible[i], float("nan")) for i in order]
-  picks = _hybrid_frames(ranked, nf, method, config, rng, lambda c: c.frame_scores, report_eq1=True)
-  return _finish(picks, budget, config, name)
+  picks = _hybrid_frames(ranked, nf, method, params, rng, lambda c: c.frame_scores, report_eq1=True)
+  return _finish(picks, budget, params, name)
 
 
-def select_random(candidates, budget, config, rng) -> Selection:
+def select_random(candidates, budget, params, rng) -> Selection:
   """Random videos, random frames."""
-  return _random_videos(candidates, budget, config, rng, "random", "random")
+  return _random_videos(candidates, budget, params, rng, "random", "random")
 
 
-def select_equidistant(candidates, budget, config, rng) -> Selection:
+def select_equidistant(candidates, budget, params, rng) -> Selection:
   """Random videos, evenly spaced frames."""
-  return _random_videos(candidates, budget, config, rng, "equidistant", "equidistant")
+  return _random_videos(candidates, budget, params, rng, "equidistant", "equidistant")
 
 
-def select_inter_only(candidates, budget, config, rng) -> Selection:
+def select_inter_only(candidates, budget, params, rng) -> Selection:
   """Ablation: whole videos (every free frame) in random order while both budgets last."""
   cands = [c for c in _sorted(candidates) if not c.video_labelled]
-  nv = budget_lib.max_new_videos(budget, config)
-  frames_left = budget_lib.max_new_frames(budget, config)
+  nv = budget_lib.max_new_videos(budget, params.budget)
+  frames_left = budget_lib.max_new_frames(budget, params.budget)
   picks = []
   for i in rng.permutation(len(cands)):
     if len(picks) >= nv:
@@ -468,18 +472,18 @@ def select_inter_only(candidates, budget, config, rng) -> Selection:
     picks.append(Pick(video_id=c.video_id, frames=[int(f) for f in free],
                       video_score=frames_lib.video_score(c.frame_scores, free),
                       cluster=int(c.cluster), new_video=True))
-  return _finish(picks, budget, config, "inter_only")
+  return _finish(picks, budget, params, "inter_only")
 
 
-def select_intra_only(candidates, budget, config, rng) -> Selection:
+def select_intra_only(candidates, budget, params, rng) -> Selection:
   """Ablation: new video labels as usual, then the frame budget spread over every labelled video."""
   cands = _sorted(candidates)
-  nv = budget_lib.max_new_videos(budget, config)
-  nf = budget_lib.max_new_frames(budget, config)
+  nv = budget_lib.max_new_videos(budget, params.budget)
+  nf = budget_lib.max_new_frames(budget, params.budget)
   order = rng.permutation(len(cands))  # Random rank of every video: new-video order and ties.
   rank = {cands[int(i)].video_id: r for r, i in enumerate(order)}
   eligible = [c for c in (cands[int(i)] for i in order)
-              if not c.video_labelled and _capacity(c, _span(c, config)) > 0]
+              if not c.video_labelled and _capacity(c, _span(c, params)) > 0]
   new = eligible[:min(nv, nf, len(eligible))]
   new_ids = {c.video_id for c in new}
   counts = {c.video_id: 1 for c in new}
@@ -490,7 +494,7 @@ def select_intra_only(candidates, budget, config, rng) -> Selection:
   for c in cands:
     if not (c.video_labelled or c.video_id in new_ids):
       continue
-    caps[c.video_id] = _capacity(c, _span(c, config))
+    caps[c.video_id] = _capacity(c, _span(c, params))
     given = counts.get(c.video_id, 0)
     if given < caps[c.video_id]:
       heapq.heappush(heap, (c.labelled_frames.size + given, rank[c.video_id], c.video_id))
@@ -506,14 +510,15 @@ def select_intra_only(candidates, budget, config, rng) -> Selection:
     if k == 0:
       continue
     chosen = frames_lib.select_frames(c.frame_scores, c.labelled_frames, k, "random", rng=rng,
-                                      config=config, span=_span(c, config))
+                                      params=params, span=_span(c, params))
     picks.append(Pick(video_id=c.video_id, frames=[int(f) for f in chosen],
                       video_score=frames_lib.video_score(c.frame_scores, chosen),
                       cluster=int(c.cluster), new_video=c.video_id in new_ids))
-  return _finish(picks, budget, config, "intra_only")
+  return _finish(picks, budget, params, "intra_only")
 
 
-SelectFn = Callable[[list[VideoCandidate], RoundBudget, object, np.random.Generator], Selection]
+SelectFn = Callable[[list[VideoCandidate], RoundBudget, SelectionParams, np.random.Generator],
+                    Selection]
 
 STRATEGIES: dict[str, SelectFn] = {
     "claus": select_claus,
@@ -527,10 +532,10 @@ STRATEGIES: dict[str, SelectFn] = {
 }
 
 
-def select(candidates: Sequence[VideoCandidate], budget: RoundBudget, config,
+def select(candidates: Sequence[VideoCandidate], budget: RoundBudget, params: SelectionParams,
            rng: np.random.Generator, strategy: str | None = None) -> Selection:
-  """Runs ``strategy`` (default ``config.selection.strategy``) on the pool."""
-  name = strategy or config.selection.strategy
+  """Runs ``strategy`` (default ``params.strategy``, ``config.selection.strategy``) on the pool."""
+  name = strategy or params.strategy
   if name not in STRATEGIES:
     raise ValueError(f"config.selection.strategy={name!r} is unknown; use one of {tuple(STRATEGIES)}.")
-  return STRATEGIES[name](list(candidates), budget, config, rng)
+  return STRATEGIES[name](list(candidates), budget, params, rng)

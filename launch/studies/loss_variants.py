@@ -102,9 +102,10 @@ def main(argv):
   configlib.validate(config)
   dataset = data_lib.get_dataset(config)
   index = dataset.train_index
+  budget = selection_lib.BudgetParams.from_config(config)
   pool = pool_lib.initial_pool(
-      index.video_ids, index.num_frames, selection_lib.initial_video_count(config, len(index)),
-      selection_lib.initial_frame_count(config, int(index.num_frames.sum())), seed=config.seed)
+      index.video_ids, index.num_frames, selection_lib.initial_video_count(budget, len(index)),
+      selection_lib.initial_frame_count(budget, int(index.num_frames.sum())), seed=config.seed)
   print(f"pool: {pool.num_labelled_videos} videos, {pool.num_labelled_frames} frames; "
         f"{_STEPS.value} steps per variant", flush=True)
   workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="claus_loss_variants_")
