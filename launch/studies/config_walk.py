@@ -189,10 +189,19 @@ def _callee(modules, mod: Module, cls: str | None, func: ast.expr):
       if alias and alias[0] == "module":
         return _resolve_symbol(modules, alias[1], func.attr)
       if alias and alias[0] == "symbol":  # ClassName.method via an import.
-        target = _resolve_symbol(modules, alias[1], alias[2])
-        if target and target[1].endswith(".__init__"):
-          key = f"{target[1][:-len('.__init__')]}.{func.attr}"
-          return (target[0], key) if key in modules[target[0]].functions else None
+        return _method(modules, _resolve_symbol(modules, alias[1], alias[2]), func.attr)
+    if (isinstance(value, ast.Attribute) and isinstance(value.value, ast.Name)
+        and mod.aliases.get(value.value.id, ("",))[0] == "module"):  # module.ClassName.method.
+      target = _resolve_symbol(modules, mod.aliases[value.value.id][1], value.attr)
+      return _method(modules, target, func.attr)
+  return None
+
+
+def _method(modules, target, attr: str):
+  """(module, 'Class.attr') when ``target`` is a class's (module, 'Class.__init__') that has it."""
+  if target and target[1].endswith(".__init__"):
+    key = f"{target[1][:-len('.__init__')]}.{attr}"
+    return (target[0], key) if key in modules[target[0]].functions else None
   return None
 
 
