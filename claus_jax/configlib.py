@@ -95,6 +95,7 @@ def base_config() -> ml_collections.ConfigDict:
       batch_size=8,  # Clips per step.
       learning_rate=1e-3,  # Adam peak learning rate (cosine decay to 0 after a 5% warm-up).
       seg_weight=1.0,  # Weight of the actor-track loss beside the action-family loss.
+      heatmap_weight=1.0,  # Weight of the joint-heatmap loss (where each joint is, every frame).
       pose_weight=1.0,  # Weight of the 2-D pose loss (joints relative to the pelvis).
       scene_weight=1.0,  # Weight of the scene-style loss (its colours and horizon).
       min_speed=0.7,  # Slowest action speed (x the family's own).
@@ -419,6 +420,7 @@ RANGES = {
     "pretrain.batch_size": "[1, inf)",
     "pretrain.learning_rate": "(0, inf)",
     "pretrain.seg_weight": "[0, inf)",
+    "pretrain.heatmap_weight": "[0, inf)",
     "pretrain.pose_weight": "[0, inf)",
     "pretrain.scene_weight": "[0, inf)",
     "pretrain.min_speed": "(0, inf)",

@@ -48,11 +48,45 @@ def test_corpus_clips_are_deterministic_balanced_and_independent():
   # The part map covers exactly the visible figure, and the pose is relative to the pelvis.
   np.testing.assert_array_equal(one["parts"] > 0, one["mask"] > 0)
   assert one["pose"].shape == (8, len(corpus.POSE_JOINTS), 2) and one["scene"].shape == (16,)
+  # The joints' image positions are the pose's: minus the pelvis, over one height per clip.
+  rel = one["joints"][:, 1:] - one["joints"][:, :1]
+  height = rel[..., 1].ravel() @ one["pose"][..., 1].ravel() / np.sum(one["pose"][..., 1] ** 2)
+  np.testing.assert_allclose(rel, one["pose"] * height, atol=1e-3)
+  assert 0.2 * 32 <= height <= 0.9 * 32
   assert a["video"].shape == (14, 8, 32, 32, 3) and a["video"].dtype == np.uint8
   assert a["mask"].any(axis=(1, 2, 3)).all(), "every clip shows its actor"
   # Another corpus seed gives other clips.
   other = corpus.batch(corpus.PretrainParams(frame_size=32, seed=2), range(2))
   assert not np.array_equal(other["video"], a["video"][:2])
+
+
+def test_joint_heatmap_targets_by_hand():
+  import jax.numpy as jnp
+  # 64 px over 8 cells: cell 0 holds pixels 0-7 and its centre is at pixel 3.5.
+  joints = jnp.array([[3.5, 3.5], [5.5, 3.5], [11.5, 13.5], [-3.0, 10.0], [63.0, 63.0]])
+  targets, inside = pretrain.joint_heatmap_targets(joints, 64, 8)
+  want = np.zeros((5, 8, 8))
+  want[0, 0, 0] = 1.0
+  want[1, 0, 0], want[1, 0, 1] = 0.75, 0.25  # A quarter of the way from centre 0 to centre 1.
+  # x = 11.5 is column 1's centre; y = 13.5 is a quarter of the way from row 1's centre (11.5) to
+  # row 2's (19.5).
+  want[2, 1, 1], want[2, 2, 1] = 0.75, 0.25
+  # x = -3 clamps to the border column; y = 10 is 13/16 of the way from row 0's centre (3.5) to
+  # row 1's.
+  want[3, 0, 0], want[3, 1, 0] = 0.1875, 0.8125
+  want[4, 7, 7] = 1.0
+  np.testing.assert_allclose(np.asarray(targets), want, atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(inside), [1, 1, 1, 0, 1])
+  # Logits peaked at each joint's cell: accuracy 1 and the loss near the targets' own entropy; the
+  # joint outside the frame counts for neither.
+  logits = jnp.log(jnp.asarray(want) * 0.999 + 0.001 / 64)[None, None]
+  loss, acc = pretrain.joint_heatmap_loss(logits, joints[None, None], 64)
+  entropy = -np.sum(want * np.log(np.where(want > 0, want, 1)), axis=(1, 2))
+  assert float(acc) == 1.0
+  assert abs(float(loss) - np.mean(entropy[[0, 1, 2, 4]])) < 0.02
+  # Uniform logits: ln 64 whatever the targets.
+  loss, _ = pretrain.joint_heatmap_loss(jnp.zeros((1, 1, 5, 8, 8)), joints[None, None], 64)
+  np.testing.assert_allclose(float(loss), np.log(64), rtol=1e-6)
 
 
 def test_corpus_never_renders_a_benchmark_scene():

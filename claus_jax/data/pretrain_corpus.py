@@ -40,6 +40,7 @@ VERSION = "2.0.0"  # 2.0: articulated figures in painted scenes (1.x: rigid shap
 FIGURE_HEIGHT = (0.2, 0.9)  # Both benchmark modes' sizes.
 POSE_JOINTS = ("neck", "head", "r_shoulder", "r_elbow", "r_hand", "l_shoulder", "l_elbow",
                "l_hand", "r_hip", "r_knee", "r_ankle", "l_hip", "l_knee", "l_ankle")
+HEATMAP_JOINTS = ("pelvis",) + POSE_JOINTS  # The joints whose image positions a clip carries.
 
 assert not set(PRETRAIN_CLASS_NAMES) & set(synthetic.CLASS_NAMES)
 
@@ -90,8 +91,9 @@ def clip(params: PretrainParams, index: int) -> dict[str, np.ndarray]:
   Returns:
     ``video (L, S, S, 3) uint8``, ``mask (L, S, S) uint8`` (visible figure pixels), ``label``,
     ``pose (L, J, 2) float32`` (each of ``POSE_JOINTS`` minus the pelvis, in image x / y divided by
-    the figure's standing height), ``parts (L, S, S) uint8`` (the visible part per pixel, 0 = none)
-    and ``scene (16,) float32`` (:func:`scene_target`).
+    the figure's standing height), ``joints (L, 1 + J, 2) float32`` (each of ``HEATMAP_JOINTS`` in
+    image pixels, x then y; it may lie outside the frame), ``parts (L, S, S) uint8`` (the visible
+    part per pixel, 0 = none) and ``scene (16,) float32`` (:func:`scene_target`).
   """
   rng = np.random.default_rng(np.random.SeedSequence(
       [PRETRAIN_STREAM, params.seed & 0xFFFFFFFF, (params.seed >> 32) & 0xFFFFFFFF, int(index)]))
@@ -117,8 +119,10 @@ def clip(params: PretrainParams, index: int) -> dict[str, np.ndarray]:
       occlusion=params.occlusion * difficulty, noise=synthetic.sensor_noise(difficulty), yaw_turn=turn,
       progress=progress)
   pose = np.stack([points[j] - points["pelvis"] for j in POSE_JOINTS], axis=1) / fig.height
+  joints = np.stack([points[j] for j in HEATMAP_JOINTS], axis=1)
   return {"video": frames, "mask": visible.astype(np.uint8), "label": np.int32(label),
-          "pose": pose.astype(np.float32), "parts": parts, "scene": scene_target(style)}
+          "pose": pose.astype(np.float32), "joints": joints.astype(np.float32), "parts": parts,
+          "scene": scene_target(style)}
 
 
 def batch(params: PretrainParams, indices) -> dict[str, np.ndarray]:
