@@ -21,7 +21,7 @@ Objective, on Mixed_4f ``(B, 1, f, f, C)``:
     by cross-entropy against the joint's position spread bilinearly over the four nearest half-cell
     centres (joints outside the frame carry no loss; weight ``heatmap_weight``). This is the pose
     estimators' target (and COCO keypoints' role in a person pretraining): the features must say
-    where each wrist, elbow and knee is in every frame, which is what tells one action from another;
+    where each wrist, elbow and knee is in every frame, the pose that tells the actions apart;
   * the actor's pose: a linear layer on the pooled features to every clip frame's 2-D joint
     positions relative to the pelvis (``pretrain_corpus.POSE_JOINTS``, in figure heights; mean
     squared error, weight ``pose_weight``): where each limb is, whatever the family;
@@ -185,7 +185,8 @@ def joint_heatmap_targets(joints: jax.Array, frame_size: int, grid: int) -> tupl
   return targets, inside.astype(u.dtype)
 
 
-def joint_heatmap_loss(logits: jax.Array, joints: jax.Array, frame_size: int) -> jax.Array:
+def joint_heatmap_loss(logits: jax.Array, joints: jax.Array, frame_size: int,
+                       ) -> tuple[jax.Array, jax.Array]:
   """``(loss, cell accuracy)`` of joint heatmaps ``logits (B, L, J, G, G)`` (a softmax over the
   G*G cells per joint and frame) for ``joints (B, L, J, 2)``: the mean cross-entropy against
   :func:`joint_heatmap_targets`, and the fraction whose peak is the cell holding the joint, both

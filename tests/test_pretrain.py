@@ -185,3 +185,29 @@ def test_a_process_that_cannot_see_the_pretrained_encoder_stops_with_the_fix(tmp
   with pytest.raises(configlib.ConfigError, match="config.pretrain.cache_dir: process 0 finds no "
                      "pretrained encoder.*a folder every host shares"):
     experiment.run(config, str(tmp_path / "work"))
+
+
+def test_the_shipped_encoder_is_the_default_configs_and_loads_into_its_detector():
+  """configs/synthetic.py finds its pretrained encoder in the package, so no run pretrains; a change
+  to any pretraining setting of the default must ship new weights (python -m claus_jax.pretrain
+  --config=configs/synthetic.py, then copy its folder into claus_jax/assets/pretrained)."""
+  config = load_config("synthetic", "")
+  found = pretrain.find_pretrained(config)
+  assert found is not None and os.path.dirname(found) == pretrain.PACKAGED_DIR, (
+      f"no shipped weights for the default's settings ({os.path.basename(pretrain.cache_dir(config))}"
+      f" in {pretrain.PACKAGED_DIR})")
+  with open(os.path.join(found, pretrain.RESULT_FILE)) as f:
+    result = json.load(f)
+  assert result["settings"] == pretrain.cache_key(config)
+  # Every encoder weight arrives, of the detector's shapes (capsules and decoder start fresh).
+  model = models.build_model(config)
+  abstract = jax.eval_shape(lambda k: models.init_variables(model, config, k),
+                            jax.random.PRNGKey(0))
+  fresh = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)
+  loaded = models.load_encoder_init(fresh, found)
+  shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
+  assert shapes(loaded) == shapes(fresh)
+  kernel = loaded["params"]["encoder"]["Conv3d_1a_7x7"]["conv3d"]["kernel"]
+  assert np.abs(np.asarray(kernel)).sum() > 0
+  np.testing.assert_array_equal(loaded["params"]["class_caps"]["weights"],
+                                fresh["params"]["class_caps"]["weights"])
