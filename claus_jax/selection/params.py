@@ -49,7 +49,6 @@ class SelectionParams:
     return cls(strategy=sel.strategy, proximity_sigma=float(sel.proximity_sigma),
                nms_radius=int(sel.nms_radius), entropy_skip=int(sel.entropy_skip),
                restrict_to_gt_span=bool(sel.restrict_to_gt_span),
-               video_score=sel.get("video_score", "raw"),
-               cluster_quota=sel.get("cluster_quota", "proportional"),
-               cluster_cap=float(sel.get("cluster_cap", 0.54)),
+               video_score=str(sel.video_score), cluster_quota=str(sel.cluster_quota),
+               cluster_cap=float(sel.cluster_cap),
                budget=BudgetParams.from_config(config))
