@@ -118,8 +118,8 @@ def clip(params: PretrainParams, index: int) -> dict[str, np.ndarray]:
       x0=float(rng.uniform(0.3, 0.7) * s), jitter=params.jitter,
       occlusion=params.occlusion * difficulty, noise=synthetic.sensor_noise(difficulty), yaw_turn=turn,
       progress=progress)
-  pose = np.stack([points[j] - points["pelvis"] for j in POSE_JOINTS], axis=1) / fig.height
   joints = np.stack([points[j] for j in HEATMAP_JOINTS], axis=1)
+  pose = (joints[:, 1:] - joints[:, :1]) / fig.height
   return {"video": frames, "mask": visible.astype(np.uint8), "label": np.int32(label),
           "pose": pose.astype(np.float32), "joints": joints.astype(np.float32), "parts": parts,
           "scene": scene_target(style)}
