@@ -350,8 +350,11 @@ def test_small_channel_conv2d_is_the_plain_conv(kernel, strides, pads, size):
                              atol=1e-5)
   target = jax.random.normal(jax.random.key(2), plain(x, k).shape)
   loss = lambda fn: lambda x, k: jnp.sum(jnp.sin(fn(x, k)) * target)
+  # The conv's outputs reach |y| ~ 10 and sin' = cos amplifies their float32 rounding into the
+  # gradient's sums of up to 196 products: the two orders of summation differ by up to 7e-5 on an
+  # AVX2 CPU (1e-5 on AVX-512 ones).
   for want, got in zip(jax.grad(loss(plain), (0, 1))(x, k), jax.grad(loss(blocked), (0, 1))(x, k)):
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
 
 
 def test_frames_lowering_gradients_match_native():
@@ -395,9 +398,10 @@ def test_detector_lowerings_share_parameters_and_outputs():
   assert jax.tree_util.tree_structure(va) == jax.tree_util.tree_structure(vb)
   for a, b in zip(jax.tree_util.tree_leaves(va), jax.tree_util.tree_leaves(vb)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # Same names, shapes and init.
-  # Float rounding differs between the lowerings and EM routing amplifies it a little.
+  # Float rounding differs between the lowerings and EM routing amplifies it a little (up to
+  # 7.5e-4 on a latent of 0.5, measured on an AVX2 CPU).
   for key in oa:
-    np.testing.assert_allclose(np.asarray(ob[key]), np.asarray(oa[key]), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(ob[key]), np.asarray(oa[key]), rtol=2e-3, atol=1e-3)
   for a, b in zip(jax.tree_util.tree_leaves(sa), jax.tree_util.tree_leaves(sb)):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-5)
 
