@@ -30,6 +30,7 @@ def run_bench(env, name, *flags):
   return json.loads(lines[-1]), lines[:-1]
 
 
+@pytest.mark.slow  # ~70 s (2 CPU cores): CI runs it in its -m slow step.
 def test_uncertainty_bench(env):
   result, lines = run_bench(env, "uncertainty", "--batch=2", "--pool_videos=1",
                             "--config.uncertainty.passes=3")
@@ -50,6 +51,7 @@ def test_uncertainty_bench(env):
   assert any("speedup" in line for line in lines)
 
 
+@pytest.mark.slow  # ~95 s (2 CPU cores): CI runs it in its -m slow step.
 def test_train_bench(env):
   # The synthetic default's cosine rate: the bench times the step a round runs.
   result, lines = run_bench(env, "train", "--steps=2", "--batch=2",

@@ -14,6 +14,7 @@ import pytest
 from claus_jax import configlib, evaluation, reporting, tiling
 from claus_jax.data.record import VideoRecord
 from claus_jax.evaluation import evaluator, metrics
+from tests import xla_flags
 
 
 def eval_config(**overrides):
@@ -585,7 +586,7 @@ def test_make_predict_fn_shards_over_several_devices():
       np.testing.assert_allclose(np.asarray(cls), np.asarray(cls1), rtol=1e-6)
       print("ok")
   """)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+  env = dict(os.environ, XLA_FLAGS=xla_flags.with_devices(4),
              JAX_PLATFORMS="cpu")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True,

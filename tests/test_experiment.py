@@ -275,6 +275,7 @@ def warm_run(tfds_dir, tmp_path_factory):
   return workdir, starts, ends
 
 
+@pytest.mark.slow  # ~140 s: its smoke run is the slow resume check's.
 def test_warm_start_trains_round_1_from_round_0s_trained_weights(warm_run, reference_run):
   import jax
 
@@ -291,6 +292,7 @@ def test_warm_start_trains_round_1_from_round_0s_trained_weights(warm_run, refer
   assert warm[0] == cold[0]
 
 
+@pytest.mark.slow  # ~150 s (2 CPU cores): CI runs it in its -m slow step.
 def test_a_strategy_started_from_a_shared_round_0_equals_its_own_run(reference_run, tfds_dir,
                                                                       tmp_path, monkeypatch):
   """launch/compare_strategies.py --share_round0: a random run from the claus run's round 0 trains
@@ -396,6 +398,7 @@ def _answer_from_ground_truth(round_dir, dataset):
     json.dump({"videos": videos}, f)
 
 
+@pytest.mark.slow  # ~110 s (2 CPU cores): CI runs it in its -m slow step.
 def test_files_oracle_round_trip_matches_the_simulated_oracle(reference_run, tmp_path, caplog):
   from claus_jax import data as data_lib
 

@@ -17,6 +17,7 @@ import time
 import numpy as np
 import pytest
 
+from tests import xla_flags
 from tests.config_files import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -270,9 +271,10 @@ def test_sharding_check_rejects_a_gap_above_the_floor_and_tolerates_a_zero_floor
   assert sharding_gaps({"loss": float("nan"), "update": 0.0}, floor)  # NaN is never "within".
 
 
+@pytest.mark.slow  # ~160 s (2 CPU cores): CI runs it in its -m slow step.
 def test_sharded_train_step_equals_single_device():
   out = _wait(_run_child(["sharded_step"], {
-      "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}))
+      "XLA_FLAGS": xla_flags.with_devices(4), "JAX_PLATFORMS": "cpu"}))
   res = json.loads(out.strip().splitlines()[-1])
   floor = res["floor"]
   assert 0 < floor["update"] < 0.05, res  # The floor is real, and small next to a bug's 300%.
@@ -370,7 +372,7 @@ def test_two_process_helpers(tmp_path):
   from tests import test_evaluation as te
 
   port = _free_port()
-  env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags.with_devices(1)}
   procs = [_run_child(["helpers", str(port), str(i), str(tmp_path / f"h{i}.json")], env)
            for i in range(2)]
   for p in procs:
@@ -512,12 +514,12 @@ def test_two_processes_equal_one_process_with_two_devices(tmp_path):
   mp_dir.mkdir()
   port = _free_port()
   procs = [_run_child(["round", "mp", str(mp_dir), str(port), str(i)],
-                      {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
+                      {**env, "XLA_FLAGS": xla_flags.with_devices(1)})
            for i in range(2)]
   for p in procs:
     _wait(p)
   _wait(_run_child(["round", "single", str(single_dir)],
-                   {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}))
+                   {**env, "XLA_FLAGS": xla_flags.with_devices(2)}))
   print(f"two-process round + single-process reference: {time.time() - t0:.0f} s")
   results = []
   for path in (mp_dir / "result_mp_0.json", mp_dir / "result_mp_1.json",
@@ -547,11 +549,11 @@ def test_two_process_driver_run_equals_one_process_with_two_devices(tmp_path):
   port = _free_port()
   # No store prepared beforehand: process 0 generates it while process 1 waits at the barrier.
   procs = [_run_child(["driver", "mp", str(mp_dir), str(port), str(i)],
-                      {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"})
+                      {**env, "XLA_FLAGS": xla_flags.with_devices(1)})
            for i in range(2)]
   outs = [_wait(p) for p in procs]
   _wait(_run_child(["driver", "single", str(single_dir)],
-                   {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}))
+                   {**env, "XLA_FLAGS": xla_flags.with_devices(2)}))
   assert "round 1 eval" in outs[0] and "round 1 eval" not in outs[1]  # Process 0 alone reports.
 
   def read(folder, name):

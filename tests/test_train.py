@@ -103,6 +103,7 @@ def _fixed_batches_loss(state, batches, config):
   return vals.mean(axis=0)
 
 
+@pytest.mark.slow  # ~80 s (2 CPU cores): CI runs it in its -m slow step.
 def test_a_hundred_steps_of_the_tiny_model_reduce_the_loss_clearly(smoke):
   cfg, ds, sampler = smoke
   cfg = cfg.copy_and_resolve_references()
@@ -129,6 +130,7 @@ def test_a_hundred_steps_of_the_tiny_model_reduce_the_loss_clearly(smoke):
   assert after[1] < 0.9 * before[1], (before, after)
 
 
+@pytest.mark.slow  # ~110 s; the driver's mid-scoring resume stays quick.
 def test_fit_resumes_to_the_parameters_of_an_uninterrupted_run(smoke, tmp_path):
   cfg, ds, sampler = smoke
   cfg = cfg.copy_and_resolve_references()

@@ -13,6 +13,7 @@ from claus_jax import configlib
 from claus_jax import models
 from claus_jax import uncertainty
 from claus_jax.data.record import VideoRecord
+from tests import xla_flags
 
 
 def tiny_config(passes=4, pass_chunk=2, form="paper"):
@@ -188,7 +189,7 @@ print("SHARDED_OK")
 
 def test_sharded_scoring_on_four_fake_devices_equals_one_device():
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+  env = dict(os.environ, XLA_FLAGS=xla_flags.with_devices(4),
              JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, "-c", _SHARDED.format(root=root, tests=os.path.join(root, "tests"))], env=env,
                         capture_output=True, text=True, timeout=600, cwd=root)
