@@ -248,6 +248,7 @@ def test_encoder_lr_scale_scales_or_freezes_the_encoder_update(scale):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-9)
 
 
+@pytest.mark.slow  # ~55 s (2 CPU cores): CI runs it in its -m slow step.
 def test_cosine_schedule_scales_each_step_by_its_factor():
   """train.lr_schedule='cosine': the factor by hand, and a step at factor f moves every parameter f
   times as far as the constant rate's step from the same state (same gradients and Adam moments)."""
