@@ -101,6 +101,13 @@ def compile_and_time(fn: Callable, *args, repeats: int = 3) -> dict:
   return {"compile_s": compile_s, "seconds": statistics.median(times), "flops": flops}
 
 
+def _fresh_variables(model, config: ml_collections.ConfigDict) -> dict:
+  """The detector's initial variables at the config's clip shape, from ``config.seed``."""
+  return models.init_variables(model, jax.random.key(config.seed),
+                               clip_length=config.model.clip_length,
+                               frame_size=config.data.frame_size)
+
+
 @register("model")
 def bench_model(config: ml_collections.ConfigDict) -> dict:
   """Forward (inference) and forward+backward (training mode) time, FLOPs and size of the detector."""
@@ -109,7 +116,7 @@ def bench_model(config: ml_collections.ConfigDict) -> dict:
   size = config.data.frame_size
   video = jax.random.uniform(jax.random.key(0), (batch, config.model.clip_length, size, size, 3),
                              minval=-1.0, maxval=1.0)
-  variables = models.init_variables(model, config, jax.random.key(config.seed))
+  variables = _fresh_variables(model, config)
   params = count_params(variables["params"])
 
   def forward(v, x):
@@ -193,11 +200,12 @@ def bench_train(config: ml_collections.ConfigDict) -> dict:
   pipe = clips_lib.measure_throughput(sampler, num_batches=steps)
 
   model = build_model(config)
-  state = train_lib.create_state(config, model, jax.random.key_data(jax.random.key(config.seed)),
+  params = train_lib.TrainParams.from_config(config)
+  state = train_lib.create_state(params, model, jax.random.key_data(jax.random.key(config.seed)),
                                  len(dataset.train_index))
   # The round's own step: its learning-rate schedule (train.lr_schedule) over a round's length.
-  step_fn = train_lib.make_train_step(config, parallel.make_mesh(jax.local_devices()[:1]),
-                                     train_lib.round_steps(config, sampler.steps_per_epoch))
+  step_fn = train_lib.make_train_step(params, parallel.make_mesh(jax.local_devices()[:1]),
+                                     train_lib.round_steps(params, sampler.steps_per_epoch))
   epoch = jnp.asarray(0.0, jnp.float32)
   device_batch = jax.device_put(sampler.batch_at(0))
   t0 = time.perf_counter()
@@ -306,7 +314,7 @@ def pool_memory(config: ml_collections.ConfigDict, num_videos: int, batch: int) 
   from claus_jax import uncertainty
 
   model = build_model(config)
-  variables = models.init_variables(model, config, jax.random.key(config.seed))
+  variables = _fresh_variables(model, config)
   scorer = uncertainty.Scorer(model, variables, config, batch_size=batch)
   key = jax.random.key_data(jax.random.key(1))
   scorer.score_videos(synthetic_records(config, 1, seed=1), [0], key)  # Compile.
@@ -373,7 +381,7 @@ def bench_uncertainty(config: ml_collections.ConfigDict) -> dict:
   size = config.data.frame_size
   video = jax.random.randint(jax.random.key(2), (batch, config.model.clip_length, size, size, 3),
                              0, 256).astype(jnp.uint8)
-  variables = models.init_variables(model, config, jax.random.key(config.seed))
+  variables = _fresh_variables(model, config)
   thresholds = (config.uncertainty.bg_threshold,) + tuple(
       t for t in config.uncertainty.sweep_thresholds if t != config.uncertainty.bg_threshold)
   keys = jnp.asarray(uncertainty.clip_keys(jax.random.key_data(jax.random.key(3)), 0,
@@ -485,7 +493,7 @@ def bench_chunks(config: ml_collections.ConfigDict) -> dict:
   model = build_model(config)
   passes = config.uncertainty.passes
   size = config.data.frame_size
-  variables = models.init_variables(model, config, jax.random.key(config.seed))
+  variables = _fresh_variables(model, config)
   thresholds = (config.uncertainty.bg_threshold,) + tuple(
       t for t in config.uncertainty.sweep_thresholds if t != config.uncertainty.bg_threshold)
   pass_chunks = sorted({uncertainty.pass_chunk_size(passes, int(p)) for p in _PASS_CHUNKS.value})

@@ -157,7 +157,7 @@ def latent_fn(model, config, state) -> Callable[[np.ndarray], np.ndarray]:
   computes the same latents, with no communication.
   """
   variables = parallel.host_local_copy({"params": state.params, "batch_stats": state.batch_stats})
-  low_high = models.input_range(config)
+  low_high = models.input_range(config.model)
   forward = jax.jit(lambda v, x: model.apply(v, models.preprocess(x, low_high),
                                              train=False)["latent"])
   return lambda video: np.asarray(forward(variables, video))

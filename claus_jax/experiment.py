@@ -232,10 +232,12 @@ class Experiment:
                encoder_init: str = "", mesh=None):
     from claus_jax import models
     from claus_jax import selection as selection_lib
+    from claus_jax import train as train_lib
 
     self.config = config
     # config.selection and config.budget, read once for the whole run.
     self.selection_params = selection_lib.SelectionParams.from_config(config)
+    self.train_params = train_lib.TrainParams.from_config(config)
     self.encoder_init = encoder_init  # Pretrained encoder every round starts from ('' = none).
     self.workdir = workdir
     self.dataset = dataset
@@ -364,7 +366,7 @@ class Experiment:
 
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     predict_fn = evaluation.make_predict_fn(self.model, variables,
-                                            input_range=models.input_range(self.config))
+                                            input_range=models.input_range(self.config.model))
     out = {}
     for pick in selection.picks:
       record = self.dataset.train[self.position[pick.video_id]]
@@ -424,7 +426,7 @@ class Experiment:
     if self.config.train.warm_start and r > 0:
       prev = self._final_state(r - 1)
       init_vars = {"params": prev.params, "batch_stats": prev.batch_stats}
-    state = train_lib.create_state(self.config, self.model,
+    state = train_lib.create_state(self.train_params, self.model,
                                    jax.random.fold_in(self.root_key, _INIT_STREAM), len(self.index),
                                    variables=init_vars, encoder_init=self.encoder_init)
     train_key = jax.random.fold_in(jax.random.fold_in(self.root_key, _TRAIN_STREAM), r)
@@ -434,15 +436,15 @@ class Experiment:
     """Round ``r``'s trained state: restored when train.json and the final checkpoint exist."""
     from claus_jax import train as train_lib
 
-    cfg = self.config
     rd = round_dir(self.workdir, r)
     sampler = self._sampler(r, pool)
     state = self._initial_state(r)
     ckpt = os.path.join(rd, "checkpoints")
-    steps = train_lib.round_steps(cfg, sampler.steps_per_epoch)
+    steps = train_lib.round_steps(self.train_params, sampler.steps_per_epoch)
 
     def load(train_json):
-      restored = train_lib.restore_latest(ckpt, jax.eval_shape(lambda s: s, state), cfg)
+      restored = train_lib.restore_latest(ckpt, jax.eval_shape(lambda s: s, state),
+                                          self.train_params)
       if restored is not None and int(restored.step) == steps:
         return restored
       # The final checkpoint is gone (deleted after a damage report, say): an earlier step is no
@@ -482,7 +484,7 @@ class Experiment:
     history_path = os.path.join(round_dir(self.workdir, r), "train_history.json")
     cluster_init = functools.partial(clustering.initialise, model=self.model, sampler=sampler,
                                      config=cfg)
-    result = train_lib.fit(cfg, state, fit_sampler, ckpt, sampler.steps_per_epoch,
+    result = train_lib.fit(self.train_params, state, fit_sampler, ckpt, sampler.steps_per_epoch,
                            cluster_init=cluster_init, progress=progress, mesh=mesh,
                            history_path=history_path if parallel.is_primary() else None)
     bar.close()
@@ -492,12 +494,13 @@ class Experiment:
     """The trained state of round ``r`` (restored from its checkpoint)."""
     from claus_jax import train as train_lib
 
-    state = train_lib.create_state(self.config, self.model,
+    state = train_lib.create_state(self.train_params, self.model,
                                    jax.random.fold_in(self.root_key, _INIT_STREAM),
                                    len(self.index))
-    steps = train_lib.round_steps(self.config, self._sampler(r, self._load_pool(r)).steps_per_epoch)
+    steps = train_lib.round_steps(self.train_params,
+                                  self._sampler(r, self._load_pool(r)).steps_per_epoch)
     restored = train_lib.restore_latest(os.path.join(round_dir(self.workdir, r), "checkpoints"),
-                                        jax.eval_shape(lambda s: s, state), self.config)
+                                        jax.eval_shape(lambda s: s, state), self.train_params)
     if restored is None or int(restored.step) != steps:
       raise train_lib.CheckpointError(
           f"round {r} has no final checkpoint (step {steps}) in "
@@ -516,7 +519,7 @@ class Experiment:
     def compute():
       variables = {"params": state.params, "batch_stats": state.batch_stats}
       predict_fn = evaluation.make_predict_fn(self.model, variables,
-                                              input_range=models.input_range(self.config))
+                                              input_range=models.input_range(self.config.model))
       result, markdown = evaluation.evaluate(predict_fn, self.dataset.test,
                                              self.dataset.num_classes, self.dataset.class_names,
                                              self.config.eval, progress=not self.quiet)

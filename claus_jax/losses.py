@@ -50,6 +50,7 @@ weight 1 everywhere, ``'stew'`` the STeW weight above.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -61,6 +62,49 @@ VARIANTS = ("stew", "interpolation", "frame")
 FORMS = ("paper", "implementation")
 WEIGHT_MODES = ("loss", "logit")  # config.loss.weight_mode.
 DICE_SMOOTH = 1.0  # Dice numerator/denominator smoothing: an empty target and prediction give 0 loss.
+
+
+@dataclasses.dataclass(frozen=True)
+class LossParams:
+  """The loss section (``config.loss``), read once: the localisation targets and their weights, the
+  spread-loss margin schedule and the cluster weight. The defaults are configlib.base_config()'s
+  ``loss`` section; hashable, so a jitted step can close over it."""
+
+  variant: str = "stew"
+  stew_form: str = "paper"
+  stew_window: int = 2
+  stew_sigma: float = 8.0 / 3.0
+  stew_radius: int = 8
+  weight_mode: str = "loss"
+  p_low: float = 0.1
+  p_high: float = 0.9
+  mask_interp: str = "sdf"
+  bce_weight: float = 1.0
+  dice_weight: float = 1.0
+  cls_weight: float = 1.0
+  cluster_weight: float = 1e-6
+  margin_start: float = 0.2
+  margin_step: float = 0.7 / 40
+  margin_max: float = 0.9
+
+  @classmethod
+  def from_config(cls, config) -> LossParams:
+    """The settings of ``config.loss``."""
+    loss = config.loss
+    return cls(variant=str(loss.variant), stew_form=str(loss.stew_form),
+               stew_window=int(loss.stew_window), stew_sigma=float(loss.stew_sigma),
+               stew_radius=int(loss.stew_radius), weight_mode=str(loss.weight_mode),
+               p_low=float(loss.p_low), p_high=float(loss.p_high),
+               mask_interp=str(loss.mask_interp), bce_weight=float(loss.bce_weight),
+               dice_weight=float(loss.dice_weight), cls_weight=float(loss.cls_weight),
+               cluster_weight=float(loss.cluster_weight),
+               margin_start=float(loss.margin_start), margin_step=float(loss.margin_step),
+               margin_max=float(loss.margin_max))
+
+  def stew_kwargs(self) -> dict:
+    """The :func:`combine_stew` keyword arguments."""
+    return dict(form=self.stew_form, sigma=self.stew_sigma, p_low=self.p_low, p_high=self.p_high,
+                radius=self.stew_radius)
 
 
 # ----------------------------------------------------------------------------------------------- STeW
@@ -156,13 +200,6 @@ def variant_weights(pseudo, is_labelled, mean=None, distance=None, *, variant: s
   raise ValueError(f"loss variant {variant!r}: use one of {VARIANTS} (config.loss.variant).")
 
 
-def stew_kwargs(config) -> dict:
-  """The :func:`combine_stew` keyword arguments from ``config.loss``."""
-  loss = config.loss
-  return dict(form=loss.stew_form, sigma=float(loss.stew_sigma), p_low=float(loss.p_low),
-              p_high=float(loss.p_high), radius=int(loss.get("stew_radius", 4)))
-
-
 def stew_weights(pseudo, is_labelled, *, variant: str = "stew", window: int = 2, xp=jnp,
                  **kwargs):
   """Loss weights of a whole video (the reference, dense computation).
@@ -187,12 +224,6 @@ def stew_weights(pseudo, is_labelled, *, variant: str = "stew", window: int = 2,
     mean = window_mean(pseudo, window, xp)
     distance = distance_to_labelled(is_labelled, xp)
   return variant_weights(pseudo, is_labelled, mean, distance, variant=variant, xp=xp, **kwargs)
-
-
-def stew_weights_from_config(pseudo, is_labelled, config, xp=jnp):
-  """:func:`stew_weights` with every setting read from ``config.loss``."""
-  return stew_weights(pseudo, is_labelled, variant=config.loss.variant,
-                      window=int(config.loss.stew_window), xp=xp, **stew_kwargs(config))
 
 
 # --------------------------------------------------------------------------------------------- losses
@@ -297,11 +328,12 @@ def cluster_loss(latents: jax.Array, centres: jax.Array, clusters: jax.Array,
 
 
 def loss_fn(outputs: dict[str, jax.Array], batch: dict[str, Any], centres: jax.Array | None,
-            assignments: jax.Array | None, epoch, config) -> tuple[jax.Array, dict[str, jax.Array]]:
+            assignments: jax.Array | None, epoch,
+            params: LossParams) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Eq. 6, the total training loss, with its parts for logging.
 
   ``total = bce_weight * BCE + dice_weight * Dice + cls_weight * spread + cluster`` where the cluster
-  term already carries its lambda (``config.loss.cluster_weight``).
+  term already carries its lambda (``params.cluster_weight``).
 
   Args:
     outputs: the detector's dict: ``seg_logits (B, F, H, W)``, ``class_probs (B, C)``,
@@ -312,19 +344,19 @@ def loss_fn(outputs: dict[str, jax.Array], batch: dict[str, Any], centres: jax.A
     assignments: optional ``(N,)`` int cluster per ``video_index`` (-1 = none); when None the
       batch's ``cluster`` field is used.
     epoch: (float) epoch for the margin schedule; may be traced.
-    config: the experiment ConfigDict (its ``loss`` section is read as Python constants).
+    params: the loss settings (:class:`LossParams`; Python constants in a traced step).
 
   Returns:
     ``(total, parts)`` with parts ``bce, dice, localisation, classification, cluster, margin, total``.
   """
-  lc = config.loss
+  lc = params
   if lc.weight_mode == "logit":
     bce, dice = logit_weighted_losses(outputs["seg_logits"], batch["pseudo_mask"], batch["weight"])
   elif lc.weight_mode == "loss":
     bce = weighted_bce(outputs["seg_logits"], batch["pseudo_mask"], batch["weight"])
     dice = weighted_dice(outputs["seg_logits"], batch["pseudo_mask"], batch["weight"])
   else:
-    raise ValueError(f"config.loss.weight_mode={lc.weight_mode!r}: use one of {WEIGHT_MODES}.")
+    raise ValueError(f"loss.weight_mode={lc.weight_mode!r}: use one of {WEIGHT_MODES}.")
   margin = margin_at(epoch, lc.margin_start, lc.margin_step, lc.margin_max)
   cls = spread_loss(outputs["class_probs"], batch["label"], margin)
   if centres is None:

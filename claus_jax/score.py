@@ -33,6 +33,7 @@ Read one video with ``data[f"frame_scores/{vid}"]``; :func:`load_scores` returns
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -101,13 +102,12 @@ def load_variables(config: ml_collections.ConfigDict, model, checkpoint_dir: str
   from claus_jax import train as train_lib
 
   directory = resolve_checkpoint_dir(checkpoint_dir)
-  abstract_config = config.copy_and_resolve_references()
-  abstract_config.model.encoder_init = ""  # Only shapes are needed: never read the I3D import.
-  abstract = jax.eval_shape(
-      lambda k: train_lib.create_state(abstract_config, model, k, num_train_videos),
-      jax.random.PRNGKey(0))
+  # Only shapes are needed: never read the I3D import.
+  params = dataclasses.replace(train_lib.TrainParams.from_config(config), encoder_init="")
+  abstract = jax.eval_shape(lambda k: train_lib.create_state(params, model, k, num_train_videos),
+                            jax.random.PRNGKey(0))
   try:
-    state = train_lib.restore_latest(directory, abstract, config)
+    state = train_lib.restore_latest(directory, abstract, params)
   except Exception as e:  # pylint: disable=broad-except  (orbax raises many kinds on a mismatch)
     differences = shape_differences(directory, abstract)
     if differences:  # A good checkpoint of another config: keep it, name the config's fields.

@@ -1,10 +1,12 @@
 """Training under sparse labels: TrainState, the jitted train step, and ``fit`` with orbax resume.
 
-One round of training runs :func:`round_steps` steps (``config.train.steps``, or ``train.epochs``
-epochs of the round's labelled clips) on clips centred on labelled frames. The step
-is pure: the dropout key is ``fold_in(key, step)``, the batch for step ``s`` is a function of
-``(seed, round, s)``, so a run resumed from a checkpoint continues with exactly the numbers of an
-uninterrupted run. Deep-clustering centres live in the state and move every step (rate 1/count).
+Everything here reads its settings from :class:`TrainParams`, built once from the config by
+:meth:`TrainParams.from_config`. One round of training runs :func:`round_steps` steps
+(``train.steps``, or ``train.epochs`` epochs of the round's labelled clips) on clips centred on
+labelled frames. The step is pure: the dropout key is ``fold_in(key, step)``, the batch for step
+``s`` is a function of ``(seed, round, s)``, so a run resumed from a checkpoint continues with
+exactly the numbers of an uninterrupted run. Deep-clustering centres live in the state and move
+every step (rate 1/count).
 """
 
 from __future__ import annotations
@@ -67,51 +69,99 @@ class DamagedCheckpointError(CheckpointError):
     self.folder, self.cause = folder, cause
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+@dataclasses.dataclass(frozen=True)
+class TrainParams:
+  """What training reads of the config, once: the ``train`` section with the model's clip shape,
+  input range, class count and encoder source, the deep-clustering state's settings and the loss
+  (:class:`claus_jax.losses.LossParams`). Hashable, so a jitted step can close over it."""
+
+  steps: int
+  epochs: float
+  learning_rate: float
+  b1: float
+  b2: float
+  eps: float
+  encoder_lr_scale: float
+  lr_schedule: str
+  checkpoint_every: int
+  log_every: int
+  bn_recalibration_batches: int
+  clip_length: int
+  frame_size: int
+  num_classes: int
+  input_range: tuple[float, float]
+  encoder_init: str
+  cluster_k: int
+  cluster_count_init: float
+  cluster_start_step: int
+  loss: losses.LossParams
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> TrainParams:
+    """The settings of ``config.train`` and what training reads of ``model``, ``data.frame_size``,
+    ``cluster`` and ``loss``."""
+    t = config.train
+    return cls(
+        steps=int(t.steps), epochs=float(t.epochs), learning_rate=float(t.learning_rate),
+        b1=float(t.b1), b2=float(t.b2), eps=float(t.eps),
+        encoder_lr_scale=float(t.encoder_lr_scale), lr_schedule=str(t.lr_schedule),
+        checkpoint_every=int(t.checkpoint_every), log_every=int(t.log_every),
+        bn_recalibration_batches=int(t.bn_recalibration_batches),
+        clip_length=int(config.model.clip_length), frame_size=int(config.data.frame_size),
+        num_classes=int(config.model.num_classes),
+        input_range=models.input_range(config.model),
+        encoder_init=str(config.model.encoder_init), cluster_k=int(config.cluster.k),
+        cluster_count_init=float(config.cluster.count_init),
+        cluster_start_step=int(config.cluster.start_step),
+        loss=losses.LossParams.from_config(config))
+
+  @property
+  def encoder_frozen(self) -> bool:
+    """``train.encoder_lr_scale == 0``: the encoder is a fixed feature extractor (BatchNorm in eval
+    mode, no backward pass through it)."""
+    return self.encoder_lr_scale == 0.0
+
+  @property
+  def latent_dim(self) -> int:
+    return models.latent_dim(self.num_classes)
+
+
+def make_optimizer(params: TrainParams) -> optax.GradientTransformation:
   """Adam; the encoder's learning rate is ``train.encoder_lr_scale`` times the rest's (0 = frozen)."""
-  t = config.train
-  adam = lambda lr: optax.adam(lr, b1=t.b1, b2=t.b2, eps=t.eps)
-  scale = float(t.encoder_lr_scale)
+  adam = lambda lr: optax.adam(lr, b1=params.b1, b2=params.b2, eps=params.eps)
+  scale = params.encoder_lr_scale
   if scale == 1.0:
-    return adam(t.learning_rate)
-  encoder = adam(t.learning_rate * scale) if scale > 0 else optax.set_to_zero()
-  label = lambda params: {k: "encoder" if k == "encoder" else "rest" for k in params}
-  return optax.multi_transform({"encoder": encoder, "rest": adam(t.learning_rate)}, label)
+    return adam(params.learning_rate)
+  encoder = adam(params.learning_rate * scale) if scale > 0 else optax.set_to_zero()
+  label = lambda tree: {k: "encoder" if k == "encoder" else "rest" for k in tree}
+  return optax.multi_transform({"encoder": encoder, "rest": adam(params.learning_rate)}, label)
 
 
-def encoder_frozen(config: ml_collections.ConfigDict) -> bool:
-  """``train.encoder_lr_scale == 0``: the encoder is a fixed feature extractor (BatchNorm in eval
-  mode, no backward pass through it)."""
-  return float(config.train.encoder_lr_scale) == 0.0
-
-
-def latent_dim(config) -> int:
-  return models.latent_dim(config.model.num_classes)
-
-
-def create_state(config: ml_collections.ConfigDict, model, key: jax.Array,
+def create_state(params: TrainParams, model, key: jax.Array,
                  num_videos: int, frame_size: int | None = None,
                  variables: dict | None = None, encoder_init: str = "") -> TrainState:
   """A fresh state with an empty cluster state.
 
   Args:
     num_videos: videos in the train split (cluster assignments are indexed by split index).
+    frame_size: side of the blank clip that initialises the model; None = ``params.frame_size``.
     variables: start from these ``{'params', 'batch_stats'}`` (warm start); None = initialise
-      (and load the encoder from ``encoder_init``, else from ``config.model.encoder_init``, if set).
+      (and load the encoder from ``encoder_init``, else from ``model.encoder_init``, if set).
     encoder_init: an encoder_init directory (e.g. claus_jax.pretrain's cache).
   """
   init_key, state_key = jax.random.split(key)
   if variables is None:
-    variables = models.init_variables(model, config, init_key, frame_size)
-    source = encoder_init or config.model.encoder_init
+    variables = models.init_variables(model, init_key, clip_length=params.clip_length,
+                                      frame_size=frame_size or params.frame_size)
+    source = encoder_init or params.encoder_init
     if source and source != SCRATCH:
       variables = models.load_encoder_init(variables, source)
-  k, d = config.cluster.k, latent_dim(config)
+  k, d = params.cluster_k, params.latent_dim
   return TrainState.create(
-      apply_fn=model.apply, params=variables["params"], tx=make_optimizer(config),
+      apply_fn=model.apply, params=variables["params"], tx=make_optimizer(params),
       batch_stats=variables.get("batch_stats", {}), key=state_key,
       centres=jnp.zeros((k, d), jnp.float32),
-      counts=jnp.full((k,), config.cluster.count_init, jnp.float32),
+      counts=jnp.full((k,), params.cluster_count_init, jnp.float32),
       assignments=jnp.full((max(1, num_videos),), -1, jnp.int32),
       cluster_active=jnp.asarray(False))
 
@@ -119,18 +169,18 @@ def create_state(config: ml_collections.ConfigDict, model, key: jax.Array,
 LR_SCHEDULES = ("constant", "cosine")  # config.train.lr_schedule.
 
 
-def lr_factor(config, step, total_steps: int | None):
+def lr_factor(params: TrainParams, step, total_steps: int | None):
   """The round's learning rate at ``step``, as a fraction of ``train.learning_rate``.
 
   'constant': 1. 'cosine': ``(1 + cos(pi * step / total_steps)) / 2``, from 1 at the first step to
   nearly 0 at the last, so a round ends on small steps. ``step`` may be a traced array.
   """
-  if config.train.get("lr_schedule", "constant") == "constant" or not total_steps:
+  if params.lr_schedule == "constant" or not total_steps:
     return 1.0
   return 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.asarray(step, jnp.float32) / total_steps))
 
 
-def train_step(state: TrainState, batch: dict, epoch: jax.Array, config,
+def train_step(state: TrainState, batch: dict, epoch: jax.Array, params: TrainParams,
                total_steps: int | None = None) -> tuple[TrainState, dict]:
   """One optimiser step. ``batch`` comes from :class:`claus_jax.data.clips.ClipSampler`.
 
@@ -138,20 +188,20 @@ def train_step(state: TrainState, batch: dict, epoch: jax.Array, config,
   keeps ``train.learning_rate`` whatever the schedule.
   """
   dropout_key = jax.random.fold_in(state.key, state.step)
-  video = models.preprocess(batch["video"], models.input_range(config))
+  video = models.preprocess(batch["video"], params.input_range)
   cluster = jnp.where(state.cluster_active, state.assignments[batch["video_index"]], -1)
   batch = {**batch, "cluster": cluster}
 
-  def loss_fn(params):
-    out, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, video,
-                                  train=True, frozen_encoder=encoder_frozen(config),
+  def loss_fn(weights):
+    out, updates = state.apply_fn({"params": weights, "batch_stats": state.batch_stats}, video,
+                                  train=True, frozen_encoder=params.encoder_frozen,
                                   rngs={"dropout": dropout_key}, mutable=["batch_stats"])
-    total, parts = losses.loss_fn(out, batch, state.centres, None, epoch, config)
+    total, parts = losses.loss_fn(out, batch, state.centres, None, epoch, params.loss)
     return total, (parts, updates["batch_stats"], out["latent"])
 
   (total, (parts, new_stats, latent)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)
-  factor = lr_factor(config, state.step, total_steps)
+  factor = lr_factor(params, state.step, total_steps)
   if isinstance(factor, float):  # Constant: the plain Adam step.
     state = state.apply_gradients(grads=grads, batch_stats=new_stats)
   else:  # Adam's update scaled by the schedule: the same optimiser state as a constant rate.
@@ -164,12 +214,11 @@ def train_step(state: TrainState, batch: dict, epoch: jax.Array, config,
       cluster >= 0)
   state = state.replace(centres=centres, counts=counts)
   metrics = {**parts, "grad_norm": optax.tree.norm(grads),
-             "lr": jnp.asarray(factor * config.train.learning_rate, jnp.float32)}
+             "lr": jnp.asarray(factor * params.learning_rate, jnp.float32)}
   return state, metrics
 
 
-def make_train_step(config: ml_collections.ConfigDict, mesh,
-                    total_steps: int | None = None) -> Callable:
+def make_train_step(params: TrainParams, mesh, total_steps: int | None = None) -> Callable:
   """:func:`train_step`, jitted for ``mesh`` with explicit shardings.
 
   ``step(state, batch, epoch) -> (state, metrics)``: the state, the epoch and the metrics are
@@ -178,7 +227,7 @@ def make_train_step(config: ml_collections.ConfigDict, mesh,
   learning-rate schedule (None: the constant ``train.learning_rate``).
   """
   replicated = parallel.replicated(mesh)
-  return jax.jit(functools.partial(train_step, config=config, total_steps=total_steps),
+  return jax.jit(functools.partial(train_step, params=params, total_steps=total_steps),
                  in_shardings=(replicated, parallel.batch_sharding(mesh), replicated),
                  out_shardings=(replicated, replicated), donate_argnums=(0,))
 
@@ -189,8 +238,8 @@ class FitResult:
   history: list[dict]  # one dict of float metrics per logged step
 
 
-def _checkpoint_manager(directory: str, config) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(save_interval_steps=config.train.checkpoint_every,
+def _checkpoint_manager(directory: str, params: TrainParams) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(save_interval_steps=params.checkpoint_every,
                                          max_to_keep=2, create=True)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
@@ -228,12 +277,13 @@ def _full_disk_named(folder: str):
     raise
 
 
-def restore_latest(directory: str, abstract_state: TrainState, config) -> TrainState | None:
+def restore_latest(directory: str, abstract_state: TrainState,
+                   params: TrainParams) -> TrainState | None:
   """The latest checkpoint in ``directory``, restored into the structure of ``abstract_state``."""
   # Every process opens the manager (orbax synchronises processes inside), so the folder is created
   # rather than tested: a process that skipped the manager would leave the others waiting.
   os.makedirs(directory, exist_ok=True)
-  with _checkpoint_manager(directory, config) as mngr:
+  with _checkpoint_manager(directory, params) as mngr:
     step = mngr.latest_step()
     if step is None:
       return None
@@ -317,7 +367,7 @@ def _window_mean(rows: list[dict]) -> dict:
   return {k: float(np.mean([row[k] for row in rows])) for k in rows[0]}
 
 
-def fit(config: ml_collections.ConfigDict, state: TrainState, sampler, checkpoint_dir: str,
+def fit(params: TrainParams, state: TrainState, sampler, checkpoint_dir: str,
         steps_per_epoch: float, cluster_init: Callable[[TrainState], TrainState] | None = None,
         progress: Callable | None = None, mesh=None,
         history_path: str | None = None) -> FitResult:
@@ -341,21 +391,21 @@ def fit(config: ml_collections.ConfigDict, state: TrainState, sampler, checkpoin
   checkpoint holds an unchecked step); a log step's history row holds each metric's mean over the
   steps since the previous row (after a resume: since the restored step).
   """
-  total_steps = round_steps(config, steps_per_epoch)
-  cluster_start = cluster_start_step(config, total_steps)
+  total_steps = round_steps(params, steps_per_epoch)
+  cluster_start = cluster_start_step(params, total_steps)
   if mesh is not None:
     state = parallel.replicate(state, mesh)
-  step_fn = make_train_step(config, mesh or parallel.make_mesh(jax.local_devices()[:1]),
+  step_fn = make_train_step(params, mesh or parallel.make_mesh(jax.local_devices()[:1]),
                             total_steps)
 
-  restored = restore_latest(checkpoint_dir, jax.eval_shape(lambda s: s, state), config)
+  restored = restore_latest(checkpoint_dir, jax.eval_shape(lambda s: s, state), params)
   if restored is not None:
     state = restored if mesh is None else parallel.replicate(restored, mesh)
   start = int(state.step)
   history = []
   if history_path and os.path.exists(history_path):
     history = [h for h in pool_lib.read_json(history_path) if h["step"] <= start]
-  with _full_disk_named(checkpoint_dir), _checkpoint_manager(checkpoint_dir, config) as mngr:
+  with _full_disk_named(checkpoint_dir), _checkpoint_manager(checkpoint_dir, params) as mngr:
     if start >= total_steps:
       return FitResult(state, history)
     pending: list[tuple[int, dict]] = []  # (step, device metrics) not fetched yet
@@ -371,8 +421,8 @@ def fit(config: ml_collections.ConfigDict, state: TrainState, sampler, checkpoin
       state, metrics = step_fn(state, batch, epoch)
       pending.append((step, metrics))
       done = step + 1
-      log = done % config.train.log_every == 0 or done == total_steps
-      if log or done % config.train.checkpoint_every == 0:
+      log = done % params.log_every == 0 or done == total_steps
+      if log or done % params.checkpoint_every == 0:
         window += _fetch_checked(pending)
         pending = []
       row = None
@@ -384,30 +434,29 @@ def fit(config: ml_collections.ConfigDict, state: TrainState, sampler, checkpoin
           pool_lib.atomic_write_json(history_path, history)
       if progress is not None:
         progress(done, row)
-      if done == total_steps and not encoder_frozen(config):  # A frozen encoder keeps its BN.
-        n = int(config.train.bn_recalibration_batches)
+      if done == total_steps and not params.encoder_frozen:  # A frozen encoder keeps its BN.
+        n = params.bn_recalibration_batches
         state = recalibrate_batch_stats(state, (sampler.batch_at(i) for i in range(n)), mesh=mesh,
-                                        input_range=models.input_range(config))
+                                        input_range=params.input_range)
       mngr.save(done, args=ocp.args.StandardSave(state), force=(done == total_steps))
     mngr.wait_until_finished()
   return FitResult(state, history)
 
 
-def round_steps(config, steps_per_epoch: float) -> int:
+def round_steps(params: TrainParams, steps_per_epoch: float) -> int:
   """Optimiser steps of a round: ``train.steps``, or with ``train.epochs`` > 0 (the authors' 40
   epochs) ``ceil(epochs * steps_per_epoch)``, at least 1, so a round grows with its labelled set."""
-  epochs = float(config.train.get("epochs", 0.0))
-  if epochs > 0:
-    return max(1, math.ceil(epochs * steps_per_epoch - 1e-9))
-  return int(config.train.steps)
+  if params.epochs > 0:
+    return max(1, math.ceil(params.epochs * steps_per_epoch - 1e-9))
+  return params.steps
 
 
-def cluster_start_step(config, total_steps: int | None = None) -> int:
+def cluster_start_step(params: TrainParams, total_steps: int | None = None) -> int:
   """When k-means runs and the cluster loss starts: ``cluster.start_step``, or with -1 half-way
   through the round (the detector has learnt something by then). The authors' code runs k-means
   before the first step and trains the cluster loss throughout (``start_step=0``)."""
-  total = int(config.train.steps if total_steps is None else total_steps)
-  start = int(config.cluster.get("start_step", -1))
+  total = params.steps if total_steps is None else int(total_steps)
+  start = params.cluster_start_step
   if start >= total > 0:  # train.epochs > 0: the round's steps are known only now.
     raise errors.ConfigError(
         f"config.cluster.start_step: {start} is not below this round's {total} steps "

@@ -106,8 +106,8 @@ def make_score_fn(model, config, thresholds: Sequence[float]) -> Callable:
             out["latent"][0].astype(jnp.float32), out["class_probs"][0].astype(jnp.float32))
 
   def score(variables, video, clip_keys):
-    feats = model.apply(variables, models.preprocess(video, models.input_range(config)), train=False,
-                        method="encode")
+    video = models.preprocess(video, models.input_range(config.model))
+    feats = model.apply(variables, video, train=False, method="encode")
     feats_b1 = jax.tree.map(lambda x: x[:, None], feats)  # (B, 1, ...): head sees batch 1 per lane
     per_clip = jax.vmap(head_one, in_axes=(None, 0, 0))
     batch = video.shape[0]

@@ -125,13 +125,15 @@ def measure_forward_backward(args, dtype: str) -> list[dict]:
   rows.append({"measurement": "forward", "dtype": dtype, "batch": args.batch,
                "ms_per_clip": 1e3 * r["seconds"] / args.batch, **r})
 
+  loss_params = losses.LossParams.from_config(config)
+
   @jax.jit
   def forward_backward(v, b):
     def loss(params):
       out, _ = model.apply({"params": params, "batch_stats": v["batch_stats"]},
                            models.preprocess(b["video"]), train=True,
                            rngs={"dropout": jax.random.PRNGKey(2)}, mutable=["batch_stats"])
-      return losses.loss_fn(out, b, None, None, jnp.float32(1.0), config)[0]
+      return losses.loss_fn(out, b, None, None, jnp.float32(1.0), loss_params)[0]
     return jax.value_and_grad(loss)(v["params"])
 
   r = _time(forward_backward, variables, batch, repeats=args.repeats, budget_s=args.budget_s)

@@ -128,7 +128,9 @@ def test_layer_profile_covers_the_forward():
 
   config = configlib.validate(load_config("synthetic", "smoke"))  # 32 px, width 0.125
   model = models.build_model(config)
-  variables = models.init_variables(model, config, jax.random.key(0))
+  variables = models.init_variables(model, jax.random.key(0),
+                                     clip_length=config.model.clip_length,
+                                     frame_size=config.data.frame_size)
   video = jax.random.uniform(jax.random.key(1), (1, 8, 32, 32, 3), minval=-1.0, maxval=1.0)
   profile = roofline.layer_profile(model, variables, video, repeats=1, backward=False)
 

@@ -119,7 +119,7 @@ def test_clip_targets_equal_dense_slice(annotation, form, variant):
   config = _config()
   config.loss.stew_form = form
   config.loss.variant = variant
-  kw = losses.stew_kwargs(config)
+  kw = losses.LossParams.from_config(config).stew_kwargs()
   for rec, (_, labelled) in zip(_source(annotation), ITEMS):
     keys = pl.KeyframeLabels(rec, labelled, "sdf")
     pseudo, flags = pl.pseudo_labels(rec, labelled, "sdf")

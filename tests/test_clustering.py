@@ -172,7 +172,7 @@ def _clip(video, frame):
 
 def _latent(config, clip):
   from claus_jax import models
-  x = np.asarray(models.preprocess(clip[None], models.input_range(config)))
+  x = np.asarray(models.preprocess(clip[None], models.input_range(config.model)))
   return x.mean(axis=(1, 2, 3))[0] * 2.0
 
 

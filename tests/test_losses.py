@@ -7,6 +7,8 @@ import pytest
 
 from claus_jax import configlib, losses
 
+loss_params = losses.LossParams.from_config  # The settings a call reads, from a config.
+
 E = np.exp
 
 
@@ -152,7 +154,8 @@ def test_loss_fn_total_is_eq6_and_jits():
     config.loss.cluster_weight = 0.01
   outputs, batch = _outputs_batch(rng)
   centres = jnp.asarray(rng.normal(size=(2, 51)), jnp.float32)
-  total, parts = jax.jit(lambda o, b, c, e: losses.loss_fn(o, b, c, None, e, config))(
+  params = loss_params(config)
+  total, parts = jax.jit(lambda o, b, c, e: losses.loss_fn(o, b, c, None, e, params))(
       outputs, batch, centres, 5.0)
   margin = 0.2 + 5 * 0.7 / 40
   bce = losses.weighted_bce(outputs["seg_logits"], batch["pseudo_mask"], batch["weight"])
@@ -164,10 +167,11 @@ def test_loss_fn_total_is_eq6_and_jits():
   np.testing.assert_allclose(float(total), 2 * bce + 0.5 * dice + 3 * cls + clus, rtol=1e-5)
   # The assignments path: video 3 -> cluster 1, video 0 -> none, same result.
   assignments = jnp.array([-1, 0, 0, 1])
-  total2, _ = losses.loss_fn(outputs, batch, centres, assignments, 5.0, config)
+  total2, _ = losses.loss_fn(outputs, batch, centres, assignments, 5.0, loss_params(config))
   np.testing.assert_allclose(float(total2), float(total), rtol=1e-6)
   # No centres: no cluster term; gradients are finite.
-  grad = jax.grad(lambda o: losses.loss_fn(o, batch, None, None, 0.0, config)[0])(outputs)
+  grad = jax.grad(
+      lambda o: losses.loss_fn(o, batch, None, None, 0.0, loss_params(config))[0])(outputs)
   assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree_util.tree_leaves(grad))
 
 
@@ -181,7 +185,8 @@ def test_full_size_shapes_by_eval_shape():
            "label": jax.ShapeDtypeStruct((8,), jnp.int32),
            "cluster": jax.ShapeDtypeStruct((8,), jnp.int32)}
   centres = jax.ShapeDtypeStruct((5, 408), jnp.float32)
-  total, parts = jax.eval_shape(lambda o, b, c: losses.loss_fn(o, b, c, None, 1.0, config),
+  params = loss_params(config)
+  total, parts = jax.eval_shape(lambda o, b, c: losses.loss_fn(o, b, c, None, 1.0, params),
                                 outputs, batch, centres)
   assert total.shape == () and set(parts) >= {"bce", "dice", "classification", "cluster", "total"}
 
@@ -248,7 +253,7 @@ def test_implementation_stew_matches_the_authors_dataloader():
   config = configlib.base_config()
   with config.unlocked():
     configlib.authors_preset(config)
-  kw = losses.stew_kwargs(config)
+  kw = loss_params(config).stew_kwargs()
   assert (kw["form"], kw["sigma"], kw["radius"]) == ("implementation", 8 / 3, 8)
   # Their clips are centred on a labelled frame and see only the labelled frames inside the clip.
   for labelled, centre in (([20], 20), ([14, 26], 20), ([16, 20, 34], 20), ([4, 22], 22)):
@@ -277,7 +282,7 @@ def test_logit_weight_mode_matches_the_authors_loss():
   config = configlib.base_config()
   config.loss.weight_mode = "logit"
   outputs, batch = _outputs_batch(rng)
-  total, parts = losses.loss_fn(outputs, batch, None, None, 0.0, config)
+  total, parts = losses.loss_fn(outputs, batch, None, None, 0.0, loss_params(config))
   b2, d2 = losses.logit_weighted_losses(outputs["seg_logits"], batch["pseudo_mask"], batch["weight"])
   np.testing.assert_allclose([float(parts["bce"]), float(parts["dice"])], [float(b2), float(d2)],
                              rtol=1e-6)

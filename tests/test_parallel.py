@@ -98,7 +98,8 @@ def test_bfloat16_loss_within_2_percent_and_params_stay_float32():
   def loss(model):
     def f(v, x):
       out = model.apply(v, x, train=False)
-      return losses.loss_fn(out, lbatch, None, None, jnp.float32(1.0), c32)
+      return losses.loss_fn(out, lbatch, None, None, jnp.float32(1.0),
+                            losses.LossParams.from_config(c32))
     return jax.jit(f)(variables, video)
 
   (t32, p32), (t16, p16) = loss(m32), loss(m16)
@@ -110,9 +111,10 @@ def test_bfloat16_loss_within_2_percent_and_params_stay_float32():
 
   # A bf16 train step keeps parameters, Adam moments and batch statistics in float32 (traced
   # abstractly: the dtypes are decided at trace time, no compilation needed).
-  state = train.create_state(c16, m16, jax.random.PRNGKey(0), num_videos=4, variables=variables)
+  params16 = train.TrainParams.from_config(c16)
+  state = train.create_state(params16, m16, jax.random.PRNGKey(0), num_videos=4, variables=variables)
   new_state, metrics = jax.eval_shape(
-      lambda s, b: train.train_step(s, b, jnp.float32(0.0), c16), state, batch)
+      lambda s, b: train.train_step(s, b, jnp.float32(0.0), params16), state, batch)
   assert metrics["total"].dtype == jnp.float32
   for tree in (new_state.params, new_state.opt_state, new_state.batch_stats):
     dtypes = {x.dtype for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)}
@@ -172,7 +174,8 @@ def _per_device_batchnorm_step(model, config, mesh):
       out, _ = model.apply({"params": p, "batch_stats": batch_stats},
                            models.preprocess(batch["video"]), train=True,
                            rngs={"dropout": jax.random.PRNGKey(0)}, mutable=["batch_stats"])
-      return losses.loss_fn(out, batch, centres, None, jnp.float32(0.5), config)[0]
+      return losses.loss_fn(out, batch, centres, None, jnp.float32(0.5),
+                            losses.LossParams.from_config(config))[0]
 
     value, grads = jax.value_and_grad(loss)(params)
     axis = parallel.DATA_AXIS
@@ -209,11 +212,12 @@ def _child_sharded_step() -> None:
     config = tiny_config()
     config.model.dropout = dropout
     model = models.build_model(config)
-    state0 = train.create_state(config, model, jax.random.PRNGKey(0), num_videos=8)
+    params = train.TrainParams.from_config(config)
+    state0 = train.create_state(params, model, jax.random.PRNGKey(0), num_videos=8)
     state0 = state0.replace(tx=sgd, opt_state=sgd.init(state0.params))
     params0 = flat(state0.params)
     batch = fixed_batch(config, 4, 1)
-    step = jax.jit(lambda s, b, config=config: train.train_step(s, b, jnp.float32(0.5), config))
+    step = jax.jit(lambda s, b, params=params: train.train_step(s, b, jnp.float32(0.5), params))
 
     s1, m1 = step(jax.device_put(state0, one), jax.device_put(batch, one))  # One device.
     loss1, update1 = float(m1["total"]), flat(s1.params) - params0
@@ -439,13 +443,14 @@ def _child_round(mode: str, out_dir: str, port: int = 0, process_id: int = 0) ->
   position = {v: i for i, v in enumerate(index.video_ids)}
   items = [(position[v], pool.labelled_frames(v)) for v in pool.labelled_video_ids()]
   sampler = clips_lib.ClipSampler(dataset.train, items, config, seed=config.seed, round_index=0)
-  state = train.create_state(config, model, jax.random.PRNGKey(0), len(index))
+  train_params = train.TrainParams.from_config(config)
+  state = train.create_state(train_params, model, jax.random.PRNGKey(0), len(index))
   ckpt = os.path.join(out_dir, "checkpoints")
   # train.restore_latest opens a CheckpointManager (a collective in orbax) only when the folder
   # exists: it must exist for every process before fit, or the processes' barriers diverge.
   os.makedirs(ckpt, exist_ok=True)
   parallel.sync("checkpoint folder")
-  result = train.fit(config, state, parallel.ProcessLocalSampler(sampler, mesh), ckpt,
+  result = train.fit(train_params, state, parallel.ProcessLocalSampler(sampler, mesh), ckpt,
                      sampler.steps_per_epoch, mesh=mesh)
   variables = {"params": result.state.params, "batch_stats": result.state.batch_stats}
   scorer = uncertainty.Scorer(model, variables, config, mesh=mesh)
@@ -466,7 +471,7 @@ def _child_round(mode: str, out_dir: str, port: int = 0, process_id: int = 0) ->
                "params": [float(np.sum(np.abs(x), dtype=np.float64)) for x in jax.tree.leaves(params)],
                "scores": np.concatenate([s.frame_scores.reshape(-1) for s in scores]).tolist(),
                "latest_step": train.restore_latest(ckpt, jax.eval_shape(lambda s: s, state),
-                                                   config) is not None}, f)
+                                                   train_params) is not None}, f)
   if mode == "mp":
     jax.distributed.shutdown()
 

@@ -148,7 +148,8 @@ def test_pretrain_is_bit_identical_cached_and_loads_into_the_detector(tmp_path, 
   assert pretrain.is_complete(directory) and "pretraining" in said[-2]
   restore = lambda d: models.load_encoder_init(variables, d)
   model = models.build_model(config)
-  state = train_lib.create_state(config, model, jax.random.PRNGKey(0), 4)
+  state = train_lib.create_state(train_lib.TrainParams.from_config(config), model,
+                                 jax.random.PRNGKey(0), 4)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   a, b = restore(str(tmp_path / "a")), restore(directory)
   leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
@@ -201,8 +202,9 @@ def test_the_shipped_encoder_is_the_default_configs_and_loads_into_its_detector(
   assert result["settings"] == pretrain.cache_key(config)
   # Every encoder weight arrives, of the detector's shapes (capsules and decoder start fresh).
   model = models.build_model(config)
-  abstract = jax.eval_shape(lambda k: models.init_variables(model, config, k),
-                            jax.random.PRNGKey(0))
+  abstract = jax.eval_shape(
+      lambda k: models.init_variables(model, k, clip_length=config.model.clip_length,
+                                      frame_size=config.data.frame_size), jax.random.PRNGKey(0))
   fresh = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)
   loaded = models.load_encoder_init(fresh, found)
   shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)

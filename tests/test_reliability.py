@@ -171,10 +171,10 @@ def test_a_cluster_start_past_an_epoch_sized_round_is_refused_when_the_round_is_
   c = load_config("synthetic", "smoke")
   c.train.epochs, c.cluster.start_step = 2.0, 50
   configlib.validate(c)  # The round's steps are not known before its labelled set is.
-  assert train_lib.cluster_start_step(c, 51) == 50
+  assert train_lib.cluster_start_step(train_lib.TrainParams.from_config(c), 51) == 50
   with pytest.raises(configlib.ConfigError, match="config.cluster.start_step: 50 is not below this "
                      "round's 50 steps"):
-    train_lib.cluster_start_step(c, 50)
+    train_lib.cluster_start_step(train_lib.TrainParams.from_config(c), 50)
 
 
 @pytest.mark.slow

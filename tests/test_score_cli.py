@@ -45,7 +45,8 @@ def run_dir(tmp_path_factory):
   config = smoke_config()
   dataset = data_lib.get_dataset(config)
   model = models.build_model(config)
-  state = train_lib.create_state(config, model, jax.random.PRNGKey(0), len(dataset.train_index))
+  state = train_lib.create_state(train_lib.TrainParams.from_config(config), model,
+                                 jax.random.PRNGKey(0), len(dataset.train_index))
   # Move the parameters away from the fresh initialisation, so scoring a fresh init would differ.
   state = state.replace(params=jax.tree.map(lambda x: x * 1.25 + 0.01, state.params), step=7)
   ckpt = root / "run" / "round_001" / "checkpoints"

@@ -18,6 +18,8 @@ from claus_jax.models import i3d
 from tests.config_files import load_config
 from tests.test_parallel import fixed_batch, tiny_config
 
+train_params = train_lib.TrainParams.from_config  # The settings a call reads, from a config.
+
 
 class _BNNet(nn.Module):
   """One BatchNorm over the RGB channels, with the detector's momentum, call signature and split:
@@ -96,7 +98,7 @@ def _fixed_batches_loss(state, batches, config):
   def one(params, batch_stats, batch):
     out = state.apply_fn({"params": params, "batch_stats": batch_stats},
                          models.preprocess(batch["video"]), train=False)
-    _, parts = losses.loss_fn(out, batch, None, None, 0.0, config)
+    _, parts = losses.loss_fn(out, batch, None, None, 0.0, losses.LossParams.from_config(config))
     return parts["total"], parts["localisation"]
 
   vals = np.array([jax.device_get(one(state.params, state.batch_stats, b)) for b in batches])
@@ -109,12 +111,13 @@ def test_a_hundred_steps_of_the_tiny_model_reduce_the_loss_clearly(smoke):
   cfg = cfg.copy_and_resolve_references()
   cfg.train.steps = 100
   model = models.build_model(cfg)
-  state = train_lib.create_state(cfg, model, jax.random.PRNGKey(0), len(ds.train_index))
+  state = train_lib.create_state(train_params(cfg), model, jax.random.PRNGKey(0),
+                                 len(ds.train_index))
   # The same 6 batches before and after (the per-step training loss moves with its batch).
   fixed = [sampler.batch_at(1000 + i) for i in range(6)]
   before_stats = train_lib.recalibrate_batch_stats(state, fixed)
   before = _fixed_batches_loss(before_stats, fixed, cfg)
-  step = jax.jit(functools.partial(train_lib.train_step, config=cfg))
+  step = jax.jit(functools.partial(train_lib.train_step, params=train_params(cfg)))
   totals = []
   for s, batch in zip(range(cfg.train.steps), sampler.iterate(0)):
     state, metrics = step(state, batch, jnp.float32(s / sampler.steps_per_epoch))
@@ -137,9 +140,10 @@ def test_fit_resumes_to_the_parameters_of_an_uninterrupted_run(smoke, tmp_path):
   cfg.train.steps, cfg.train.checkpoint_every, cfg.train.log_every = 6, 3, 1
   cfg.train.bn_recalibration_batches = 2
   model = models.build_model(cfg)
-  fresh = lambda: train_lib.create_state(cfg, model, jax.random.PRNGKey(0), len(ds.train_index))
+  fresh = lambda: train_lib.create_state(train_params(cfg), model, jax.random.PRNGKey(0),
+                                         len(ds.train_index))
   spe = sampler.steps_per_epoch
-  whole = train_lib.fit(cfg, fresh(), sampler, str(tmp_path / "whole"), spe,
+  whole = train_lib.fit(train_params(cfg), fresh(), sampler, str(tmp_path / "whole"), spe,
                         history_path=str(tmp_path / "whole.json"))
   # Interrupted inside step 5 (after the checkpoint of step 3), then run again in the same folder.
   class Interrupt(Exception):
@@ -151,9 +155,10 @@ def test_fit_resumes_to_the_parameters_of_an_uninterrupted_run(smoke, tmp_path):
       raise Interrupt()
 
   with pytest.raises(Interrupt):
-    train_lib.fit(cfg, fresh(), sampler, str(tmp_path / "part"), spe, progress=stop_at_5,
+    train_lib.fit(train_params(cfg), fresh(), sampler, str(tmp_path / "part"), spe,
+                  progress=stop_at_5,
                   history_path=str(tmp_path / "part.json"))
-  resumed = train_lib.fit(cfg, fresh(), sampler, str(tmp_path / "part"), spe,
+  resumed = train_lib.fit(train_params(cfg), fresh(), sampler, str(tmp_path / "part"), spe,
                           history_path=str(tmp_path / "part.json"))
   assert int(resumed.state.step) == int(whole.state.step) == 6
   for name in ("params", "batch_stats", "opt_state", "centres", "counts"):
@@ -168,7 +173,7 @@ def test_fit_resumes_to_the_parameters_of_an_uninterrupted_run(smoke, tmp_path):
   cfg3 = cfg.copy_and_resolve_references()
   cfg3.train.log_every = 3
   rows = []
-  windowed = train_lib.fit(cfg3, fresh(), sampler, str(tmp_path / "windowed"), spe,
+  windowed = train_lib.fit(train_params(cfg3), fresh(), sampler, str(tmp_path / "windowed"), spe,
                            progress=lambda step, row: rows.append((step, row)))
   assert [step for step, _ in rows] == [1, 2, 3, 4, 5, 6]
   assert [row is None for _, row in rows] == [True, True, False, True, True, False]
@@ -182,7 +187,7 @@ def test_fit_resumes_to_the_parameters_of_an_uninterrupted_run(smoke, tmp_path):
   assert all(isinstance(x.sharding, jax.sharding.NamedSharding) and x.sharding.is_fully_replicated
              for x in jax.tree.leaves(windowed.state.params))
   # A finished run restarted returns its final state without training again.
-  again = train_lib.fit(cfg, fresh(), sampler, str(tmp_path / "whole"), spe)
+  again = train_lib.fit(train_params(cfg), fresh(), sampler, str(tmp_path / "whole"), spe)
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                again.state.params, whole.state.params)
 
@@ -191,7 +196,7 @@ def test_a_non_finite_loss_stops_with_the_step_and_the_part(tmp_path):
   cfg = tiny_config()
   cfg.train.steps, cfg.train.checkpoint_every = 3, 10
   model = models.build_model(cfg)
-  state = train_lib.create_state(cfg, model, jax.random.PRNGKey(0), 8)
+  state = train_lib.create_state(train_params(cfg), model, jax.random.PRNGKey(0), 8)
   good = fixed_batch(cfg)
   bad = dict(good, weight=np.full_like(good["weight"], np.nan))
 
@@ -203,7 +208,7 @@ def test_a_non_finite_loss_stops_with_the_step_and_the_part(tmp_path):
       return (self.batch_at(s) for s in range(start, cfg.train.steps))
 
   with pytest.raises(train_lib.NonFiniteLossError, match=r"step 1: non-finite .*bce"):
-    train_lib.fit(cfg, state, Sampler(), str(tmp_path / "ckpt"), 1.0)
+    train_lib.fit(train_params(cfg), state, Sampler(), str(tmp_path / "ckpt"), 1.0)
 
 
 @pytest.mark.parametrize("scale", [0.0, 0.1])
@@ -223,8 +228,8 @@ def test_encoder_lr_scale_scales_or_freezes_the_encoder_update(scale):
   batch = fixed_batch(base)
   moved = {}
   for name, cfg in (("base", base), ("scaled", scaled)):
-    state = train_lib.create_state(cfg, model, jax.random.PRNGKey(0), 4)
-    new, _ = jax.jit(functools.partial(train_lib.train_step, config=cfg))(
+    state = train_lib.create_state(train_params(cfg), model, jax.random.PRNGKey(0), 4)
+    new, _ = jax.jit(functools.partial(train_lib.train_step, params=train_params(cfg)))(
         state, batch, jnp.zeros((), jnp.float32))
     moved[name] = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), new.params, state.params)
     moved[name + "_stats"] = jax.tree.map(lambda a, b: np.abs(np.asarray(a) - np.asarray(b)).max(),
@@ -254,22 +259,23 @@ def test_cosine_schedule_scales_each_step_by_its_factor():
   times as far as the constant rate's step from the same state (same gradients and Adam moments)."""
   c = tiny_config()
   c.model.routing_sign = "port"  # No gradient entry at float-noise level (see the test above).
-  assert train_lib.lr_factor(c, 7, 100) == 1.0  # Constant.
+  assert train_lib.lr_factor(train_params(c), 7, 100) == 1.0  # Constant.
   cos = c.copy_and_resolve_references()
   with cos.unlocked():
     cos.train.lr_schedule = "cosine"
   # (1 + cos(pi s / S)) / 2: 1 at the start, 1/2 half-way, (1 + cos(3 pi / 4)) / 2 at 3/4.
   for step, want in ((0, 1.0), (50, 0.5), (75, (1 - 0.5 ** 0.5) / 2), (100, 0.0)):
-    np.testing.assert_allclose(train_lib.lr_factor(cos, step, 100), want, atol=1e-6)
-  assert train_lib.lr_factor(cos, 50, None) == 1.0  # No round length: the constant rate.
+    np.testing.assert_allclose(train_lib.lr_factor(train_params(cos), step, 100), want, atol=1e-6)
+  # No round length: the constant rate.
+  assert train_lib.lr_factor(train_params(cos), 50, None) == 1.0
   model = models.build_model(c)
   batch = fixed_batch(c)
-  state = train_lib.create_state(c, model, jax.random.PRNGKey(0), 4)
+  state = train_lib.create_state(train_params(c), model, jax.random.PRNGKey(0), 4)
   state = state.replace(step=75)  # The same dropout key for both.
   moved, lrs = {}, {}
   for name, cfg in (("constant", c), ("cosine", cos)):
-    new, metrics = jax.jit(functools.partial(train_lib.train_step, config=cfg, total_steps=100))(
-        state, batch, jnp.zeros((), jnp.float32))
+    step = functools.partial(train_lib.train_step, params=train_params(cfg), total_steps=100)
+    new, metrics = jax.jit(step)(state, batch, jnp.zeros((), jnp.float32))
     assert int(new.step) == 76
     moved[name] = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), new.params, state.params)
     lrs[name] = float(metrics["lr"])
@@ -287,11 +293,12 @@ def test_round_steps_and_cluster_start():
   from claus_jax import configlib
   c = configlib.base_config()
   c.train.steps = 300
-  assert train_lib.round_steps(c, 12.5) == 300
-  assert train_lib.cluster_start_step(c, 300) == 150  # -1: half-way through the round.
+  assert train_lib.round_steps(train_params(c), 12.5) == 300
+  # -1: half-way through the round.
+  assert train_lib.cluster_start_step(train_params(c), 300) == 150
   c.train.epochs = 40.0
   # The authors: 40 epochs of 2 clips per labelled video at batch 6; 24 videos -> 8 steps/epoch.
-  assert train_lib.round_steps(c, 2 * 24 / 6) == 320
-  assert train_lib.round_steps(c, 0.01) == 1
+  assert train_lib.round_steps(train_params(c), 2 * 24 / 6) == 320
+  assert train_lib.round_steps(train_params(c), 0.01) == 1
   c.cluster.start_step = 0
-  assert train_lib.cluster_start_step(c, 320) == 0
+  assert train_lib.cluster_start_step(train_params(c), 320) == 0

@@ -177,10 +177,11 @@ class ClipSampler:
     self.skip = int(config.train.clip_skip)
     self.crop_scale = float(config.train.crop_scale)
     self.flip = bool(config.train.flip)
-    self.variant = config.loss.variant
-    self.window = int(config.loss.stew_window)
-    self.mask_interp = config.loss.mask_interp
-    self.stew_kwargs = losses.stew_kwargs(config)
+    loss = losses.LossParams.from_config(config)
+    self.variant = loss.variant
+    self.window = loss.stew_window
+    self.mask_interp = loss.mask_interp
+    self.stew_kwargs = loss.stew_kwargs()
     if self.variant not in losses.VARIANTS:
       raise ValueError(f"config.loss.variant {self.variant!r}: use one of {losses.VARIANTS}.")
     self.items: list[tuple[int, np.ndarray]] = []

@@ -112,20 +112,19 @@ def build_model(config: ml_collections.ConfigDict) -> CLAUSDetector:
                        routing=m.routing, init_scheme=m.init)
 
 
-def init_variables(model: CLAUSDetector, config: ml_collections.ConfigDict, key: jax.Array,
-                   frame_size: int | None = None) -> dict:
+def init_variables(model: CLAUSDetector, key: jax.Array, *, clip_length: int,
+                   frame_size: int) -> dict:
   """Fresh ``{'params', 'batch_stats'}`` of ``model``: the jitted ``model.init`` on one blank clip.
 
   The one way a run, a benchmark and a test start a detector.
 
   Args:
     model: from :func:`build_model`.
-    config: gives the clip length (``model.clip_length``) and, by default, the frame size.
     key: the ``params`` and ``dropout`` key (raw uint32 or typed).
-    frame_size: side of the blank clip; None = ``config.data.frame_size``.
+    clip_length: frames of the blank clip (``model.clip_length``).
+    frame_size: its side (``data.frame_size``, or the pretraining's).
   """
-  size = frame_size or config.data.frame_size
-  dummy = jnp.zeros((1, config.model.clip_length, size, size, 3), jnp.float32)
+  dummy = jnp.zeros((1, int(clip_length), int(frame_size), int(frame_size), 3), jnp.float32)
   return jax.jit(functools.partial(model.init, train=False))({"params": key, "dropout": key}, dummy)
 
 
@@ -141,9 +140,9 @@ def preprocess(video: jax.Array | np.ndarray, input_range=(-1.0, 1.0)) -> jax.Ar
   return jnp.asarray(video, jnp.float32) * ((high - low) / 255.0) + low
 
 
-def input_range(config: ml_collections.ConfigDict) -> tuple[float, float]:
-  """``config.model.input_range`` as floats."""
-  low, high = config.model.input_range
+def input_range(model_config: ml_collections.ConfigDict) -> tuple[float, float]:
+  """The model section's ``input_range`` (``config.model.input_range``) as floats."""
+  low, high = model_config.input_range
   return float(low), float(high)
 
 

@@ -87,11 +87,12 @@ def main(argv):
                                       round_index=0)
   encoder_init = pretrain_lib.ensure_pretrained(config) if config.pretrain.enabled else ""
   model = models.build_model(config)
-  state = train_lib.create_state(config, model, jax.random.PRNGKey(config.seed), len(index),
+  params = train_lib.TrainParams.from_config(config)
+  state = train_lib.create_state(params, model, jax.random.PRNGKey(config.seed), len(index),
                                  encoder_init=encoder_init)
   t0 = time.time()
   with tempfile.TemporaryDirectory(prefix="claus_probe_") as tmp:
-    result = train_lib.fit(config, state, sampler, tmp, sampler.steps_per_epoch)
+    result = train_lib.fit(params, state, sampler, tmp, sampler.steps_per_epoch)
   train_s = time.time() - t0
   variables = {"params": result.state.params, "batch_stats": result.state.batch_stats}
 

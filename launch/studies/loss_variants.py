@@ -48,9 +48,10 @@ def run_variant(config, dataset, pool, variant: str, workdir: str) -> dict:
   items = [(position[v], pool.labelled_frames(v)) for v in pool.labelled_video_ids()]
   sampler = clips_lib.ClipSampler(dataset.train, items, cfg, seed=cfg.seed, round_index=0)
   model = models.build_model(cfg)
-  state = train_lib.create_state(cfg, model, jax.random.PRNGKey(cfg.seed), len(index))
+  params = train_lib.TrainParams.from_config(cfg)
+  state = train_lib.create_state(params, model, jax.random.PRNGKey(cfg.seed), len(index))
   t0 = time.time()
-  result = train_lib.fit(cfg, state, sampler, os.path.join(workdir, variant),
+  result = train_lib.fit(params, state, sampler, os.path.join(workdir, variant),
                          sampler.steps_per_epoch)
   train_s = time.time() - t0
   variables = {"params": result.state.params, "batch_stats": result.state.batch_stats}
