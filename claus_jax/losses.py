@@ -349,15 +349,14 @@ def loss_fn(outputs: dict[str, jax.Array], batch: dict[str, Any], centres: jax.A
   Returns:
     ``(total, parts)`` with parts ``bce, dice, localisation, classification, cluster, margin, total``.
   """
-  lc = params
-  if lc.weight_mode == "logit":
+  if params.weight_mode == "logit":
     bce, dice = logit_weighted_losses(outputs["seg_logits"], batch["pseudo_mask"], batch["weight"])
-  elif lc.weight_mode == "loss":
+  elif params.weight_mode == "loss":
     bce = weighted_bce(outputs["seg_logits"], batch["pseudo_mask"], batch["weight"])
     dice = weighted_dice(outputs["seg_logits"], batch["pseudo_mask"], batch["weight"])
   else:
-    raise ValueError(f"loss.weight_mode={lc.weight_mode!r}: use one of {WEIGHT_MODES}.")
-  margin = margin_at(epoch, lc.margin_start, lc.margin_step, lc.margin_max)
+    raise ValueError(f"loss.weight_mode={params.weight_mode!r}: use one of {WEIGHT_MODES}.")
+  margin = margin_at(epoch, params.margin_start, params.margin_step, params.margin_max)
   cls = spread_loss(outputs["class_probs"], batch["label"], margin)
   if centres is None:
     clus = jnp.zeros((), jnp.float32)
@@ -366,9 +365,9 @@ def loss_fn(outputs: dict[str, jax.Array], batch: dict[str, Any], centres: jax.A
       clusters = jnp.asarray(assignments)[batch["video_index"]]
     else:
       clusters = batch["cluster"]
-    clus = cluster_loss(outputs["latent"], centres, clusters, lc.cluster_weight)
-  localisation = lc.bce_weight * bce + lc.dice_weight * dice
-  total = localisation + lc.cls_weight * cls + clus
+    clus = cluster_loss(outputs["latent"], centres, clusters, params.cluster_weight)
+  localisation = params.bce_weight * bce + params.dice_weight * dice
+  total = localisation + params.cls_weight * cls + clus
   parts = {"bce": bce, "dice": dice, "localisation": localisation, "classification": cls,
            "cluster": clus, "margin": margin, "total": total}
   return total, parts

@@ -285,7 +285,9 @@ def test_cosine_schedule_scales_each_step_by_its_factor():
   leaves = list(zip(jax.tree.leaves(moved["cosine"]), jax.tree.leaves(moved["constant"])))
   assert any(np.abs(b).max() > 0 for _, b in leaves)
   for a, b in leaves:
-    np.testing.assert_allclose(a, factor * b, rtol=1e-3, atol=1e-9)
+    # The moves are differences of float32 parameters near 1: ~6e-8 of rounding each (seen: 4.2e-8
+    # on a move of 3.9e-5 at XLA optimisation level 0).
+    np.testing.assert_allclose(a, factor * b, rtol=1e-3, atol=1e-7)
 
 
 def test_round_steps_and_cluster_start():
