@@ -167,14 +167,14 @@ def _round0_sampler(config: ml_collections.ConfigDict, batch: int):
 
   dataset = data_lib.get_dataset(config)
   index = dataset.train_index
-  budget = selection_lib.BudgetParams.from_config(config)
+  budget = selection_lib.BudgetParams.from_section(config.budget)
   pool = pool_lib.initial_pool(
       index.video_ids, index.num_frames, selection_lib.initial_video_count(budget, len(index)),
       selection_lib.initial_frame_count(budget, int(index.num_frames.sum())), seed=config.seed)
   position = {v: i for i, v in enumerate(index.video_ids)}
   items = [(position[v], pool.labelled_frames(v)) for v in pool.labelled_video_ids()]
-  sampler = clips_lib.ClipSampler(dataset.train, items, config, seed=config.seed, round_index=0,
-                                  batch_size=batch)
+  sampler = clips_lib.ClipSampler(dataset.train, items, clips_lib.ClipParams.from_config(config),
+                                  seed=config.seed, round_index=0, batch_size=batch)
   return dataset, sampler
 
 
@@ -315,7 +315,8 @@ def pool_memory(config: ml_collections.ConfigDict, num_videos: int, batch: int) 
 
   model = build_model(config)
   variables = _fresh_variables(model, config)
-  scorer = uncertainty.Scorer(model, variables, config, batch_size=batch)
+  scorer = uncertainty.Scorer(model, variables, uncertainty.ScoreParams.from_config(config),
+                              batch_size=batch)
   key = jax.random.key_data(jax.random.key(1))
   scorer.score_videos(synthetic_records(config, 1, seed=1), [0], key)  # Compile.
   t0 = time.perf_counter()
@@ -411,7 +412,8 @@ def bench_uncertainty(config: ml_collections.ConfigDict) -> dict:
     return jax.block_until_ready(finish_fn(sums))
 
   # (b) the shared-encoder vmapped scorer.
-  score_fn = jax.jit(uncertainty.make_score_fn(model, config, thresholds))
+  score_params = uncertainty.ScoreParams.from_config(config)
+  score_fn = jax.jit(uncertainty.make_score_fn(model, score_params, thresholds))
 
   def vmapped():
     return jax.block_until_ready(score_fn(variables, video, keys))
@@ -456,7 +458,8 @@ def bench_uncertainty(config: ml_collections.ConfigDict) -> dict:
     # Compile the scorer here, so that with the persistent compilation cache on (the default) both
     # children load the same program instead of compiling it: the compiler's own peak is not part
     # of scoring and would otherwise hide the pool-size effect under a constant.
-    uncertainty.Scorer(model, variables, config, batch_size=batch).score_videos(
+    uncertainty.Scorer(model, variables, uncertainty.ScoreParams.from_config(config),
+                       batch_size=batch).score_videos(
         synthetic_records(config, 1, seed=1), [0], key)
     mem = {}
     for scale in (1, 10):
@@ -508,7 +511,9 @@ def bench_chunks(config: ml_collections.ConfigDict) -> dict:
       keys = jnp.asarray(uncertainty.clip_keys(jax.random.key_data(jax.random.key(3)), 0,
                                                np.arange(cc)))
       t0 = time.perf_counter()
-      compiled = jax.jit(uncertainty.make_score_fn(model, cfg, thresholds)).lower(
+      score_fn = uncertainty.make_score_fn(model, uncertainty.ScoreParams.from_config(cfg),
+                                           thresholds)
+      compiled = jax.jit(score_fn).lower(
           variables, video, keys).compile()
       compile_s = time.perf_counter() - t0
       mem = compiled.memory_analysis()

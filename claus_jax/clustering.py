@@ -27,12 +27,14 @@ Degenerate cases never crash or produce NaN:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import logging
 
@@ -126,6 +128,34 @@ def init_centres(latents: np.ndarray, video_index: np.ndarray, k: int, n_init: i
 LATENT_MODES = ("mc_mean", "eval")  # config.cluster.latents.
 
 
+@dataclasses.dataclass(frozen=True)
+class ClusterParams:
+  """What clustering reads of the config, once: the ``cluster`` section, the root seed, the eval
+  batch size for latents, and the model's clip shape and input range."""
+
+  k: int
+  n_init: int
+  count_init: float
+  latents: str
+  latent_clips: int
+  seed: int
+  batch_size: int
+  clip_length: int
+  clip_skip: int
+  input_range: tuple[float, float]
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> ClusterParams:
+    """The settings of ``config.cluster`` and what clustering reads of ``seed``, ``eval``,
+    ``model`` and ``train.clip_skip``."""
+    c = config.cluster
+    return cls(k=int(c.k), n_init=int(c.n_init), count_init=float(c.count_init),
+               latents=str(c.latents), latent_clips=int(c.latent_clips), seed=int(config.seed),
+               batch_size=max(1, int(config.eval.batch_size)),
+               clip_length=int(config.model.clip_length), clip_skip=int(config.train.clip_skip),
+               input_range=models.input_range(config.model))
+
+
 def latent_clip_centres(num_frames: int, count: int) -> np.ndarray:
   """``(min(count, T),) int64`` evenly spaced clip centres: the middle of each of ``count`` equal
   segments of the video (cluster.latents='eval')."""
@@ -150,15 +180,15 @@ def majority_clusters(latents: np.ndarray, video_index: np.ndarray, centres) -> 
 # ------------------------------------------------------------------ latents of a train state
 
 
-def latent_fn(model, config, state) -> Callable[[np.ndarray], np.ndarray]:
+def latent_fn(model, input_range: tuple[float, float],
+              state) -> Callable[[np.ndarray], np.ndarray]:
   """Eval-mode (no dropout) latents with ``state``'s weights: ``(B, L, H, W, 3) uint8 -> (B, D)``.
 
   Replicated global arrays (multi-process) are read from this process's copy: every process then
   computes the same latents, with no communication.
   """
   variables = parallel.host_local_copy({"params": state.params, "batch_stats": state.batch_stats})
-  low_high = models.input_range(config.model)
-  forward = jax.jit(lambda v, x: model.apply(v, models.preprocess(x, low_high),
+  forward = jax.jit(lambda v, x: model.apply(v, models.preprocess(x, input_range),
                                              train=False)["latent"])
   return lambda video: np.asarray(forward(variables, video))
 
@@ -189,7 +219,7 @@ def clip_latents(latents_of: Callable[[np.ndarray], np.ndarray],
   return np.concatenate(latents), np.asarray(owners)
 
 
-def initialise(state, model, sampler, config):
+def initialise(state, model, sampler, params: ClusterParams):
   """``state`` with its clusters initialised: k-means on the labelled clips' latents.
 
   Every labelled frame of ``sampler`` (a ``ClipSampler``) gives one clip, its latent taken in eval
@@ -201,27 +231,28 @@ def initialise(state, model, sampler, config):
   """
   clips = ((sampler.items[pos][0], sampler.clip(pos, int(c))["video"])
            for pos, (_, frames) in enumerate(sampler.items) for c in frames)
-  latents, owners = clip_latents(latent_fn(model, config, state), clips,
-                                 max(1, int(config.eval.batch_size)))
-  init = init_centres(latents, owners, config.cluster.k, config.cluster.n_init, seed=config.seed,
-                      count_init=config.cluster.count_init)
+  latents, owners = clip_latents(latent_fn(model, params.input_range, state), clips,
+                                 params.batch_size)
+  init = init_centres(latents, owners, params.k, params.n_init, seed=params.seed,
+                      count_init=params.count_init)
   assignments = np.full(state.assignments.shape, -1, np.int32)
   assignments[init.videos] = init.video_cluster
   return state.replace(centres=jnp.asarray(init.centres), counts=jnp.asarray(init.counts),
                        assignments=jnp.asarray(assignments), cluster_active=jnp.asarray(True))
 
 
-def _evenly_spaced_clips(source: Sequence, config) -> Iterator[tuple[int, np.ndarray]]:
+def _evenly_spaced_clips(source: Sequence,
+                         params: ClusterParams) -> Iterator[tuple[int, np.ndarray]]:
   """``cluster.latent_clips`` clips of every video of ``source``, evenly spaced."""
   for i in range(len(source)):
     record = source[i]
-    for centre in latent_clip_centres(record.num_frames, config.cluster.latent_clips):
-      frames = clips_lib.clip_frames(int(centre), record.num_frames, config.model.clip_length,
-                                     config.train.clip_skip)
+    for centre in latent_clip_centres(record.num_frames, params.latent_clips):
+      frames = clips_lib.clip_frames(int(centre), record.num_frames, params.clip_length,
+                                     params.clip_skip)
       yield i, np.asarray(record.frames[frames])
 
 
-def eval_mode_clusters(state, model, source: Sequence, config) -> np.ndarray:
+def eval_mode_clusters(state, model, source: Sequence, params: ClusterParams) -> np.ndarray:
   """cluster.latents='eval': each video's majority cluster over its evenly spaced clips.
 
   Args:
@@ -230,14 +261,14 @@ def eval_mode_clusters(state, model, source: Sequence, config) -> np.ndarray:
   Returns:
     ``(len(source),) int32``.
   """
-  latents, owners = clip_latents(latent_fn(model, config, state),
-                                 _evenly_spaced_clips(source, config),
-                                 max(1, int(config.eval.batch_size)))
+  latents, owners = clip_latents(latent_fn(model, params.input_range, state),
+                                 _evenly_spaced_clips(source, params), params.batch_size)
   vote = majority_clusters(latents, owners, np.asarray(state.centres))
   return np.array([vote[i] for i in range(len(source))], np.int32)
 
 
-def video_clusters(state, model, source: Sequence, mc_latents: np.ndarray, config) -> np.ndarray:
+def video_clusters(state, model, source: Sequence, mc_latents: np.ndarray,
+                   params: ClusterParams) -> np.ndarray:
   """The cluster of every pool video for selection (``config.cluster.latents``).
 
   Args:
@@ -250,8 +281,8 @@ def video_clusters(state, model, source: Sequence, mc_latents: np.ndarray, confi
   """
   if not bool(state.cluster_active):
     return np.full(len(mc_latents), -1, np.int32)
-  if config.cluster.latents == "eval":
-    return eval_mode_clusters(state, model, source, config)
+  if params.latents == "eval":
+    return eval_mode_clusters(state, model, source, params)
   return np.asarray(assign(jnp.asarray(mc_latents), state.centres))
 
 

@@ -588,7 +588,7 @@ def validate_against_data(config: ml_collections.ConfigDict, num_train_videos: i
   if config.model.num_classes != num_classes:
     _fail("model.num_classes", f"{config.model.num_classes} but the dataset has {num_classes} "
           f"classes; set --config.model.num_classes={num_classes}.")
-  budget_params = budget.BudgetParams.from_config(config)
+  budget_params = budget.BudgetParams.from_section(config.budget)
   n_init = budget.initial_video_count(budget_params, num_train_videos)
   if config.cluster.k > n_init:
     _fail("cluster.k", f"K={config.cluster.k} is larger than the {n_init} videos labelled in round 0 "

@@ -233,11 +233,16 @@ class Experiment:
     from claus_jax import models
     from claus_jax import selection as selection_lib
     from claus_jax import train as train_lib
+    from claus_jax import uncertainty
+    from claus_jax.data import clips as clips_lib
 
     self.config = config
     # config.selection and config.budget, read once for the whole run.
     self.selection_params = selection_lib.SelectionParams.from_config(config)
     self.train_params = train_lib.TrainParams.from_config(config)
+    self.score_params = uncertainty.ScoreParams.from_config(config)
+    self.clip_params = clips_lib.ClipParams.from_config(config)
+    self.cluster_params = clustering.ClusterParams.from_config(config)
     self.encoder_init = encoder_init  # Pretrained encoder every round starts from ('' = none).
     self.workdir = workdir
     self.dataset = dataset
@@ -415,7 +420,7 @@ class Experiment:
     from claus_jax.data import clips as clips_lib
 
     items = [(self.position[v], pool.labelled_frames(v)) for v in pool.labelled_video_ids()]
-    return clips_lib.ClipSampler(self.train_source, items, self.config, seed=self.config.seed,
+    return clips_lib.ClipSampler(self.train_source, items, self.clip_params, seed=self.config.seed,
                                  round_index=r)
 
   def _initial_state(self, r: int):
@@ -483,7 +488,7 @@ class Experiment:
     fit_sampler = parallel.ProcessLocalSampler(sampler, mesh) if self.multi else sampler
     history_path = os.path.join(round_dir(self.workdir, r), "train_history.json")
     cluster_init = functools.partial(clustering.initialise, model=self.model, sampler=sampler,
-                                     config=cfg)
+                                     params=self.cluster_params)
     result = train_lib.fit(self.train_params, state, fit_sampler, ckpt, sampler.steps_per_epoch,
                            cluster_init=cluster_init, progress=progress, mesh=mesh,
                            history_path=history_path if parallel.is_primary() else None)
@@ -551,7 +556,7 @@ class Experiment:
     scorer = None
     if todo:
       variables = {"params": state.params, "batch_stats": state.batch_stats}
-      scorer = uncertainty.Scorer(self.model, variables, self.config, mesh=self.mesh)
+      scorer = uncertainty.Scorer(self.model, variables, self.score_params, mesh=self.mesh)
     key = uncertainty.score_key(self.config.seed, r)
     bar = self._bar(todo, f"round {r} score", "video")
     scores = {}
@@ -595,7 +600,8 @@ class Experiment:
     def compute():
       ids = self.index.video_ids
       latents = np.stack([scores[v]["latent"] for v in ids])
-      clusters = clustering.video_clusters(state, self.model, self.train_source, latents, cfg)
+      clusters = clustering.video_clusters(state, self.model, self.train_source, latents,
+                                           self.cluster_params)
       spans = None
       if params.restrict_to_gt_span:  # Leaks ground truth: explicit opt-in only.
         spans = [tuple(self.dataset.train[i].span) for i in range(len(ids))]
@@ -718,15 +724,16 @@ def _run_locked(config: ml_collections.ConfigDict, workdir: str, primary: bool,
   encoder_init = ""
   if config.pretrain.enabled:
     from claus_jax import pretrain as pretrain_lib
+    settings = pretrain_lib.PretrainSettings.from_config(config)
     if primary:
-      encoder_init = pretrain_lib.ensure_pretrained(config, progress=not config.quiet)
+      encoder_init = pretrain_lib.ensure_pretrained(settings, progress=not config.quiet)
     parallel.sync("encoder pretrained")
     if not primary:
-      encoder_init = pretrain_lib.find_pretrained(config)
+      encoder_init = pretrain_lib.find_pretrained(settings)
     if not encoder_init:  # Process 0 pretrained into a cache this process cannot see.
       raise configlib.ConfigError(
           f"config.pretrain.cache_dir: process {jax.process_index()} finds no pretrained encoder at "
-          f"{pretrain_lib.cache_dir(config)}; point --config.pretrain.cache_dir at a folder every "
+          f"{pretrain_lib.cache_dir(settings)}; point --config.pretrain.cache_dir at a folder every "
           "host shares (like the workdir).")
   if recompute_from is not None:
     on_primary("recompute", lambda: provenance.recompute_from(workdir, recompute_from, round_dir,

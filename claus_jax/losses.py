@@ -88,9 +88,8 @@ class LossParams:
   margin_max: float = 0.9
 
   @classmethod
-  def from_config(cls, config) -> LossParams:
-    """The settings of ``config.loss``."""
-    loss = config.loss
+  def from_section(cls, loss) -> LossParams:
+    """The settings of ``loss`` (``config.loss``)."""
     return cls(variant=str(loss.variant), stew_form=str(loss.stew_form),
                stew_window=int(loss.stew_window), stew_sigma=float(loss.stew_sigma),
                stew_radius=int(loss.stew_radius), weight_mode=str(loss.weight_mode),

@@ -37,8 +37,8 @@ def run(config) -> dict:
                                 "the synthetic dataset is generated on first use.")
   configlib.validate(config)
   module = READERS[config.dataset]
-  builder = module.make_builder(config)
-  root = official.resolve_root(config)
+  builder = module.make_builder(config.data, config.quiet)
+  root = official.resolve_root(config.data.root)
   generated = official.prepare(builder, root, quiet=config.quiet)
   dataset = tfds_store.load_or_prepare(builder, module.NAME, quiet=config.quiet)
   report = official.stored_report(builder)

@@ -44,6 +44,7 @@ run in a fixed order).
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import functools
 import json
 import os
@@ -128,30 +129,62 @@ class PretrainState(train_state.TrainState):
   batch_stats: Any
 
 
-def cache_key(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Every setting that determines the pretrained weights (and nothing else)."""
-  p = config.pretrain
-  return {
-      "objective": OBJECTIVE_VERSION,
-      "corpus": pretrain_corpus.PretrainParams.from_config(config).to_dict(),
-      "steps": int(p.steps), "batch_size": int(p.batch_size),
-      "learning_rate": float(p.learning_rate), "seg_weight": float(p.seg_weight),
-      "heatmap_weight": float(p.heatmap_weight),
-      "pose_weight": float(p.pose_weight), "scene_weight": float(p.scene_weight),
-      "width": float(config.model.width), "conv_impl": str(config.model.conv_impl),
-      "bn_recalibration_batches": int(config.train.bn_recalibration_batches),
-  }
+@dataclasses.dataclass(frozen=True)
+class PretrainSettings:
+  """What pretraining reads of the config (``pretrain`` and the encoder's shape), read once."""
+
+  corpus: pretrain_corpus.PretrainParams
+  seed: int
+  steps: int
+  batch_size: int
+  learning_rate: float
+  seg_weight: float
+  heatmap_weight: float
+  pose_weight: float
+  scene_weight: float
+  val_clips: int
+  cache_root: str  # config.pretrain.cache_dir ('' = $CLAUS_CACHE_DIR or ~/.cache/claus_jax).
+  width: float  # model.width and model.conv_impl: the encoder the weights are for.
+  conv_impl: str
+  bn_recalibration_batches: int  # train.bn_recalibration_batches.
+  data_frame_size: int  # data.frame_size, which names the cache folder.
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> PretrainSettings:
+    p = config.pretrain
+    return cls(
+        corpus=pretrain_corpus.PretrainParams.from_section(
+            p, frame_size=int(config.data.frame_size), clip_length=int(config.model.clip_length),
+            frame_step=int(config.train.clip_skip)),
+        seed=int(p.seed), steps=int(p.steps), batch_size=int(p.batch_size),
+        learning_rate=float(p.learning_rate), seg_weight=float(p.seg_weight),
+        heatmap_weight=float(p.heatmap_weight), pose_weight=float(p.pose_weight),
+        scene_weight=float(p.scene_weight), val_clips=int(p.val_clips),
+        cache_root=str(p.cache_dir), width=float(config.model.width),
+        conv_impl=str(config.model.conv_impl),
+        bn_recalibration_batches=int(config.train.bn_recalibration_batches),
+        data_frame_size=int(config.data.frame_size))
+
+  def cache_key(self) -> dict[str, Any]:
+    """Every setting that determines the pretrained weights (and nothing else)."""
+    return {
+        "objective": OBJECTIVE_VERSION, "corpus": self.corpus.to_dict(),
+        "steps": self.steps, "batch_size": self.batch_size, "learning_rate": self.learning_rate,
+        "seg_weight": self.seg_weight, "heatmap_weight": self.heatmap_weight,
+        "pose_weight": self.pose_weight, "scene_weight": self.scene_weight,
+        "width": self.width, "conv_impl": self.conv_impl,
+        "bn_recalibration_batches": self.bn_recalibration_batches,
+    }
 
 
-def cache_dir(config: ml_collections.ConfigDict) -> str:
-  """The encoder_init directory of ``config``'s pretraining settings (it may not exist yet)."""
-  root = (config.pretrain.cache_dir
+def cache_dir(settings: PretrainSettings) -> str:
+  """The encoder_init directory of these pretraining settings (it may not exist yet)."""
+  root = (settings.cache_root
           or os.path.join(os.environ.get("CLAUS_CACHE_DIR", "") or "~/.cache/claus_jax",
                           "pretrained"))
-  key = pool_lib.fingerprint(cache_key(config))
-  size = int(config.data.frame_size)
+  key = pool_lib.fingerprint(settings.cache_key())
   return os.path.join(os.path.abspath(os.path.expanduser(root)),
-                      f"synthetic_{size}px_w{config.model.width:g}_{key}")
+                      f"synthetic_{settings.data_frame_size}px_w{settings.width:g}_{key}")
 
 
 def is_complete(directory: str) -> bool:
@@ -231,8 +264,7 @@ def _losses(model, variables, batch, weights, train):
                  updates.get("batch_stats"))
 
 
-def make_optimizer(config) -> optax.GradientTransformation:
-  p = config.pretrain
+def make_optimizer(p: PretrainSettings) -> optax.GradientTransformation:
   warmup = max(1, int(0.05 * p.steps))
   schedule = optax.warmup_cosine_decay_schedule(0.0, p.learning_rate, warmup, max(p.steps, warmup + 1))
   return optax.adam(schedule)
@@ -252,24 +284,22 @@ def _batches(params, batch_size: int, first: int, count: int, start_index: int =
       yield batch
 
 
-def pretrain(config: ml_collections.ConfigDict, out_dir: str, progress: bool = True) -> dict:
+def pretrain(p: PretrainSettings, out_dir: str, progress: bool = True) -> dict:
   """Trains the encoder on the corpus and writes ``out_dir`` (variables/ + pretrain.json) atomically.
 
   Returns:
     The result dict written to pretrain.json: settings, seconds, loss history, held-out accuracy.
   """
-  p = config.pretrain
-  params = pretrain_corpus.PretrainParams.from_config(config)
-  model = PretrainNet(params.num_classes, float(config.model.width), config.model.conv_impl,
-                      params.clip_length)
+  params = p.corpus
+  model = PretrainNet(params.num_classes, p.width, p.conv_impl, params.clip_length)
   size = params.frame_size
   dummy = jnp.zeros((1, params.clip_length, size, size, 3), jnp.float32)
   variables = jax.jit(functools.partial(model.init, train=False))(
-      jax.random.PRNGKey(int(p.seed)), dummy)
+      jax.random.PRNGKey(p.seed), dummy)
   state = PretrainState.create(apply_fn=model.apply, params=variables["params"],
-                               batch_stats=variables["batch_stats"], tx=make_optimizer(config))
-  weights = {"seg": float(p.seg_weight), "heatmap": float(p.heatmap_weight),
-             "pose": float(p.pose_weight), "scene": float(p.scene_weight)}
+                               batch_stats=variables["batch_stats"], tx=make_optimizer(p))
+  weights = {"seg": p.seg_weight, "heatmap": p.heatmap_weight, "pose": p.pose_weight,
+             "scene": p.scene_weight}
 
   @functools.partial(jax.jit, donate_argnums=(0,))
   def step_fn(state, batch):
@@ -281,13 +311,13 @@ def pretrain(config: ml_collections.ConfigDict, out_dir: str, progress: bool = T
 
   start = time.time()
   history, window = [], []
-  steps = int(p.steps)
+  steps = p.steps
   bar = None
   if progress:
     from tqdm import tqdm
     bar = tqdm(total=steps, desc="pretraining the encoder", unit="step", leave=False)
   log_every = max(1, steps // 10)
-  for step, batch in enumerate(_batches(params, int(p.batch_size), 0, steps)):
+  for step, batch in enumerate(_batches(params, p.batch_size, 0, steps)):
     state, metrics = step_fn(state, batch)
     window.append(metrics)
     if (step + 1) % log_every == 0 or step + 1 == steps:
@@ -305,17 +335,16 @@ def pretrain(config: ml_collections.ConfigDict, out_dir: str, progress: bool = T
     bar.close()
   # Precise BN with the final weights, on clips no step trained on.
   state = train_lib.recalibrate_batch_stats(
-      state, _batches(params, int(p.batch_size), 0, int(config.train.bn_recalibration_batches),
-                      start_index=2 ** 40))
+      state, _batches(params, p.batch_size, 0, p.bn_recalibration_batches, start_index=2 ** 40))
   variables = {"params": state.params, "batch_stats": state.batch_stats}
 
   # Held-out corpus clips (indices past every training clip), eval mode.
-  val = int(p.val_clips)
+  val = p.val_clips
   correct, seen = 0, 0
   eval_fn = jax.jit(lambda v, b: _losses(model, v, b, weights, train=False)[1][0])
   val_metrics, val_poses, val_scenes = [], [], []
-  for b in _batches(params, int(p.batch_size), 0, max(1, val // int(p.batch_size)),
-                    start_index=steps * int(p.batch_size)):
+  for b in _batches(params, p.batch_size, 0, max(1, val // p.batch_size),
+                    start_index=steps * p.batch_size):
     m = eval_fn(variables, b)
     val_metrics.append({k: float(v) for k, v in m.items()})
     val_poses.append(b["pose"])
@@ -328,8 +357,8 @@ def pretrain(config: ml_collections.ConfigDict, out_dir: str, progress: bool = T
   scene_baseline = float(np.mean(np.square(scenes - scenes.mean(axis=0, keepdims=True))))
   elapsed = time.time() - start
   result = {
-      "settings": cache_key(config), "seconds": round(elapsed, 1),
-      "clips_seen": steps * int(p.batch_size),
+      "settings": p.cache_key(), "seconds": round(elapsed, 1),
+      "clips_seen": steps * p.batch_size,
       "classes": list(pretrain_corpus.PRETRAIN_CLASS_NAMES),
       "heldout_clips": seen, "heldout_accuracy": correct / max(seen, 1),
       "heldout_mask_loss": float(np.mean([m["mask"] for m in val_metrics])),
@@ -367,11 +396,11 @@ def _write_atomically(out_dir: str, enc_params, enc_stats, result: dict) -> None
     raise
 
 
-def find_pretrained(config: ml_collections.ConfigDict) -> str | None:
-  """A complete encoder_init directory for ``config``'s settings: the one shipped in the package
+def find_pretrained(settings: PretrainSettings) -> str | None:
+  """A complete encoder_init directory for these settings: the one shipped in the package
   (``claus_jax/assets/pretrained``, made by this module with the default settings), else the cache's;
   None when neither exists."""
-  directory = cache_dir(config)
+  directory = cache_dir(settings)
   packaged = os.path.join(PACKAGED_DIR, os.path.basename(directory))
   for candidate in (packaged, directory):
     if is_complete(candidate):
@@ -395,22 +424,22 @@ def _readable_or_set_aside(directory: str, log) -> bool:
     return False
 
 
-def ensure_pretrained(config: ml_collections.ConfigDict, log=logging.info,
+def ensure_pretrained(settings: PretrainSettings, log=logging.info,
                       progress: bool = True) -> str:
-  """The encoder_init directory for ``config``: reused when shipped or cached, else pretrained into
-  the cache."""
-  found = find_pretrained(config)
+  """The encoder_init directory for these settings: reused when shipped or cached, else pretrained
+  into the cache."""
+  found = find_pretrained(settings)
   if found and not _readable_or_set_aside(found, log):
-    cache = cache_dir(config)  # The packaged copy was damaged: the cache's, else pretrain.
+    cache = cache_dir(settings)  # The packaged copy was damaged: the cache's, else pretrain.
     found = (cache if found != cache and is_complete(cache) and _readable_or_set_aside(cache, log)
              else None)
   if found:
     log(f"pretrained encoder: reusing {found}")
     return found
-  directory = cache_dir(config)
+  directory = cache_dir(settings)
   log(f"pretrained encoder: none cached for these settings; pretraining "
-      f"{config.pretrain.steps} steps on the synthetic corpus -> {directory}")
-  result = pretrain(config, directory, progress=progress)
+      f"{settings.steps} steps on the synthetic corpus -> {directory}")
+  result = pretrain(settings, directory, progress=progress)
   log(f"pretrained encoder: {result['seconds']:.0f} s, held-out corpus accuracy "
       f"{100 * result['heldout_accuracy']:.1f}% over {result['heldout_clips']} clips "
       f"({len(result['classes'])} motion families, chance {100 / len(result['classes']):.1f}%)")
@@ -422,17 +451,17 @@ def main(argv):
   from absl import flags
   config = flags.FLAGS.config
   configlib.validate(config)
-  found = find_pretrained(config)
+  settings = PretrainSettings.from_config(config)
+  found = find_pretrained(settings)
   if found and not flags.FLAGS.force and _readable_or_set_aside(found, logging.info):
     logging.info("already pretrained: %s (--force to pretrain again into %s)", found,
-                 cache_dir(config))
+                 cache_dir(settings))
     return
-  directory = cache_dir(config)
+  directory = cache_dir(settings)
   if flags.FLAGS.force and os.path.isdir(directory):
     shutil.rmtree(directory)
-  logging.info("pretraining %d steps on the synthetic corpus -> %s", config.pretrain.steps,
-               directory)
-  result = pretrain(config, directory)
+  logging.info("pretraining %d steps on the synthetic corpus -> %s", settings.steps, directory)
+  result = pretrain(settings, directory)
   print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=1))
 
 

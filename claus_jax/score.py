@@ -208,7 +208,7 @@ def run(config: ml_collections.ConfigDict, checkpoint: str, split: str, out: str
   video_ids = list(index.video_ids)
   r = round_from_path(directory) if round_index < 0 else round_index
   key = uncertainty.score_key(config.seed, r)
-  scorer = uncertainty.Scorer(model, variables, config)
+  scorer = uncertainty.Scorer(model, variables, uncertainty.ScoreParams.from_config(config))
   passes = stored_passes(config)
   bar = tqdm.tqdm(total=len(video_ids), desc=f"score {split}", unit="video",
                   disable=quiet or bool(config.quiet))

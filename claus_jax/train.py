@@ -113,7 +113,7 @@ class TrainParams:
         encoder_init=str(config.model.encoder_init), cluster_k=int(config.cluster.k),
         cluster_count_init=float(config.cluster.count_init),
         cluster_start_step=int(config.cluster.start_step),
-        loss=losses.LossParams.from_config(config))
+        loss=losses.LossParams.from_section(config.loss))
 
   @property
   def encoder_frozen(self) -> bool:

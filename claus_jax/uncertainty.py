@@ -26,12 +26,11 @@ each threshold of a list is applied to the same means, in one run of R passes.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from claus_jax import models
@@ -79,7 +78,43 @@ def binary_entropy(p: jax.Array) -> jax.Array:
   return -(p * jnp.log(p) + (1.0 - p) * jnp.log1p(-p))
 
 
-def make_score_fn(model, config, thresholds: Sequence[float]) -> Callable:
+@dataclasses.dataclass(frozen=True)
+class ScoreParams:
+  """What scoring reads of the config, once: the ``uncertainty`` section with the model's clip
+  length, class count and input range and the data's frame size."""
+
+  passes: int
+  pass_chunk: int
+  form: str
+  bg_threshold: float
+  sweep_thresholds: tuple[float, ...]
+  clip_chunk: int
+  tiling: str
+  clip_length: int
+  num_classes: int
+  input_range: tuple[float, float]
+  frame_size: int
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> ScoreParams:
+    """The settings of ``config.uncertainty`` and what scoring reads of ``model`` and ``data``."""
+    u = config.uncertainty
+    return cls(
+        passes=int(u.passes), pass_chunk=int(u.pass_chunk), form=str(u.form),
+        bg_threshold=float(u.bg_threshold),
+        sweep_thresholds=tuple(float(t) for t in u.sweep_thresholds),
+        clip_chunk=int(u.clip_chunk), tiling=str(u.tiling),
+        clip_length=int(config.model.clip_length), num_classes=int(config.model.num_classes),
+        input_range=models.input_range(config.model), frame_size=int(config.data.frame_size))
+
+  @property
+  def thresholds(self) -> tuple[float, ...]:
+    """``bg_threshold`` first, then the sweep's other thresholds: the scorer's default list."""
+    return (self.bg_threshold,) + tuple(t for t in self.sweep_thresholds
+                                        if t != self.bg_threshold)
+
+
+def make_score_fn(model, params: ScoreParams, thresholds: Sequence[float]) -> Callable:
   """Builds ``score(variables, video, clip_keys) -> dict`` for a batch of clips (not jitted).
 
   Args (of the returned function):
@@ -93,9 +128,9 @@ def make_score_fn(model, config, thresholds: Sequence[float]) -> Callable:
     mean_prob: ``(B, L)`` mean foreground probability per frame (for reports);
     latent: ``(B, D)`` and class_probs ``(B, C)`` averaged over the R passes.
   """
-  passes = config.uncertainty.passes
-  chunk = pass_chunk_size(passes, config.uncertainty.pass_chunk)
-  form = config.uncertainty.form
+  passes = params.passes
+  chunk = pass_chunk_size(passes, params.pass_chunk)
+  form = params.form
   if form not in FORMS:
     raise ValueError(f"config.uncertainty.form={form!r}: use one of {FORMS}.")
   thr = jnp.asarray(thresholds, jnp.float32)
@@ -106,7 +141,7 @@ def make_score_fn(model, config, thresholds: Sequence[float]) -> Callable:
             out["latent"][0].astype(jnp.float32), out["class_probs"][0].astype(jnp.float32))
 
   def score(variables, video, clip_keys):
-    video = models.preprocess(video, models.input_range(config.model))
+    video = models.preprocess(video, params.input_range)
     feats = model.apply(variables, video, train=False, method="encode")
     feats_b1 = jax.tree.map(lambda x: x[:, None], feats)  # (B, 1, ...): head sees batch 1 per lane
     per_clip = jax.vmap(head_one, in_axes=(None, 0, 0))
@@ -125,9 +160,9 @@ def make_score_fn(model, config, thresholds: Sequence[float]) -> Callable:
       return carry, jnp.swapaxes(scores, 1, 2)  # (c, n, B, L)
 
     frame_shape = video.shape[:2] + video.shape[2:4]
-    d = models.latent_dim(config.model.num_classes)
+    d = models.latent_dim(params.num_classes)
     init = (jnp.zeros(frame_shape), jnp.zeros(frame_shape), jnp.zeros((batch, d)),
-            jnp.zeros((batch, config.model.num_classes)))
+            jnp.zeros((batch, params.num_classes)))
     pass_ids = jnp.arange(passes, dtype=jnp.uint32).reshape(passes // chunk, chunk)
     (sum_p, _, sum_lat, sum_cls), scores = jax.lax.scan(body, init, pass_ids)
     mean_p = sum_p / passes
@@ -273,23 +308,21 @@ class Scorer:
   depend on the pool size.
   """
 
-  def __init__(self, model, variables, config, thresholds: Sequence[float] | None = None,
-               mesh=None, batch_size: int | None = None):
-    self.config = config
-    self.thresholds = tuple(thresholds if thresholds is not None else
-                            (config.uncertainty.bg_threshold,) +
-                            tuple(t for t in config.uncertainty.sweep_thresholds
-                                  if t != config.uncertainty.bg_threshold))
+  def __init__(self, model, variables, params: ScoreParams,
+               thresholds: Sequence[float] | None = None, mesh=None,
+               batch_size: int | None = None):
+    self.params = params
+    self.thresholds = tuple(thresholds if thresholds is not None else params.thresholds)
     self.mesh = mesh or parallel.make_mesh()
-    size = batch_size or config.uncertainty.clip_chunk
+    size = batch_size or params.clip_chunk
     self.batch_size = parallel.padded_size(size, self.mesh)
     self.variables = parallel.replicate(variables, self.mesh)
-    fn = make_score_fn(model, config, self.thresholds)
+    fn = make_score_fn(model, params, self.thresholds)
     sharded = parallel.batch_sharding(self.mesh)
     self._fn = jax.jit(fn, in_shardings=(parallel.replicated(self.mesh), sharded, sharded),
                        out_shardings=sharded)  # Every output leads with the clip axis.
-    self.layout_name = config.uncertainty.tiling
-    self.clip_length = config.model.clip_length
+    self.layout_name = params.tiling
+    self.clip_length = params.clip_length
 
   def layout(self, num_frames: int) -> tiling.ClipLayout:
     # 'skip2' is the reference layout: one clip per 2L frames, outputs repeated for skipped frames.
@@ -359,8 +392,8 @@ class Scorer:
   def _allgather_videos(self, local: list[VideoScores], video_ids, num_frames) -> list[VideoScores]:
     """Every process's VideoScores, padded to the longest video, gathered in process order."""
     t_max = max(int(t) for t in num_frames)
-    n_thr, passes = len(self.thresholds), self.config.uncertainty.passes
-    c = self.config.model.num_classes
+    n_thr, passes = len(self.thresholds), self.params.passes
+    c = self.params.num_classes
     d = models.latent_dim(c)
     m = len(local)
     packed = {"frame_scores": np.zeros((m, passes, n_thr, t_max), np.float32),
@@ -402,7 +435,7 @@ class Scorer:
     reading: dict[int, tuple] = {}  # video -> (record, (N, 2) clip keys), read and not finished
     outputs: dict[int, list[dict]] = {}  # video -> its rows of each batch's outputs so far
     results: list[VideoScores] = []
-    size = int(self.config.data.frame_size)
+    size = self.params.frame_size
     frame_shape = (size, size, 3)  # Of the padding batches: that of the videos read, if any.
     for m in range(plan.num_batches):
       videos, clips, valid = plan.video[m], plan.clip[m], plan.valid[m]

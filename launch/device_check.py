@@ -125,7 +125,7 @@ def measure_forward_backward(args, dtype: str) -> list[dict]:
   rows.append({"measurement": "forward", "dtype": dtype, "batch": args.batch,
                "ms_per_clip": 1e3 * r["seconds"] / args.batch, **r})
 
-  loss_params = losses.LossParams.from_config(config)
+  loss_params = losses.LossParams.from_section(config.loss)
 
   @jax.jit
   def forward_backward(v, b):
@@ -150,7 +150,8 @@ def measure_scoring(args, dtype: str) -> list[dict]:
   b = args.score_batch
   video = jax.device_put(_inputs(args, b)["video"])
   keys = jax.device_put(uncertainty.clip_keys(jax.random.PRNGKey(3), 0, np.arange(b)))
-  score = jax.jit(uncertainty.make_score_fn(model, config, (config.uncertainty.bg_threshold,)))
+  score_params = uncertainty.ScoreParams.from_config(config)
+  score = jax.jit(uncertainty.make_score_fn(model, score_params, (score_params.bg_threshold,)))
   r = _time(score, variables, video, keys, repeats=args.repeats, budget_s=args.budget_s)
   rows = [{"measurement": f"MC scoring, shared encoder + vmapped head (R={args.passes})",
            "dtype": dtype, "batch": b, "clips_per_s": b / r["seconds"], **r}]

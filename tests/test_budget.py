@@ -13,7 +13,7 @@ def _params(**budget):
   c = configlib.base_config()
   for k, v in budget.items():
     setattr(c.budget, k, v)
-  return B.BudgetParams.from_config(c)
+  return B.BudgetParams.from_section(c.budget)
 
 
 def test_params_read_the_budget_section():
@@ -23,9 +23,9 @@ def test_params_read_the_budget_section():
   schedule = tuple((float(a), float(v)) for a, v in configlib.JHMDB_SCHEDULE[1:])
   want = B.BudgetParams(initial_videos_pct=5.0, initial_frames_pct=0.15, schedule=schedule,
                         max_rounds=3, cost_video=2.0, cost_frame=1.0)
-  assert B.BudgetParams.from_config(c) == want
+  assert B.BudgetParams.from_section(c.budget) == want
   c.budget.max_rounds = None  # Read as 0: the whole schedule.
-  assert B.num_rounds(B.BudgetParams.from_config(c)) == len(configlib.JHMDB_SCHEDULE) - 1
+  assert B.num_rounds(B.BudgetParams.from_section(c.budget)) == len(configlib.JHMDB_SCHEDULE) - 1
 
 
 def test_jhmdb_schedule_arithmetic():

@@ -34,6 +34,10 @@ def _config(**train):
   return c
 
 
+def _params(**train) -> clips.ClipParams:
+  return clips.ClipParams.from_config(_config(**train))
+
+
 def _source(annotation="mask"):
   return [_record("a", 20, label=1, annotation=annotation, seed=1),
           _record("b", 9, label=2, annotation=annotation, seed=2),
@@ -53,9 +57,9 @@ def test_clip_frames_rule():
 
 
 def test_batch_shapes_centring_and_contents():
-  config = _config(crop_scale=1.0, flip=False)
+  params = _params(crop_scale=1.0, flip=False)
   src = _source()
-  sampler = clips.ClipSampler(src, ITEMS, config, seed=0, round_index=0)
+  sampler = clips.ClipSampler(src, ITEMS, params, seed=0, round_index=0)
   assert sampler.num_clips == 6
   batch = sampler.batch_at(0)
   assert batch["video"].shape == (3, 8, 16, 16, 3) and batch["video"].dtype == np.uint8
@@ -79,8 +83,8 @@ def test_batch_shapes_centring_and_contents():
 
 
 def test_one_epoch_covers_every_labelled_frame_once():
-  config = _config(crop_scale=1.0, flip=False, batch_size=2)
-  sampler = clips.ClipSampler(_source(), ITEMS, config, seed=5, round_index=1)
+  params = _params(crop_scale=1.0, flip=False, batch_size=2)
+  sampler = clips.ClipSampler(_source(), ITEMS, params, seed=5, round_index=1)
   seen = []
   for step in range(3):  # 6 clips / batch 2
     for j in range(2):
@@ -91,14 +95,14 @@ def test_one_epoch_covers_every_labelled_frame_once():
 
 
 def test_deterministic_from_seed_round_step():
-  config = _config()
-  a = clips.ClipSampler(_source(), ITEMS, config, seed=0, round_index=2)
-  b = clips.ClipSampler(_source(), ITEMS, config, seed=0, round_index=2)
+  params = _params()
+  a = clips.ClipSampler(_source(), ITEMS, params, seed=0, round_index=2)
+  b = clips.ClipSampler(_source(), ITEMS, params, seed=0, round_index=2)
   for step in (0, 7, 3):
     x, y = a.batch_at(step), b.batch_at(step)
     for k in x:
       np.testing.assert_array_equal(x[k], y[k])
-  other = clips.ClipSampler(_source(), ITEMS, config, seed=0, round_index=3).batch_at(0)
+  other = clips.ClipSampler(_source(), ITEMS, params, seed=0, round_index=3).batch_at(0)
   assert not np.array_equal(other["video"], a.batch_at(0)["video"])
   # The prefetching iterator yields exactly batch_at(start), batch_at(start + 1), ...
   got = list(a.iterate(start_step=4, num_steps=5))
@@ -107,7 +111,7 @@ def test_deterministic_from_seed_round_step():
     ref = b.batch_at(4 + i)
     for k in ref:
       np.testing.assert_array_equal(batch[k], ref[k])
-  sync = _config(data_workers=0)
+  sync = _params(data_workers=0)
   c = clips.ClipSampler(_source(), ITEMS, sync, seed=0, round_index=2)
   np.testing.assert_array_equal(next(c.iterate(4))["weight"], got[0]["weight"])
 
@@ -119,7 +123,7 @@ def test_clip_targets_equal_dense_slice(annotation, form, variant):
   config = _config()
   config.loss.stew_form = form
   config.loss.variant = variant
-  kw = losses.LossParams.from_config(config).stew_kwargs()
+  kw = losses.LossParams.from_section(config.loss).stew_kwargs()
   for rec, (_, labelled) in zip(_source(annotation), ITEMS):
     keys = pl.KeyframeLabels(rec, labelled, "sdf")
     pseudo, flags = pl.pseudo_labels(rec, labelled, "sdf")
@@ -140,7 +144,7 @@ def test_clip_targets_equal_dense_slice(annotation, form, variant):
 
 @pytest.mark.parametrize("annotation", ["mask", "box"])
 def test_no_ground_truth_leakage(annotation):
-  config = _config()
+  params = _params()
   clean = _source(annotation)
   rng = np.random.default_rng(9)
   noisy = []
@@ -151,8 +155,8 @@ def test_no_ground_truth_leakage(annotation):
     boxes[:, unl] = rng.uniform(0, 15, boxes[:, unl].shape)
     has_gt[unl] = ~has_gt[unl]
     noisy.append(dataclasses.replace(rec, masks=masks, boxes=boxes, has_gt=has_gt, span=(0, 1)))
-  a = clips.ClipSampler(clean, ITEMS, config, seed=1, round_index=0)
-  b = clips.ClipSampler(noisy, ITEMS, config, seed=1, round_index=0)
+  a = clips.ClipSampler(clean, ITEMS, params, seed=1, round_index=0)
+  b = clips.ClipSampler(noisy, ITEMS, params, seed=1, round_index=0)
   for step in range(4):
     x, y = a.batch_at(step), b.batch_at(step)
     for k in x:
@@ -197,20 +201,20 @@ def _bilinear(x, out_h, out_w):
 
 
 def test_sampler_skips_items_without_frames_and_measures():
-  config = _config()
-  sampler = clips.ClipSampler(_source(), ITEMS + [(1, np.array([], np.int64))], config, 0, 0)
+  params = _params()
+  sampler = clips.ClipSampler(_source(), ITEMS + [(1, np.array([], np.int64))], params, 0, 0)
   assert sampler.num_clips == 6
   stats = clips.measure_throughput(sampler, num_batches=3)
   assert stats["batches"] == 3 and stats["clips_per_s"] > 0
   with pytest.raises(ValueError, match="no labelled frame"):
-    clips.ClipSampler(_source(), [(0, np.array([], np.int64))], config, 0, 0)
+    clips.ClipSampler(_source(), [(0, np.array([], np.int64))], params, 0, 0)
 
 
 def test_video_sampling_draws_clips_per_video_from_its_labelled_frames():
   """train.sampling='video' (item 12): as the authors' loader, every labelled video gives
   clips_per_video clips per epoch, each centred on one of its labelled frames at random."""
-  config = _config(crop_scale=1.0, flip=False, sampling="video", clips_per_video=2, batch_size=2)
-  sampler = clips.ClipSampler(_source(), ITEMS, config, seed=0, round_index=0)
+  params = _params(crop_scale=1.0, flip=False, sampling="video", clips_per_video=2, batch_size=2)
+  sampler = clips.ClipSampler(_source(), ITEMS, params, seed=0, round_index=0)
   assert sampler.num_clips == 2 * len(ITEMS)  # Not the 6 labelled frames.
   seen = []
   for step in range(3):  # One epoch: 6 clips.
@@ -223,6 +227,6 @@ def test_video_sampling_draws_clips_per_video_from_its_labelled_frames():
       # The centre (slot L // 2) is one of the video's labelled frames.
       assert batch["labelled"][j][4]
   assert sorted(seen) == [0, 0, 1, 1, 2, 2]
-  again = clips.ClipSampler(_source(), ITEMS, config, seed=0, round_index=0)
+  again = clips.ClipSampler(_source(), ITEMS, params, seed=0, round_index=0)
   for step in range(3):
     np.testing.assert_array_equal(again.batch_at(step)["video"], sampler.batch_at(step)["video"])

@@ -197,7 +197,8 @@ def _cluster_config():
 def test_initialise_runs_k_means_on_the_labelled_clips_latents():
   config = _cluster_config()
   sampler = _Sampler([(1, [0, 5]), (4, [2, 3, 7]), (5, [1])])
-  state = clustering.initialise(_state(), _MeanLatentModel(), sampler, config)
+  state = clustering.initialise(_state(), _MeanLatentModel(), sampler,
+                                clustering.ClusterParams.from_config(config))
   owners = [1, 1, 4, 4, 4, 5]
   latents = np.stack([_latent(config, _clip(v, f))
                       for v, frames in [(1, [0, 5]), (4, [2, 3, 7]), (5, [1])] for f in frames])
@@ -225,14 +226,16 @@ def test_video_clusters_by_mode():
   mc_latents = np.array([[0.0, 0.0, 0.0], [5.0, 5.0, 5.0], [0.2, 0.1, 0.0]], np.float32)
   centres = np.array([[0.0, 0.0, 0.0], [4.0, 4.0, 4.0]], np.float32)
   model = _MeanLatentModel()
+  params = clustering.ClusterParams.from_config(config)
   # Clustering not active yet (before cluster_start): every video unknown.
-  inactive = clustering.video_clusters(_state(centres), model, source, mc_latents, config)
+  inactive = clustering.video_clusters(_state(centres), model, source, mc_latents, params)
   np.testing.assert_array_equal(inactive, [-1, -1, -1])
   active = _state(centres, active=True)
   np.testing.assert_array_equal(clustering.video_clusters(active, model, source, mc_latents,
-                                                          config), [0, 1, 0])  # 'mc_mean'
+                                                          params), [0, 1, 0])  # 'mc_mean'
   # 'eval': each video's evenly spaced clips in eval mode, its majority cluster.
   config.cluster.latents = "eval"
+  params = clustering.ClusterParams.from_config(config)
   centres = np.array([[-2.0, 1.2, -1.6], [-0.5, 0.1, -1.6]], np.float32)
   active = _state(centres, active=True)
   latents, owners = [], []
@@ -242,8 +245,8 @@ def test_video_clusters_by_mode():
       latents.append(_latent(config, record.frames[frames]))
       owners.append(i)
   vote = clustering.majority_clusters(np.stack(latents), np.asarray(owners), centres)
-  got = clustering.video_clusters(active, model, source, mc_latents, config)
+  got = clustering.video_clusters(active, model, source, mc_latents, params)
   assert got.dtype == np.int32
   np.testing.assert_array_equal(got, [vote[i] for i in range(3)])
   assert sorted(set(got.tolist())) == [0, 1]
-  np.testing.assert_array_equal(got, clustering.eval_mode_clusters(active, model, source, config))
+  np.testing.assert_array_equal(got, clustering.eval_mode_clusters(active, model, source, params))

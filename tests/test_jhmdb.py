@@ -195,7 +195,7 @@ def test_tfds_round_trip(root, tmp_path):
   from claus_jax.data import official
   direct, _ = read_split(root, split=2)
   config = tiny_config(root, tmp_path, split=2)
-  ds = jhmdb.load(config)
+  ds = jhmdb.load(config.data, config.quiet)
   assert ds.name == "jhmdb" and ds.class_names == jhmdb.CLASSES
   assert ds.summary()["train"]["videos"] == len(direct["train"]) == 5
   assert ds.test_index.video_ids == tuple(r.video_id for r in direct["test"])
@@ -205,9 +205,9 @@ def test_tfds_round_trip(root, tmp_path):
         want.video_id, want.group_id, want.label, want.span, want.annotation)
     for field in ("frames", "masks", "boxes", "has_gt"):
       np.testing.assert_array_equal(getattr(got, field), getattr(want, field))
-  assert official.stored_report(jhmdb.make_builder(config)).skipped == []
+  assert official.stored_report(jhmdb.make_builder(config.data, config.quiet)).skipped == []
   # The builder config name carries split and frame size, so changing either prepares anew.
-  names = {jhmdb.make_builder(tiny_config(root, tmp_path, split=s)).builder_config.name for s in (1, 2)}
+  names = {jhmdb.make_builder(tiny_config(root, tmp_path, split=s).data).builder_config.name for s in (1, 2)}
   assert len(names) == 2 and all(n.startswith(("split1_size32_", "split2_size32_")) for n in names)
 
 
@@ -219,11 +219,11 @@ def test_tfds_skip_and_truncate_report(root, tmp_path):
   scipy.io.savemat(mat, {"part_mask": scipy.io.loadmat(mat)["part_mask"][:, :, :-1]})
   config = tiny_config(root, tmp_path)
   with pytest.raises(BadVideoError):
-    jhmdb.load(config)
+    jhmdb.load(config.data, config.quiet)
   config.data.on_bad_video, config.data.truncate_to_shorter = "skip", True
-  ds = jhmdb.load(config)
+  ds = jhmdb.load(config.data, config.quiet)
   assert len(ds.train) + len(ds.test) == len(videos) - 1
-  report = official.stored_report(jhmdb.make_builder(config))
+  report = official.stored_report(jhmdb.make_builder(config.data, config.quiet))
   assert [v for _, v, _ in report.skipped] == [videos[3].video_id]
   assert [v for _, v, _ in report.warnings] == [videos[0].video_id]
   assert ds.train_index.num_frames[0] == videos[0].num_frames - 1
@@ -279,13 +279,13 @@ def test_a_skipped_video_fixed_at_the_source_is_prepared_again(root, tmp_path):
   shutil.move(mat, saved)  # A bad video: its mask file is missing.
   config = tiny_config(root, tmp_path)
   config.data.on_bad_video = "skip"
-  ds = jhmdb.load(config)
+  ds = jhmdb.load(config.data, config.quiet)
   assert len(ds.train) + len(ds.test) == len(videos) - 1
-  assert official.stored_report(jhmdb.make_builder(config)).source == official.source_fingerprint(root)
+  assert official.stored_report(jhmdb.make_builder(config.data, config.quiet)).source == official.source_fingerprint(root)
   # Unchanged sources: the prepared copy is reused without generating.
-  assert not official.prepare(jhmdb.make_builder(config), root, quiet=True)
+  assert not official.prepare(jhmdb.make_builder(config.data, config.quiet), root, quiet=True)
   shutil.move(saved, mat)  # The video is fixed: preparing again includes it.
-  ds = jhmdb.load(config)
+  ds = jhmdb.load(config.data, config.quiet)
   assert len(ds.train) + len(ds.test) == len(videos)
-  assert official.stored_report(jhmdb.make_builder(config)).skipped == []
+  assert official.stored_report(jhmdb.make_builder(config.data, config.quiet)).skipped == []
   assert videos[3].video_id in ds.train_index.video_ids + ds.test_index.video_ids

@@ -7,7 +7,11 @@ import pytest
 
 from claus_jax import configlib, losses
 
-loss_params = losses.LossParams.from_config  # The settings a call reads, from a config.
+
+def loss_params(config):
+  """The settings a loss call reads, from a config."""
+  return losses.LossParams.from_section(config.loss)
+
 
 E = np.exp
 

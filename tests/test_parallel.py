@@ -99,7 +99,7 @@ def test_bfloat16_loss_within_2_percent_and_params_stay_float32():
     def f(v, x):
       out = model.apply(v, x, train=False)
       return losses.loss_fn(out, lbatch, None, None, jnp.float32(1.0),
-                            losses.LossParams.from_config(c32))
+                            losses.LossParams.from_section(c32.loss))
     return jax.jit(f)(variables, video)
 
   (t32, p32), (t16, p16) = loss(m32), loss(m16)
@@ -175,7 +175,7 @@ def _per_device_batchnorm_step(model, config, mesh):
                            models.preprocess(batch["video"]), train=True,
                            rngs={"dropout": jax.random.PRNGKey(0)}, mutable=["batch_stats"])
       return losses.loss_fn(out, batch, centres, None, jnp.float32(0.5),
-                            losses.LossParams.from_config(config))[0]
+                            losses.LossParams.from_section(config.loss))[0]
 
     value, grads = jax.value_and_grad(loss)(params)
     axis = parallel.DATA_AXIS
@@ -442,7 +442,8 @@ def _child_round(mode: str, out_dir: str, port: int = 0, process_id: int = 0) ->
       seed=config.seed)
   position = {v: i for i, v in enumerate(index.video_ids)}
   items = [(position[v], pool.labelled_frames(v)) for v in pool.labelled_video_ids()]
-  sampler = clips_lib.ClipSampler(dataset.train, items, config, seed=config.seed, round_index=0)
+  sampler = clips_lib.ClipSampler(dataset.train, items, clips_lib.ClipParams.from_config(config),
+                                  seed=config.seed, round_index=0)
   train_params = train.TrainParams.from_config(config)
   state = train.create_state(train_params, model, jax.random.PRNGKey(0), len(index))
   ckpt = os.path.join(out_dir, "checkpoints")
@@ -453,7 +454,8 @@ def _child_round(mode: str, out_dir: str, port: int = 0, process_id: int = 0) ->
   result = train.fit(train_params, state, parallel.ProcessLocalSampler(sampler, mesh), ckpt,
                      sampler.steps_per_epoch, mesh=mesh)
   variables = {"params": result.state.params, "batch_stats": result.state.batch_stats}
-  scorer = uncertainty.Scorer(model, variables, config, mesh=mesh)
+  scorer = uncertainty.Scorer(model, variables, uncertainty.ScoreParams.from_config(config),
+                              mesh=mesh)
   scores = scorer.score_pool(dataset.train, index.video_ids, index.num_frames,
                              jax.random.PRNGKey(7))
   candidates = [selection_lib.VideoCandidate(

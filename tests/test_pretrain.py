@@ -141,10 +141,11 @@ def test_pretrain_is_bit_identical_cached_and_loads_into_the_detector(tmp_path, 
   monkeypatch.setattr(synthetic, "generate_video", forbidden)
   monkeypatch.setattr(synthetic, "generate_split", forbidden)
   config = _tiny_config(tmp_path)
-  first = pretrain.pretrain(config, str(tmp_path / "a"), progress=False)
+  settings = pretrain.PretrainSettings.from_config(config)
+  first = pretrain.pretrain(settings, str(tmp_path / "a"), progress=False)
   # ensure_pretrained trains once into the cache (a second, independent run), then reuses it.
   said = []
-  directory = pretrain.ensure_pretrained(config, log=said.append, progress=False)
+  directory = pretrain.ensure_pretrained(settings, log=said.append, progress=False)
   assert pretrain.is_complete(directory) and "pretraining" in said[-2]
   restore = lambda d: models.load_encoder_init(variables, d)
   model = models.build_model(config)
@@ -161,15 +162,15 @@ def test_pretrain_is_bit_identical_cached_and_loads_into_the_detector(tmp_path, 
                                 variables["params"]["class_caps"]["weights"])
   assert first["clips_seen"] == 6 and first["classes"] == list(corpus.PRETRAIN_CLASS_NAMES)
   with open(tmp_path / "a" / pretrain.RESULT_FILE) as f:
-    assert json.load(f)["settings"] == pretrain.cache_key(config)
+    assert json.load(f)["settings"] == settings.cache_key()
 
   stamp = os.path.getmtime(os.path.join(directory, pretrain.RESULT_FILE))
-  assert pretrain.ensure_pretrained(config, log=said.append, progress=False) == directory
+  assert pretrain.ensure_pretrained(settings, log=said.append, progress=False) == directory
   assert "reusing" in said[-1]
   assert os.path.getmtime(os.path.join(directory, pretrain.RESULT_FILE)) == stamp
   with config.unlocked():
     config.pretrain.seed = 7
-  assert pretrain.cache_dir(config) != directory
+  assert pretrain.cache_dir(pretrain.PretrainSettings.from_config(config)) != directory
 
 
 def test_a_process_that_cannot_see_the_pretrained_encoder_stops_with_the_fix(tmp_path, monkeypatch):
@@ -182,7 +183,7 @@ def test_a_process_that_cannot_see_the_pretrained_encoder_stops_with_the_fix(tmp
     config.pretrain.enabled = True
     config.data.tfds_dir = str(tmp_path / "tfds")
   monkeypatch.setattr(pretrain, "ensure_pretrained", lambda *a, **k: "")
-  monkeypatch.setattr(pretrain, "find_pretrained", lambda config: None)
+  monkeypatch.setattr(pretrain, "find_pretrained", lambda settings: None)
   with pytest.raises(configlib.ConfigError, match="config.pretrain.cache_dir: process 0 finds no "
                      "pretrained encoder.*a folder every host shares"):
     experiment.run(config, str(tmp_path / "work"))
@@ -193,13 +194,14 @@ def test_the_shipped_encoder_is_the_default_configs_and_loads_into_its_detector(
   to any pretraining setting of the default must ship new weights (python -m claus_jax.pretrain
   --config=configs/synthetic.py, then copy its folder into claus_jax/assets/pretrained)."""
   config = load_config("synthetic", "")
-  found = pretrain.find_pretrained(config)
+  settings = pretrain.PretrainSettings.from_config(config)
+  found = pretrain.find_pretrained(settings)
   assert found is not None and os.path.dirname(found) == pretrain.PACKAGED_DIR, (
-      f"no shipped weights for the default's settings ({os.path.basename(pretrain.cache_dir(config))}"
+      f"no shipped weights for the default's settings ({os.path.basename(pretrain.cache_dir(settings))}"
       f" in {pretrain.PACKAGED_DIR})")
   with open(os.path.join(found, pretrain.RESULT_FILE)) as f:
     result = json.load(f)
-  assert result["settings"] == pretrain.cache_key(config)
+  assert result["settings"] == settings.cache_key()
   # Every encoder weight arrives, of the detector's shapes (capsules and decoder start fresh).
   model = models.build_model(config)
   abstract = jax.eval_shape(

@@ -83,7 +83,8 @@ def test_cli_writes_every_stored_r_and_threshold_equal_to_a_direct_scorer_run(ru
   state = run_dir["state"]
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(5), 2), 1)  # Seed 5, round 1.
-  scorer = uncertainty.Scorer(run_dir["model"], variables, config)
+  scorer = uncertainty.Scorer(run_dir["model"], variables,
+                              uncertainty.ScoreParams.from_config(config))
   direct = scorer.score_videos((dataset.test[i] for i in range(len(index))), range(len(index)), key)
   assert len(direct) == len(index) == len(got["videos"])
   for res in direct:

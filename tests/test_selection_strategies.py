@@ -81,7 +81,7 @@ def test_params_read_the_selection_section():
   c = configlib.base_config()
   params = S.SelectionParams.from_config(c)
   # The defaults (frames' when no params are passed) are base_config's selection section.
-  assert params == S.SelectionParams(budget=B.BudgetParams.from_config(c))
+  assert params == S.SelectionParams(budget=B.BudgetParams.from_section(c.budget))
   changed = dict(strategy="random", proximity_sigma=2.0, nms_radius=3, entropy_skip=1,
                  restrict_to_gt_span=True, video_score="penalised", cluster_quota="cap",
                  cluster_cap=0.3)
@@ -89,7 +89,7 @@ def test_params_read_the_selection_section():
     setattr(c.selection, k, v)
   c.budget.cost_frame = 0.5
   assert S.SelectionParams.from_config(c) == S.SelectionParams(
-      **changed, budget=B.BudgetParams.from_config(c))
+      **changed, budget=B.BudgetParams.from_section(c.budget))
   assert S.SelectionParams.from_config(c).budget.cost_frame == 0.5
 
 

@@ -186,7 +186,7 @@ def test_get_dataset_prepares_once_and_rebuilds_on_change(tmp_path, monkeypatch)
   assert calls == ["train", "test"]
   assert (len(ds.train), len(ds.test)) == (6, 4)
   assert ds.class_names == S.CLASS_NAMES[:3]
-  params = S.GeneratorParams.from_config(_config(tmp_path))
+  params = S.GeneratorParams.from_data(_config(tmp_path).data)
   expected = list(original(params, "train"))
   assert list(ds.train_index.video_ids) == [r.video_id for r in expected]
   np.testing.assert_array_equal(ds.train_index.num_frames, [r.num_frames for r in expected])
@@ -218,7 +218,7 @@ def test_bad_knob_names_the_field():
   c = configlib.base_config()
   c.data.synthetic.mode = "sideways"
   with pytest.raises(ValueError, match="data.synthetic.mode"):
-    S.GeneratorParams.from_config(c)
+    S.GeneratorParams.from_data(c.data)
 
 
 def test_held_out_groups_take_whole_groups_from_the_end():

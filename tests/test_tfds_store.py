@@ -92,9 +92,9 @@ def test_tfds_dir_resolution(monkeypatch, tmp_path):
   from claus_jax import configlib
   c = configlib.base_config()
   monkeypatch.setenv("CLAUS_TFDS_DIR", str(tmp_path / "env"))
-  assert tfds_store.resolve_tfds_dir(c) == str(tmp_path / "env")
+  assert tfds_store.resolve_tfds_dir(c.data.tfds_dir) == str(tmp_path / "env")
   c.data.tfds_dir = str(tmp_path / "cfg")
-  assert tfds_store.resolve_tfds_dir(c) == str(tmp_path / "cfg")
+  assert tfds_store.resolve_tfds_dir(c.data.tfds_dir) == str(tmp_path / "cfg")
   monkeypatch.delenv("CLAUS_TFDS_DIR")
   c.data.tfds_dir = ""
-  assert tfds_store.resolve_tfds_dir(c).endswith("claus_jax/tfds")
+  assert tfds_store.resolve_tfds_dir(c.data.tfds_dir).endswith("claus_jax/tfds")

@@ -86,7 +86,8 @@ def smoke(tmp_path_factory):
       os.environ["CLAUS_TFDS_DIR"] = old
   n = len(ds.train_index)
   items = [(i, np.arange(0, int(ds.train_index.num_frames[i]), 2)) for i in range(n)]
-  sampler = clips_lib.ClipSampler(ds.train, items, cfg, seed=0, round_index=0)
+  sampler = clips_lib.ClipSampler(ds.train, items, clips_lib.ClipParams.from_config(cfg), seed=0,
+                                  round_index=0)
   return cfg, ds, sampler
 
 
@@ -98,7 +99,7 @@ def _fixed_batches_loss(state, batches, config):
   def one(params, batch_stats, batch):
     out = state.apply_fn({"params": params, "batch_stats": batch_stats},
                          models.preprocess(batch["video"]), train=False)
-    _, parts = losses.loss_fn(out, batch, None, None, 0.0, losses.LossParams.from_config(config))
+    _, parts = losses.loss_fn(out, batch, None, None, 0.0, losses.LossParams.from_section(config.loss))
     return parts["total"], parts["localisation"]
 
   vals = np.array([jax.device_get(one(state.params, state.batch_stats, b)) for b in batches])

@@ -169,7 +169,7 @@ def tiny_config(root, tmp_path):
 def test_tfds_round_trip_and_skip_report(root, tmp_path):
   direct, _ = read_split(root)
   config = tiny_config(root, tmp_path)
-  ds = ucf24.load(config)
+  ds = ucf24.load(config.data, config.quiet)
   assert ds.class_names == ucf24.CLASSES and ds.name == "ucf101_24"
   assert ds.train_index.video_ids == tuple(r.video_id for r in direct["train"])
   np.testing.assert_array_equal(ds.test_index.num_frames, [r.num_frames for r in direct["test"]])
@@ -180,14 +180,14 @@ def test_tfds_round_trip_and_skip_report(root, tmp_path):
       np.testing.assert_array_equal(getattr(got, field), getattr(want, field))
   # A second load reuses the prepared files: it works without the official root.
   shutil.rmtree(root)
-  assert len(ucf24.load(config).train) == 3
+  assert len(ucf24.load(config.data, config.quiet).train) == 3
   # Another setting is a new builder config; a bad video is skipped and reported.
   fx.write_ucf(root)
   os.remove(os.path.join(root, "rgb-images", "Biking", "v_Biking_g03_c01", "00005.jpg"))
   config.data.on_bad_video = "skip"
-  ds = ucf24.load(config)
+  ds = ucf24.load(config.data, config.quiet)
   assert len(ds.test) == 1
-  report = official.stored_report(ucf24.make_builder(config))
+  report = official.stored_report(ucf24.make_builder(config.data, config.quiet))
   assert [(s, v) for s, v, _ in report.skipped] == [("test", "Biking/v_Biking_g03_c01")]
   assert "missing 00005.jpg" in report.skipped[0][2]
 

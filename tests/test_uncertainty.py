@@ -29,6 +29,10 @@ def tiny_config(passes=4, pass_chunk=2, form="paper"):
   return c
 
 
+def tiny_params(*args, **kwargs) -> uncertainty.ScoreParams:
+  return uncertainty.ScoreParams.from_config(tiny_config(*args, **kwargs))
+
+
 @pytest.fixture(scope="module")
 def setup():
   config = tiny_config()
@@ -57,7 +61,7 @@ def test_vmapped_scorer_equals_sequential_full_passes(setup, form):
   config, model, variables, video = setup
   config = tiny_config(form=form)
   thresholds = (0.3, 0.5)
-  fn = jax.jit(uncertainty.make_score_fn(model, config, thresholds))
+  fn = jax.jit(uncertainty.make_score_fn(model, tiny_params(form=form), thresholds))
   keys = uncertainty.clip_keys(jax.random.PRNGKey(5), 7, np.arange(3))
   out = jax.device_get(fn(variables, video, keys))
   probs = _sequential_probs(model, variables, video, keys, config.uncertainty.passes)
@@ -80,14 +84,14 @@ def test_vmapped_scorer_equals_sequential_full_passes(setup, form):
 def test_sweep_equals_separate_runs_and_chunking_is_invisible(setup):
   config, model, variables, video = setup
   keys = uncertainty.clip_keys(jax.random.PRNGKey(5), 7, np.arange(3))
-  full = jax.device_get(jax.jit(uncertainty.make_score_fn(model, tiny_config(4, 4), (0.4,)))(
+  full = jax.device_get(jax.jit(uncertainty.make_score_fn(model, tiny_params(4, 4), (0.4,)))(
       variables, video, keys))
   for r in (1, 2, 3):
     alone = jax.device_get(jax.jit(uncertainty.make_score_fn(
-        model, tiny_config(r, 1), (0.4,)))(variables, video, keys))
+        model, tiny_params(r, 1), (0.4,)))(variables, video, keys))
     np.testing.assert_allclose(full["frame_scores"][:, :, r - 1], alone["frame_scores"][:, :, -1],
                                rtol=1e-5, atol=1e-5)
-  chunked = jax.device_get(jax.jit(uncertainty.make_score_fn(model, tiny_config(4, 2), (0.4,)))(
+  chunked = jax.device_get(jax.jit(uncertainty.make_score_fn(model, tiny_params(4, 2), (0.4,)))(
       variables, video, keys))
   np.testing.assert_allclose(full["frame_scores"], chunked["frame_scores"], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(full["latent"], chunked["latent"], rtol=1e-5, atol=1e-5)
@@ -111,9 +115,9 @@ def test_scorer_scores_every_frame_independently_of_batching(setup):
   config, model, variables, _ = setup
   records = [_record("a", 21, 0), _record("b", 5, 1), _record("c", 40, 2)]
   key = jax.random.PRNGKey(3)
-  s1 = uncertainty.Scorer(model, variables, config, batch_size=1).score_videos(
+  s1 = uncertainty.Scorer(model, variables, tiny_params(), batch_size=1).score_videos(
       records, [0, 1, 2], key)
-  scorer3 = uncertainty.Scorer(model, variables, config, batch_size=3)
+  scorer3 = uncertainty.Scorer(model, variables, tiny_params(), batch_size=3)
   s3 = scorer3.score_videos(records, [0, 1, 2], key)
   # Streamed from the frame counts: a video is read when the plan reaches it. Clips a0 a1 b0 | c0
   # c1 c2: a and b are done after the first batch, before c is read.
@@ -130,7 +134,7 @@ def test_scorer_scores_every_frame_independently_of_batching(setup):
   for a, b in zip(s3, streamed):
     np.testing.assert_array_equal(a.frame_scores, b.frame_scores)
     np.testing.assert_array_equal(a.latent, b.latent)
-  alone = uncertainty.Scorer(model, variables, config, batch_size=2).score_videos(
+  alone = uncertainty.Scorer(model, variables, tiny_params(), batch_size=2).score_videos(
       records[2:], [2], key)
   assert [s.video_id for s in s3] == ["a", "b", "c"]
   for a, b in zip(s1, s3):
@@ -167,7 +171,7 @@ import os, sys
 import jax, numpy as np
 sys.path.insert(0, {root!r})
 sys.path.insert(0, {tests!r})
-from test_uncertainty import tiny_config, _record
+from test_uncertainty import tiny_config, tiny_params, _record
 from claus_jax import models, uncertainty, parallel
 assert jax.device_count() == 4, jax.devices()
 config = tiny_config()
@@ -177,9 +181,9 @@ variables = model.init({{"params": jax.random.PRNGKey(0), "dropout": jax.random.
                        models.preprocess(x), train=False)
 records = [_record("a", 21, 0), _record("b", 5, 1), _record("c", 40, 2)]
 key = jax.random.PRNGKey(3)
-one = uncertainty.Scorer(model, variables, config, batch_size=4,
+one = uncertainty.Scorer(model, variables, tiny_params(), batch_size=4,
                          mesh=parallel.make_mesh(jax.devices()[:1])).score_videos(records, [0, 1, 2], key)
-four = uncertainty.Scorer(model, variables, config, batch_size=4).score_videos(records, [0, 1, 2], key)
+four = uncertainty.Scorer(model, variables, tiny_params(), batch_size=4).score_videos(records, [0, 1, 2], key)
 for a, b in zip(one, four):
   np.testing.assert_allclose(a.frame_scores, b.frame_scores, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(a.latent, b.latent, rtol=1e-5, atol=1e-6)

@@ -16,19 +16,21 @@ def get_dataset(config) -> VideoDataset:
   With ``config.data.validation_groups`` > 0 the test split is replaced by that many groups held
   out of the train split (:meth:`VideoDataset.validation_split`), for tuning.
   """
-  return _load(config).validation_split(int(config.data.get("validation_groups", 0)))
+  dataset = _load(config.dataset, config.data, bool(config.get("quiet", False)))
+  return dataset.validation_split(int(config.data.get("validation_groups", 0)))
 
 
-def _load(config) -> VideoDataset:
+def _load(name: str, data, quiet: bool) -> VideoDataset:
+  """Dataset ``name`` read with its ``data`` section (``config.data``)."""
   # Readers are imported lazily: each pulls in its own dependencies (tfds, scipy.io, ...).
-  if config.dataset == "synthetic":
+  if name == "synthetic":
     from claus_jax.data import synthetic
-    return synthetic.load(config)
-  if config.dataset == "jhmdb":
+    return synthetic.load(data, quiet)
+  if name == "jhmdb":
     from claus_jax.data import jhmdb
-    return jhmdb.load(config)
-  if config.dataset == "ucf101_24":
+    return jhmdb.load(data, quiet)
+  if name == "ucf101_24":
     from claus_jax.data import ucf24
-    return ucf24.load(config)
-  raise ValueError(f"config.dataset: {config.dataset!r} is unknown; use 'synthetic', 'jhmdb' or "
+    return ucf24.load(data, quiet)
+  raise ValueError(f"config.dataset: {name!r} is unknown; use 'synthetic', 'jhmdb' or "
                    "'ucf101_24'.")

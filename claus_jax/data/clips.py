@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator, Sequence
 
+import ml_collections
 import numpy as np
 from absl import logging
 
@@ -153,6 +155,35 @@ def clip_targets(keys: KeyframeLabels, frames: np.ndarray, variant: str, window:
   return pseudo, np.asarray(weight, np.float32), labelled
 
 
+@dataclasses.dataclass(frozen=True)
+class ClipParams:
+  """What the clip sampler reads of the config, once: the ``train`` section's clip and batch
+  settings, the model's clip length and the loss (its variant, STeW window and mask interpolation
+  make the pseudo-labels and weights)."""
+
+  batch_size: int
+  clip_length: int
+  clip_skip: int
+  crop_scale: float
+  flip: bool
+  sampling: str
+  clips_per_video: int
+  data_workers: int
+  prefetch: int
+  loss: losses.LossParams
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> ClipParams:
+    """The settings of ``config.train``, ``config.loss`` and ``config.model.clip_length``."""
+    t = config.train
+    return cls(batch_size=int(t.batch_size), clip_length=int(config.model.clip_length),
+               clip_skip=int(t.clip_skip), crop_scale=float(t.crop_scale), flip=bool(t.flip),
+               sampling=str(t.sampling),
+               clips_per_video=int(t.clips_per_video),
+               data_workers=int(t.data_workers), prefetch=int(t.prefetch),
+               loss=losses.LossParams.from_section(config.loss))
+
+
 class ClipSampler:
   """Deterministic random-access training batches for one active-learning round.
 
@@ -160,24 +191,24 @@ class ClipSampler:
     source: random-access sequence of :class:`VideoRecord` (the train split).
     items: ``(index into source, sorted labelled frame indices)`` per labelled video, in a stable order
       (e.g. ``pool.labelled_video_ids()``); videos without labelled frames are skipped (logged).
-    config: the experiment config (``train``, ``loss``, ``model.clip_length`` are read).
+    params: the sampler's settings (:class:`ClipParams`).
     seed: root seed (config.seed).
     round_index: active-learning round, folded into every draw.
-    batch_size: clips per batch; default ``config.train.batch_size``.
+    batch_size: clips per batch; default ``params.batch_size`` (``config.train.batch_size``).
   """
 
-  def __init__(self, source: Sequence[VideoRecord], items: Sequence[tuple[int, np.ndarray]], config,
-               seed: int, round_index: int, batch_size: int | None = None):
+  def __init__(self, source: Sequence[VideoRecord], items: Sequence[tuple[int, np.ndarray]],
+               params: ClipParams, seed: int, round_index: int, batch_size: int | None = None):
     self.source = source
-    self.config = config
+    self.params = params
     self.seed = int(seed)
     self.round_index = int(round_index)
-    self.batch_size = int(batch_size or config.train.batch_size)
-    self.length = int(config.model.clip_length)
-    self.skip = int(config.train.clip_skip)
-    self.crop_scale = float(config.train.crop_scale)
-    self.flip = bool(config.train.flip)
-    loss = losses.LossParams.from_config(config)
+    self.batch_size = int(batch_size or params.batch_size)
+    self.length = params.clip_length
+    self.skip = params.clip_skip
+    self.crop_scale = params.crop_scale
+    self.flip = params.flip
+    loss = params.loss
     self.variant = loss.variant
     self.window = loss.stew_window
     self.mask_interp = loss.mask_interp
@@ -197,14 +228,14 @@ class ClipSampler:
                       "%s", len(skipped), skipped[:10])
     if not self.items:
       raise ValueError("clip sampler: no labelled frame in any item; the round has nothing to train on.")
-    self.sampling = str(config.train.get("sampling", "frame"))
+    self.sampling = params.sampling
     if self.sampling == "frame":
       # The epoch's clip list: (item position, centre frame) for every labelled frame.
       self._clips = np.array([(pos, int(c)) for pos, (_, frames) in enumerate(self.items)
                               for c in frames], np.int64)
     elif self.sampling == "video":
       # (item position, -1): the centre is one of the video's labelled frames, drawn per step.
-      per_video = int(config.train.clips_per_video)
+      per_video = params.clips_per_video
       self._clips = np.array([(pos, -1) for pos in range(len(self.items))
                               for _ in range(per_video)], np.int64)
     else:
@@ -298,8 +329,8 @@ class ClipSampler:
     ``config.train.data_workers`` threads (0 = in the caller's thread) keep up to
     ``config.train.prefetch`` batches in flight; batches come out in step order.
     """
-    workers = int(self.config.train.data_workers)
-    depth = max(1, int(self.config.train.prefetch))
+    workers = self.params.data_workers
+    depth = max(1, self.params.prefetch)
     stop = None if num_steps is None else start_step + num_steps
     if workers <= 0:
       step = start_step

@@ -223,16 +223,15 @@ BUILDER_NAME = "claus_jhmdb"
 BUILDER_VERSION = "1.0.0"  # Bump when the records produced for the same settings change.
 
 
-def make_builder(config) -> tfds_store.VideoRecordBuilder:
-  """The tfds builder of J-HMDB-21 for ``config.data`` (root = tfds manual_dir, array_record).
+def make_builder(data, quiet: bool = False) -> tfds_store.VideoRecordBuilder:
+  """The tfds builder of J-HMDB-21 for ``data`` (``config.data``; root = tfds manual_dir, array_record).
 
   The builder config name holds the split, the frame size and a fingerprint of every setting that
   changes the records (root, split, frame_size, on_bad_video, truncate_to_shorter), so changing one
   prepares a new copy and an unchanged config reuses the prepared files (without reading the root).
   """
-  data = config.data
   official.check_policy(data.on_bad_video)
-  settings = {"root": official.resolve_root(config), "split": int(data.split),
+  settings = {"root": official.resolve_root(data.root), "split": int(data.split),
               "frame_size": int(data.frame_size), "on_bad_video": data.on_bad_video,
               "truncate_to_shorter": bool(data.truncate_to_shorter)}
   keys = {}
@@ -240,15 +239,15 @@ def make_builder(config) -> tfds_store.VideoRecordBuilder:
   def records_for_split(split_name: str, report: official.PrepareReport) -> Iterator[VideoRecord]:
     if not keys:  # Check the layout only when something must be generated.
       keys.update(read_splits(check_root(settings["root"]), settings["split"]))
-    todo = official.progress(keys[split_name], f"J-HMDB {split_name}", config.quiet)
+    todo = official.progress(keys[split_name], f"J-HMDB {split_name}", quiet)
     return iter_videos(settings["root"], todo, split_name, settings["frame_size"], data.on_bad_video,
                        settings["truncate_to_shorter"], report)
 
   return official.make_builder(
-      config, BUILDER_NAME, BUILDER_VERSION, f"split{settings['split']}_size{settings['frame_size']}",
+      data.tfds_dir, BUILDER_NAME, BUILDER_VERSION, f"split{settings['split']}_size{settings['frame_size']}",
       settings, CLASSES, f"J-HMDB-21 split {settings['split']}", records_for_split)
 
 
-def load(config) -> VideoDataset:
+def load(data, quiet: bool = False) -> VideoDataset:
   """J-HMDB-21 as a VideoDataset (prepared into tfds on first use; random access by index)."""
-  return official.load(make_builder(config), official.resolve_root(config), NAME, config.quiet)
+  return official.load(make_builder(data, quiet), official.resolve_root(data.root), NAME, quiet)

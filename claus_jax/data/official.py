@@ -249,9 +249,10 @@ def check_classes(found: Sequence[str], expected: Sequence[str], source: str) ->
                        "is this the right dataset file?")
 
 
-def resolve_root(config) -> str:
-  """``config.data.root``, else ``$CLAUS_DATA_DIR``, as an absolute path ('' if neither is set)."""
-  root = config.data.root or os.environ.get("CLAUS_DATA_DIR", "")
+def resolve_root(configured: str) -> str:
+  """``configured`` (``config.data.root``), else ``$CLAUS_DATA_DIR``, as an absolute path ('' if
+  neither is set)."""
+  root = configured or os.environ.get("CLAUS_DATA_DIR", "")
   return os.path.abspath(os.path.expanduser(root)) if root else ""
 
 
@@ -277,11 +278,12 @@ def stored_report(builder) -> PrepareReport:
   return PrepareReport.from_dict(metadata.get("prepare_report") or {})
 
 
-def make_builder(config, builder_name: str, version: str, config_prefix: str, settings: dict,
+def make_builder(tfds_dir: str, builder_name: str, version: str, config_prefix: str, settings: dict,
                  class_names: Sequence[str], what: str,
                  records_for_split: Callable[[str, PrepareReport], Iterable[VideoRecord]]
                  ) -> tfds_store.VideoRecordBuilder:
-  """A tfds builder whose config name is ``<config_prefix>_<fingerprint of settings>``.
+  """A tfds builder whose config name is ``<config_prefix>_<fingerprint of settings>``, under
+  ``tfds_dir`` (``config.data.tfds_dir``, resolved by :func:`tfds_store.resolve_tfds_dir`).
 
   ``records_for_split(split, report)`` reads the official files (called only when the data is not
   prepared yet); the skip/warning report is stored in the dataset's metadata under 'prepare_report'.
@@ -300,7 +302,7 @@ def make_builder(config, builder_name: str, version: str, config_prefix: str, se
   def make():
     return tfds_store.make_builder(
         builder_name, version, config_name, generate, class_names,
-        data_dir=tfds_store.resolve_tfds_dir(config),
+        data_dir=tfds_store.resolve_tfds_dir(tfds_dir),
         description=json.dumps(settings, sort_keys=True))
 
   builder = make()

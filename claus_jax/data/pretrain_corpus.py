@@ -60,10 +60,12 @@ class PretrainParams:
   jitter: float = 1.0
 
   @classmethod
-  def from_config(cls, config) -> "PretrainParams":
-    p = config.pretrain
-    return cls(seed=int(p.seed), frame_size=int(p.frame_size or config.data.frame_size),
-               clip_length=int(config.model.clip_length), frame_step=int(config.train.clip_skip),
+  def from_section(cls, p, *, frame_size: int, clip_length: int,
+                   frame_step: int) -> "PretrainParams":
+    """The corpus settings of ``p`` (``config.pretrain``); its ``frame_size`` 0 means
+    ``frame_size`` (the benchmark's), and clips are ``clip_length`` frames ``frame_step`` apart."""
+    return cls(seed=int(p.seed), frame_size=int(p.frame_size or frame_size),
+               clip_length=int(clip_length), frame_step=int(frame_step),
                min_speed=float(p.min_speed), max_speed=float(p.max_speed),
                clutter=int(p.clutter), occlusion=float(p.occlusion), jitter=float(p.jitter))
 

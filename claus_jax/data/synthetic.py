@@ -92,9 +92,10 @@ class GeneratorParams:
   jitter: float = 1.0
 
   @classmethod
-  def from_config(cls, config) -> "GeneratorParams":
-    syn = config.data.synthetic
-    return cls(seed=int(syn.seed), frame_size=int(config.data.frame_size),
+  def from_data(cls, data) -> "GeneratorParams":
+    """The settings of ``data`` (``config.data``: its ``synthetic`` section and ``frame_size``)."""
+    syn = data.synthetic
+    return cls(seed=int(syn.seed), frame_size=int(data.frame_size),
                num_classes=int(syn.num_classes), train_groups=int(syn.train_groups),
                test_groups=int(syn.test_groups), min_group_videos=int(syn.min_group_videos),
                max_group_videos=int(syn.max_group_videos), min_frames=int(syn.min_frames),
@@ -560,11 +561,11 @@ def builder_for(params: GeneratorParams, data_dir: str):
       description="claus_jax synthetic benchmark: " + json.dumps(params.to_dict(), sort_keys=True))
 
 
-def load(config) -> VideoDataset:
-  """The synthetic dataset of ``config``, generated and written on first use, then reused."""
-  params = GeneratorParams.from_config(config)
-  builder = builder_for(params, tfds_store.resolve_tfds_dir(config))
-  return tfds_store.load_or_prepare(builder, "synthetic", quiet=bool(config.get("quiet", False)))
+def load(data, quiet: bool = False) -> VideoDataset:
+  """The synthetic dataset of ``data`` (``config.data``), generated and written on first use, then
+  reused."""
+  builder = builder_for(GeneratorParams.from_data(data), tfds_store.resolve_tfds_dir(data.tfds_dir))
+  return tfds_store.load_or_prepare(builder, "synthetic", quiet=quiet)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -622,13 +623,13 @@ def main(argv):
   from absl import logging
   cfg = flags.FLAGS.config
   start = time.perf_counter()
-  dataset = load(cfg)
+  dataset = load(cfg.data, bool(cfg.quiet))
   elapsed = time.perf_counter() - start
   summary = dataset.summary()
   print(f"dataset {summary['dataset']}: {summary['classes']} classes {list(dataset.class_names)}")
   for split in ("train", "test"):
     print(f"  {split}: " + json.dumps(summary[split]))
-  logging.info("dataset ready in %.1f s (tfds dir %s)", elapsed, tfds_store.resolve_tfds_dir(cfg))
+  logging.info("dataset ready in %.1f s (tfds dir %s)", elapsed, tfds_store.resolve_tfds_dir(cfg.data.tfds_dir))
   if flags.FLAGS.preview:
     records = preview_records(dataset, flags.FLAGS.preview_videos, flags.FLAGS.preview_split)
     contact_sheet(records, dataset.class_names, flags.FLAGS.preview, flags.FLAGS.preview_frames)

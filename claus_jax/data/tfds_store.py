@@ -34,11 +34,9 @@ SPLITS = ("train", "test")
 _TEXT_FIELDS = ("video_id", "group_id", "annotation")
 
 
-def resolve_tfds_dir(config=None) -> str:
-  """``config.data.tfds_dir``, else ``$CLAUS_TFDS_DIR``, else ``~/.cache/claus_jax/tfds``."""
-  configured = ""
-  if config is not None:
-    configured = config.data.tfds_dir
+def resolve_tfds_dir(configured: str = "") -> str:
+  """``configured`` (``config.data.tfds_dir``), else ``$CLAUS_TFDS_DIR``, else
+  ``~/.cache/claus_jax/tfds``, as an absolute path."""
   path = configured or os.environ.get("CLAUS_TFDS_DIR", "") or "~/.cache/claus_jax/tfds"
   return os.path.abspath(os.path.expanduser(path))
 

@@ -206,15 +206,14 @@ BUILDER_NAME = "claus_ucf101_24"
 BUILDER_VERSION = "1.0.0"  # Bump when the records produced for the same settings change.
 
 
-def make_builder(config) -> tfds_store.VideoRecordBuilder:
-  """The tfds builder of UCF-101-24 for ``config.data`` (root = tfds manual_dir, array_record).
+def make_builder(data, quiet: bool = False) -> tfds_store.VideoRecordBuilder:
+  """The tfds builder of UCF-101-24 for ``data`` (``config.data``; root = tfds manual_dir, array_record).
 
   The builder config name holds the frame size and a fingerprint of every setting that changes the
   records (root, frame_size, on_bad_video, truncate_to_shorter).
   """
-  data = config.data
   official.check_policy(data.on_bad_video)
-  settings = {"root": official.resolve_root(config), "split": SPLIT_INDEX,
+  settings = {"root": official.resolve_root(data.root), "split": SPLIT_INDEX,
               "frame_size": int(data.frame_size), "on_bad_video": data.on_bad_video,
               "truncate_to_shorter": bool(data.truncate_to_shorter)}
   state = {}
@@ -223,15 +222,15 @@ def make_builder(config) -> tfds_store.VideoRecordBuilder:
     if not state:  # Read the annotations only when something must be generated.
       state["gt"] = load_annotations(check_root(settings["root"]))
       state["keys"] = read_splits(state["gt"])
-    todo = official.progress(state["keys"][split_name], f"UCF-101-24 {split_name}", config.quiet)
+    todo = official.progress(state["keys"][split_name], f"UCF-101-24 {split_name}", quiet)
     return iter_videos(settings["root"], state["gt"], todo, split_name, settings["frame_size"],
                        data.on_bad_video, settings["truncate_to_shorter"], report)
 
   return official.make_builder(
-      config, BUILDER_NAME, BUILDER_VERSION, f"size{settings['frame_size']}", settings, CLASSES,
+      data.tfds_dir, BUILDER_NAME, BUILDER_VERSION, f"size{settings['frame_size']}", settings, CLASSES,
       "UCF-101-24", records_for_split)
 
 
-def load(config) -> VideoDataset:
+def load(data, quiet: bool = False) -> VideoDataset:
   """UCF-101-24 as a VideoDataset (prepared into tfds on first use; random access by index)."""
-  return official.load(make_builder(config), official.resolve_root(config), NAME, config.quiet)
+  return official.load(make_builder(data, quiet), official.resolve_root(data.root), NAME, quiet)

@@ -49,9 +49,8 @@ class BudgetParams:
   cost_frame: float = 1.0
 
   @classmethod
-  def from_config(cls, config) -> BudgetParams:
-    """The settings of ``config.budget``, read once."""
-    b = config.budget
+  def from_section(cls, b) -> BudgetParams:
+    """The settings of ``b`` (``config.budget``), read once."""
     return cls(initial_videos_pct=float(b.initial_videos_pct),
                initial_frames_pct=float(b.initial_frames_pct),
                schedule=tuple((float(a), float(v)) for a, v in b.schedule),
@@ -132,7 +131,7 @@ def round_budget(params: BudgetParams, round_index: int, total_videos: int, tota
   """The budgets B_v, B_f of one round given what is labelled already.
 
   Args:
-    params: the ``budget`` settings (:meth:`BudgetParams.from_config`).
+    params: the ``budget`` settings (:meth:`BudgetParams.from_section`).
     round_index: 0 (initial pool) or 1..num_rounds(params).
     total_videos: N, videos in the pool (train split).
     total_frames: F, frames over all pool videos.

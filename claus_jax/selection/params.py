@@ -51,4 +51,4 @@ class SelectionParams:
                restrict_to_gt_span=bool(sel.restrict_to_gt_span),
                video_score=str(sel.video_score), cluster_quota=str(sel.cluster_quota),
                cluster_cap=float(sel.cluster_cap),
-               budget=BudgetParams.from_config(config))
+               budget=BudgetParams.from_section(config.budget))

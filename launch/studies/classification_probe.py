@@ -81,11 +81,13 @@ def main(argv):
   train_pos, val_pos = index.held_out_groups(_VAL_GROUPS.value)
   items = [(i, np.flatnonzero(dataset.train[i].has_gt)) for i in train_pos + val_pos]
   n_train = len(train_pos)
-  sampler = clips_lib.ClipSampler(dataset.train, items[:n_train], config, seed=config.seed,
+  clip_params = clips_lib.ClipParams.from_config(config)
+  sampler = clips_lib.ClipSampler(dataset.train, items[:n_train], clip_params, seed=config.seed,
                                   round_index=0)
-  val_sampler = clips_lib.ClipSampler(dataset.train, items[n_train:], config, seed=config.seed,
+  val_sampler = clips_lib.ClipSampler(dataset.train, items[n_train:], clip_params, seed=config.seed,
                                       round_index=0)
-  encoder_init = pretrain_lib.ensure_pretrained(config) if config.pretrain.enabled else ""
+  encoder_init = (pretrain_lib.ensure_pretrained(pretrain_lib.PretrainSettings.from_config(config))
+                  if config.pretrain.enabled else "")
   model = models.build_model(config)
   params = train_lib.TrainParams.from_config(config)
   state = train_lib.create_state(params, model, jax.random.PRNGKey(config.seed), len(index),

@@ -46,7 +46,8 @@ def run_variant(config, dataset, pool, variant: str, workdir: str) -> dict:
   index = dataset.train_index
   position = {v: i for i, v in enumerate(index.video_ids)}
   items = [(position[v], pool.labelled_frames(v)) for v in pool.labelled_video_ids()]
-  sampler = clips_lib.ClipSampler(dataset.train, items, cfg, seed=cfg.seed, round_index=0)
+  sampler = clips_lib.ClipSampler(dataset.train, items, clips_lib.ClipParams.from_config(cfg),
+                                  seed=cfg.seed, round_index=0)
   model = models.build_model(cfg)
   params = train_lib.TrainParams.from_config(cfg)
   state = train_lib.create_state(params, model, jax.random.PRNGKey(cfg.seed), len(index))
@@ -103,7 +104,7 @@ def main(argv):
   configlib.validate(config)
   dataset = data_lib.get_dataset(config)
   index = dataset.train_index
-  budget = selection_lib.BudgetParams.from_config(config)
+  budget = selection_lib.BudgetParams.from_section(config.budget)
   pool = pool_lib.initial_pool(
       index.video_ids, index.num_frames, selection_lib.initial_video_count(budget, len(index)),
       selection_lib.initial_frame_count(budget, int(index.num_frames.sum())), seed=config.seed)
