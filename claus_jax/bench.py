@@ -31,6 +31,7 @@ are defined here at module level.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -372,7 +373,9 @@ def bench_uncertainty(config: ml_collections.ConfigDict) -> dict:
   passes vmapped in chunks of ``uncertainty.pass_chunk``, and every R' <= R and every threshold of
   the sweep on top. E and H are the jitted encoder and one stochastic head pass, per clip. The ideal
   ratio R(E + H) / (E + R H) assumes (b) saves exactly the R - 1 encoder passes and nothing more;
-  batching the passes can beat it where small per-clip ops leave the CPU idle.
+  batching the passes can beat it where small per-clip ops leave the CPU idle. (c) is the NoiseAug
+  scorer (``uncertainty.source='noise'``) on the same clips: R noisy copies, each a full eval-mode
+  forward, vmapped in the same chunks; printed as its time over (b)'s.
   """
   from claus_jax import uncertainty
 
@@ -418,6 +421,13 @@ def bench_uncertainty(config: ml_collections.ConfigDict) -> dict:
   def vmapped():
     return jax.block_until_ready(score_fn(variables, video, keys))
 
+  # (c) NoiseAug (uncertainty.source='noise'): R noisy copies through the whole eval-mode model.
+  noise_fn = jax.jit(uncertainty.make_score_fn(
+      model, dataclasses.replace(score_params, source="noise"), thresholds))
+
+  def noise():
+    return jax.block_until_ready(noise_fn(variables, video, keys))
+
   # E and H.
   encode_fn = jax.jit(lambda v, x: model.apply(v, models.preprocess(x), train=False,
                                                method="encode"))
@@ -428,15 +438,17 @@ def bench_uncertainty(config: ml_collections.ConfigDict) -> dict:
   t0 = time.perf_counter()
   sequential()  # Compiles (a) (also its warm-up in _median_times).
   vmapped()
+  noise()
   compile_s = time.perf_counter() - t0
   seconds = median_times({
-      "sequential": sequential, "vmapped": vmapped,
+      "sequential": sequential, "vmapped": vmapped, "noise": noise,
       "encoder": lambda: jax.block_until_ready(encode_fn(variables, video)),
       "head": lambda: jax.block_until_ready(head_fn(variables, feats, key)),
   }, _REPEATS.value)
   e, h = seconds["encoder"] / batch, seconds["head"] / batch
   seq_clips = batch / seconds["sequential"]
   vm_clips = batch / seconds["vmapped"]
+  noise_clips = batch / seconds["noise"]
   result = {"bench": "uncertainty", "backend": jax.default_backend(),
             "device": str(jax.devices()[0].device_kind), "frame_size": size,
             "width": config.model.width, "batch": batch, "passes": passes,
@@ -444,6 +456,7 @@ def bench_uncertainty(config: ml_collections.ConfigDict) -> dict:
             "clip_chunk": config.uncertainty.clip_chunk, "thresholds": len(thresholds),
             "encoder_s_per_clip": e, "head_s_per_clip": h,
             "sequential_clips_per_s": seq_clips, "vmapped_clips_per_s": vm_clips,
+            "noise_clips_per_s": noise_clips, "noise_cost_vs_vmapped": vm_clips / noise_clips,
             "speedup": vm_clips / seq_clips,
             "ideal_speedup": passes * (e + h) / (e + passes * h), "compile_s": compile_s}
   print(f"uncertainty: R={passes}, {size}x{size} clips, batch {batch}, width {config.model.width}, "
@@ -451,8 +464,10 @@ def bench_uncertainty(config: ml_collections.ConfigDict) -> dict:
   print(f"  encoder E {e * 1e3:9.2f} ms/clip   head H {h * 1e3:9.2f} ms/clip")
   print(f"  (a) sequential full passes {seq_clips:9.4g} clips/s")
   print(f"  (b) shared-encoder vmapped {vm_clips:9.4g} clips/s")
+  print(f"  (c) NoiseAug, R noisy copies {noise_clips:9.4g} clips/s")
   print(f"  speedup (b)/(a) {result['speedup']:.2f}x, ideal R(E+H)/(E+RH) "
-        f"{result['ideal_speedup']:.2f}x")
+        f"{result['ideal_speedup']:.2f}x; NoiseAug costs {result['noise_cost_vs_vmapped']:.2f}x "
+        "the time of (b)")
 
   if _POOL_VIDEOS.value > 0:
     # Compile the scorer here, so that with the persistent compilation cache on (the default) both

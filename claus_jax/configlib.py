@@ -163,9 +163,13 @@ def base_config() -> ml_collections.ConfigDict:
   )
 
   c.uncertainty = _cd(
-      passes=10,  # R: MC-dropout passes.
+      passes=10,  # R: MC-dropout passes, or noisy copies with source='noise' (SSAL: 8).
+      source="mc_dropout",  # 'mc_dropout' (CLAUS) or 'noise' (NoiseAug, SSAL: noisy inputs).
       form="paper",  # 'paper' (Eq. 2, mean of -log p over passes) or 'implementation'.
       bg_threshold=0.4,  # Pixels whose mean prediction is below this count as definite background.
+      noise_amplitude=0.05,  # source='noise': U(-a, a) on the [0, 1] image (SSAL: 0.05).
+      noise_threshold=0.2,  # source='noise': pixels whose mean mask is above add their variance.
+      noise_min_mass=0.1,  # source='noise': a frame counts when its mean mask sums above this.
       sweep_passes=(),  # Extra R values (<= passes) scored from the same passes by `claus_jax.score`.
       sweep_thresholds=(),  # Extra background thresholds scored at no extra passes.
       tiling="skip2",  # 'skip2' (reference layout, 8 frames at skip 2) or 'dense' (skip 1).
@@ -330,6 +334,7 @@ def choices() -> dict[str, tuple[str, ...]]:
       "loss.mask_interp": pseudo_labels.MASK_INTERPOLATIONS,
       "cluster.latents": clustering.LATENT_MODES,
       "uncertainty.form": uncertainty.FORMS,
+      "uncertainty.source": uncertainty.SOURCES,
       "uncertainty.tiling": tiling.TILINGS,
       "selection.strategy": tuple(strategies.STRATEGIES),
       "selection.video_score": frames.VIDEO_SCORES,
@@ -398,6 +403,9 @@ RANGES = {
     "cluster.n_init": "[1, inf)",
     "cluster.count_init": "(0, inf)",
     "uncertainty.bg_threshold": "[0, 1]",
+    "uncertainty.noise_amplitude": "[0, 1]",
+    "uncertainty.noise_threshold": "[0, 1]",
+    "uncertainty.noise_min_mass": "[0, inf)",
     "uncertainty.sweep_thresholds": "[0, 1]",
     "uncertainty.pass_chunk": "[1, inf)",
     "uncertainty.clip_chunk": "[1, inf)",
@@ -445,7 +453,9 @@ RANGES = {
 _HINTS = {
     **{f"model.{k}": hint for k, hint in models.HINTS.items()},
     "train.bn_recalibration_batches": "0 keeps the running statistics.",
-    "uncertainty.passes": "It counts MC-dropout passes (paper: 10).",
+    "uncertainty.passes": "It counts MC-dropout passes (paper: 10) or noisy copies (SSAL: 8).",
+    "uncertainty.noise_amplitude": "It is the noise's half-width on the [0, 1] image (SSAL: 0.05).",
+    "uncertainty.noise_min_mass": "It is a sum of mean mask probabilities over a frame (SSAL: 0.1).",
     "cluster.k": "It counts deep-clustering centres (paper: 5).",
     "selection.proximity_sigma": "In frames; the paper's is 8/3.",
     "selection.nms_radius": "In frames.",
@@ -488,6 +498,10 @@ def _check_relations(config: ml_collections.ConfigDict) -> None:
     _fail("cluster.k", f"{config.cluster.k} cluster turns CLAUS's cluster quotas into one global "
           "top-n, which is selection.strategy=claus_no_cluster under another name; use K >= 2 "
           "(paper: 5), or choose claus_no_cluster.")
+  if config.selection.strategy == "ssal" and config.uncertainty.source != "noise":
+    _fail("selection.strategy", "'ssal' ranks videos by the NoiseAug score; set "
+          "--config.uncertainty.source=noise with it (or choose inter_only for whole videos in "
+          "random order).")
   p = config.pretrain
   if p.min_speed > p.max_speed:
     _fail("pretrain.min_speed", f"{p.min_speed} is above pretrain.max_speed={p.max_speed}.")

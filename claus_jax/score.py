@@ -1,11 +1,13 @@
-"""Scores a whole split with the MC-dropout scorer, for every R and background threshold of a sweep.
+"""Scores a whole split with the uncertainty scorer (MC dropout or NoiseAug, ``uncertainty.source``),
+for every R and background threshold of a sweep.
 
 Run:
   python -m claus_jax.score --config=configs/synthetic.py \\
       --checkpoint=runs/synthetic/round_000/checkpoints --split=train --out=scores.npz
 
 One run of R = ``config.uncertainty.passes`` passes per clip gives the scores after every R' <= R
-passes (running means) and at every threshold of ``(bg_threshold,) + sweep_thresholds``, at no extra
+passes (running means) and at every threshold of ``(threshold,) + sweep_thresholds`` (``threshold`` is
+``bg_threshold``, or ``noise_threshold`` with ``source='noise'``), at no extra
 forward passes (see :mod:`claus_jax.uncertainty`). ``--checkpoint`` is an orbax checkpoint folder of
 a run (``<workdir>/round_K/checkpoints``; the round folder or a folder holding ``checkpoints/`` is
 accepted too); its latest step is restored. The dropout keys are the run's: ``fold_in(fold_in(
@@ -18,15 +20,17 @@ Output layout (``np.load(out)``; N videos, P stored pass counts, n thresholds, T
   passes                     (P,) int32    the R' values stored, ascending; all of 1..R unless
                                            ``config.uncertainty.sweep_passes`` is set, in which case
                                            those and R itself
-  thresholds                 (n,) float32  background thresholds; [0] is ``uncertainty.bg_threshold``
+  thresholds                 (n,) float32  background thresholds; [0] is the source's (``uncertainty.
+                                           bg_threshold``, or ``noise_threshold`` for NoiseAug)
   frame_scores/<video_id>    (P, n, T) float32: score of frame t after passes[p] passes at
-                                           thresholds[i] (``uncertainty.form`` decides the formula)
+                                           thresholds[i] (``uncertainty.source`` and ``form`` decide
+                                           the formula; -inf: a NoiseAug frame that does not count)
   entropy/<video_id>         (T,) float32  entropy-baseline frame score (mean pixel binary entropy of
                                            the R-pass mean prediction)
   mean_prob/<video_id>       (T,) float32  mean foreground probability per frame (R passes)
   latent/<video_id>          (D,) float32  latent averaged over the video's clips and passes
   class_probs/<video_id>     (C,) float32  class probabilities, averaged likewise
-  form, split                () str
+  form, source, split        () str
   round, checkpoint_step, seed  () int64
 Read one video with ``data[f"frame_scores/{vid}"]``; :func:`load_scores` returns nested dicts.
 """
@@ -216,7 +220,8 @@ def run(config: ml_collections.ConfigDict, checkpoint: str, split: str, out: str
   arrays = score_split(scorer, records, video_ids, key, passes, progress=bar.update,
                        num_frames=[int(t) for t in index.num_frames])
   bar.close()
-  arrays.update(form=np.asarray(config.uncertainty.form), split=np.asarray(split),
+  arrays.update(form=np.asarray(config.uncertainty.form),
+                source=np.asarray(config.uncertainty.source), split=np.asarray(split),
                 round=np.asarray(r, np.int64), checkpoint_step=np.asarray(step, np.int64),
                 seed=np.asarray(config.seed, np.int64))
   score_files.save_scores(out, arrays)

@@ -1,4 +1,4 @@
-"""Monte-Carlo-dropout uncertainty: the shared-encoder, vmapped scorer and its sweeps.
+"""Uncertainty of every pool video: MC dropout (CLAUS) or NoiseAug (SSAL), one vmapped scorer.
 
 For every clip the deterministic encoder runs once; the stochastic head (everything from the first
 dropout on) runs R times as a ``jax.vmap`` over dropout keys, in chunks of ``pass_chunk`` passes so
@@ -21,6 +21,19 @@ Per pixel, with p_r the foreground probability of pass r (paper Eq. 2):
 
 Sweeps come for free: the running means after 1..R passes give frame scores for every R' <= R, and
 each threshold of a list is applied to the same means, in one run of R passes.
+
+``source='noise'`` (NoiseAug, Singh et al., AAAI 2024; the SSAL code's ``active_learning.py``): the
+whole model in eval mode (no dropout) sees R copies of each clip, copy r with its own additive noise
+U(-a, a) on the [0, 1] image (``noise_amplitude`` a = 0.05; no clipping), keyed
+``fold_in(clip key, r)`` like the dropout passes; the copies are another vmapped axis. Per pixel the
+mean m and the variance v (over the copies, ddof 0) of the sigmoid mask; a frame counts when its
+m sums above ``noise_min_mass`` (0.1); its score is the sum of v over the pixels with m >
+``noise_threshold`` (0.2), divided by their count (+1e-8), with v = 0 counted as 1e-8; a frame that
+does not count scores -inf (no foreground: ranks last, and the SSAL video score, the mean over the
+counted frames, skips it). Every strategy that reads frame scores reads these; the encoder is not
+shared between copies, so a copy costs a full forward. The scores are variances (at most 0.25),
+below CLAUS's proximity penalty g(d) in size, so CLAUS's intra selection with them acts as a hard
+suppression: the best frame, then the best frame outside the +-nms_radius window of each pick.
 """
 
 from __future__ import annotations
@@ -38,8 +51,10 @@ from claus_jax import parallel
 from claus_jax import tiling
 
 FORMS = ("paper", "implementation")  # config.uncertainty.form: the frame-score rules above.
+SOURCES = ("mc_dropout", "noise")  # config.uncertainty.source: what makes the R predictions differ.
 NO_FOREGROUND = -10.0  # Implementation form: score of a frame with no foreground pixel.
 _EPS = 1e-6
+NOISE_VAR_FLOOR = 1e-8  # NoiseAug: a pixel of zero variance counts as this (as the SSAL code does).
 
 
 def pass_chunk_size(passes: int, requested: int) -> int:
@@ -73,6 +88,28 @@ def frame_scores_from_means(mean_p: jax.Array, mean_nll: jax.Array, thresholds: 
   return jnp.where(count > 0, total / jnp.maximum(count, 1), NO_FOREGROUND)
 
 
+def noise_frame_scores(mean_p: jax.Array, var_p: jax.Array, thresholds: jax.Array,
+                       min_mass: float) -> jax.Array:
+  """NoiseAug frame scores from per-pixel moments over the noisy copies (module docstring).
+
+  Args:
+    mean_p: ``(..., F, H, W)`` mean foreground probability over the copies so far.
+    var_p: same shape, its variance over those copies (ddof 0).
+    thresholds: ``(n,)`` pixel thresholds (a pixel adds its variance when ``mean_p`` is above).
+    min_mass: a frame counts when ``mean_p`` sums above this over its pixels.
+
+  Returns:
+    ``(..., n, F)`` frame scores, -inf for a frame that does not count.
+  """
+  thr = thresholds.reshape((-1, 1, 1, 1))
+  fg = mean_p[..., None, :, :, :] > thr
+  var = jnp.where(var_p == 0, NOISE_VAR_FLOOR, var_p)[..., None, :, :, :]
+  count = jnp.sum(fg, axis=(-2, -1)).astype(jnp.float32)
+  score = jnp.sum(jnp.where(fg, var, 0.0), axis=(-2, -1)) / (count + 1e-8)
+  counted = jnp.sum(mean_p, axis=(-2, -1)) > min_mass  # (..., F)
+  return jnp.where(counted[..., None, :], score, -jnp.inf)
+
+
 def binary_entropy(p: jax.Array) -> jax.Array:
   p = jnp.clip(p, _EPS, 1.0 - _EPS)
   return -(p * jnp.log(p) + (1.0 - p) * jnp.log1p(-p))
@@ -94,6 +131,10 @@ class ScoreParams:
   num_classes: int
   input_range: tuple[float, float]
   frame_size: int
+  source: str = "mc_dropout"
+  noise_amplitude: float = 0.05
+  noise_threshold: float = 0.2
+  noise_min_mass: float = 0.1
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> ScoreParams:
@@ -105,13 +146,20 @@ class ScoreParams:
         sweep_thresholds=tuple(float(t) for t in u.sweep_thresholds),
         clip_chunk=int(u.clip_chunk), tiling=str(u.tiling),
         clip_length=int(config.model.clip_length), num_classes=int(config.model.num_classes),
-        input_range=models.input_range(config.model), frame_size=int(config.data.frame_size))
+        input_range=models.input_range(config.model), frame_size=int(config.data.frame_size),
+        source=str(u.source), noise_amplitude=float(u.noise_amplitude),
+        noise_threshold=float(u.noise_threshold), noise_min_mass=float(u.noise_min_mass))
+
+  @property
+  def threshold(self) -> float:
+    """The source's pixel threshold: ``bg_threshold`` (MC dropout) or ``noise_threshold``."""
+    return self.noise_threshold if self.source == "noise" else self.bg_threshold
 
   @property
   def thresholds(self) -> tuple[float, ...]:
-    """``bg_threshold`` first, then the sweep's other thresholds: the scorer's default list."""
-    return (self.bg_threshold,) + tuple(t for t in self.sweep_thresholds
-                                        if t != self.bg_threshold)
+    """The source's threshold first, then the sweep's other thresholds: the scorer's default
+    list."""
+    return (self.threshold,) + tuple(t for t in self.sweep_thresholds if t != self.threshold)
 
 
 def make_score_fn(model, params: ScoreParams, thresholds: Sequence[float]) -> Callable:
@@ -133,7 +181,11 @@ def make_score_fn(model, params: ScoreParams, thresholds: Sequence[float]) -> Ca
   form = params.form
   if form not in FORMS:
     raise ValueError(f"config.uncertainty.form={form!r}: use one of {FORMS}.")
+  if params.source not in SOURCES:
+    raise ValueError(f"config.uncertainty.source={params.source!r}: use one of {SOURCES}.")
   thr = jnp.asarray(thresholds, jnp.float32)
+  if params.source == "noise":
+    return _make_noise_score_fn(model, params, thr, chunk)
 
   def head_one(variables, feats_one, key):
     out = model.apply(variables, feats_one, train=True, rngs={"dropout": key}, method="head")
@@ -166,6 +218,64 @@ def make_score_fn(model, params: ScoreParams, thresholds: Sequence[float]) -> Ca
     pass_ids = jnp.arange(passes, dtype=jnp.uint32).reshape(passes // chunk, chunk)
     (sum_p, _, sum_lat, sum_cls), scores = jax.lax.scan(body, init, pass_ids)
     mean_p = sum_p / passes
+    return {
+        "frame_scores": jnp.transpose(scores.reshape((passes,) + scores.shape[2:]), (2, 3, 0, 1)),
+        "entropy": jnp.mean(binary_entropy(mean_p), axis=(-2, -1)),
+        "mean_prob": jnp.mean(mean_p, axis=(-2, -1)),
+        "latent": sum_lat / passes,
+        "class_probs": sum_cls / passes,
+    }
+
+  return score
+
+
+def _make_noise_score_fn(model, params: ScoreParams, thr: jax.Array, chunk: int) -> Callable:
+  """:func:`make_score_fn` for ``source='noise'``: R noisy copies through the eval-mode model."""
+  passes = params.passes
+  low, high = params.input_range
+  amplitude = params.noise_amplitude
+
+  def copies(variables, video, clip_keys, copy_ids):
+    """``(c, B, L, H, W)`` probabilities, ``(c, B, D)`` latents, ``(c, B, C)`` class probabilities
+    of copies ``copy_ids``; copy r of clip b adds noise drawn with ``fold_in(clip_keys[b], r)``."""
+
+    def one(r):
+      noise = jax.vmap(lambda k: jax.random.uniform(
+          jax.random.fold_in(k, r), video.shape[1:], jnp.float32, -amplitude, amplitude))(clip_keys)
+      out = model.apply(variables, video + (high - low) * noise, train=False)
+      return (jax.nn.sigmoid(out["seg_logits"].astype(jnp.float32)),
+              out["latent"].astype(jnp.float32), out["class_probs"].astype(jnp.float32))
+
+    return jax.vmap(one)(copy_ids)
+
+  def score(variables, video, clip_keys):
+    video = models.preprocess(video, params.input_range)
+
+    def body(carry, copy_ids):
+      # The moments are of p minus the first copy's p (``shift``): noise moves p little, so the
+      # differences and their squares keep float32's precision where E[p^2] - E[p]^2 would not.
+      shift, sum_d, sum_d2, sum_lat, sum_cls = carry
+      p, lat, cls = copies(variables, video, clip_keys, copy_ids)
+      shift = jnp.where(copy_ids[0] == 0, p[0], shift)
+      diff = p - shift[None]
+      cum_d = sum_d[None] + jnp.cumsum(diff, axis=0)  # (c, B, L, H, W)
+      cum_d2 = sum_d2[None] + jnp.cumsum(diff * diff, axis=0)
+      count = (copy_ids + 1).astype(jnp.float32).reshape((-1, 1, 1, 1, 1))
+      mean_d = cum_d / count
+      var = jnp.maximum(cum_d2 / count - mean_d * mean_d, 0.0)
+      scores = noise_frame_scores(shift[None] + mean_d, var, thr,
+                                  params.noise_min_mass)  # (c, B, n, L)
+      carry = (shift, cum_d[-1], cum_d2[-1], sum_lat + lat.sum(0), sum_cls + cls.sum(0))
+      return carry, jnp.swapaxes(scores, 1, 2)  # (c, n, B, L)
+
+    batch = video.shape[0]
+    frame_shape = video.shape[:4]
+    d = models.latent_dim(params.num_classes)
+    init = (jnp.zeros(frame_shape), jnp.zeros(frame_shape), jnp.zeros(frame_shape),
+            jnp.zeros((batch, d)), jnp.zeros((batch, params.num_classes)))
+    copy_ids = jnp.arange(passes, dtype=jnp.uint32).reshape(passes // chunk, chunk)
+    (shift, sum_d, _, sum_lat, sum_cls), scores = jax.lax.scan(body, init, copy_ids)
+    mean_p = shift + sum_d / passes
     return {
         "frame_scores": jnp.transpose(scores.reshape((passes,) + scores.shape[2:]), (2, 3, 0, 1)),
         "entropy": jnp.mean(binary_entropy(mean_p), axis=(-2, -1)),

@@ -54,9 +54,15 @@ FULL_OVERRIDES = ("--config.budget.initial_videos_pct=100", "--config.budget.ini
                   "--config.budget.schedule=()", "--config.selection.strategy=random")
 
 
+# What a strategy needs besides its name: ssal ranks by the NoiseAug score, so its runs score with
+# it (and share no round 0 with the MC-dropout runs).
+STRATEGY_OVERRIDES = {"ssal": ("--config.uncertainty.source=noise",)}
+
+
 def command(config: str, strategy: str, seed: int, workdir: str, extra: list[str]) -> list[str]:
   """The main job's command line of one (strategy, seed) run."""
-  chosen = list(FULL_OVERRIDES) if strategy == FULL else [f"--config.selection.strategy={strategy}"]
+  chosen = (list(FULL_OVERRIDES) if strategy == FULL else
+            [f"--config.selection.strategy={strategy}", *STRATEGY_OVERRIDES.get(strategy, ())])
   return [sys.executable, "-m", "claus_jax.main", f"--config={config}", f"--workdir={workdir}",
           *chosen, f"--config.seed={seed}", "--quiet", *extra]
 
@@ -67,15 +73,16 @@ STRATEGY_FILES = ("selection.json", "latents.npy", "inputs.json")
 
 
 def round0_donor(root: str, strategy: str, seed: int) -> str | None:
-  """A run in ``root`` of another strategy (not full) and the same seed whose round 0 is finished.
+  """A run in ``root`` of another strategy (not full, nor one of STRATEGY_OVERRIDES, whose scores
+  differ) and the same seed whose round 0 is finished.
 
   Round 0 is finished once its selection is written: training, evaluation and scoring come before.
   """
-  if strategy == FULL or not os.path.isdir(root):
+  if strategy in (FULL, *STRATEGY_OVERRIDES) or not os.path.isdir(root):
     return None
   for name in sorted(os.listdir(root)):
     other, _, k = name.rpartition("_seed")
-    if other in ("", FULL, strategy) or k != str(seed):
+    if other in ("", FULL, strategy, *STRATEGY_OVERRIDES) or k != str(seed):
       continue
     donor = os.path.join(root, name)
     if (os.path.exists(os.path.join(donor, "config.json"))

@@ -45,6 +45,9 @@ def test_uncertainty_bench(env):
   np.testing.assert_allclose(result["speedup"],
                              result["vmapped_clips_per_s"] / result["sequential_clips_per_s"],
                              rtol=1e-9)
+  np.testing.assert_allclose(result["noise_cost_vs_vmapped"],
+                             result["vmapped_clips_per_s"] / result["noise_clips_per_s"], rtol=1e-9)
+  assert any("NoiseAug" in line for line in lines)
   # The 10x pool holds about ten times the clips of the 1x pool, each scored in its own process.
   assert result["pool_clips_10x"] >= 5 * result["pool_clips_1x"] > 0
   assert result["peak_mem_mb_1x"] > 50 and result["peak_mem_mb_10x"] > 50

@@ -87,6 +87,13 @@ def test_validation_errors_name_the_field(tmp_path, monkeypatch):
   c = load("synthetic")
   c.train.bn_recalibration_batches = -1
   _expect(c, "train.bn_recalibration_batches")
+  c = load("synthetic")
+  c.selection.strategy = "ssal"  # SSAL ranks by NoiseAug scores: MC dropout cannot act for it.
+  with pytest.raises(configlib.ConfigError,
+                     match="config.selection.strategy: 'ssal'.*uncertainty.source=noise"):
+    configlib.validate(c)
+  c.uncertainty.source = "noise"
+  configlib.validate(c)
 
 
 def test_validation_against_data():
@@ -131,6 +138,8 @@ def test_default_workdir():
     ("eval.iou_thresholds", (0.5, 1.5), "config.eval.iou_thresholds: 1.5 must be in (0, 1]."),
     ("eval.video_top_k", 9, "config.eval.video_top_k: 9 must be in [1, model.num_classes=8]."),
     ("loss.p_low", 0.95, "config.loss.p_low: 0.95 is above loss.p_high=0.9."),
+    ("uncertainty.noise_amplitude", 1.5, "config.uncertainty.noise_amplitude: 1.5 must be in "
+     "[0, 1]. It is the noise's half-width on the [0, 1] image (SSAL: 0.05)."),
 ])
 def test_out_of_range_values_are_refused_naming_the_field(field, value, message):
   c = load("synthetic")
@@ -183,6 +192,7 @@ def test_choices_are_the_modules_own_names():
       "loss.stew_form": losses.FORMS, "loss.weight_mode": losses.WEIGHT_MODES,
       "loss.mask_interp": pseudo_labels.MASK_INTERPOLATIONS,
       "cluster.latents": clustering.LATENT_MODES, "uncertainty.form": uncertainty.FORMS,
+      "uncertainty.source": uncertainty.SOURCES,
       "uncertainty.tiling": tiling.TILINGS, "selection.video_score": frames.VIDEO_SCORES,
       "selection.cluster_quota": strategies.CLUSTER_QUOTAS,
       "eval.score_rule": evaluator.SCORE_RULES, "eval.tiling": tiling.TILINGS,

@@ -323,6 +323,52 @@ def test_a_strategy_started_from_a_shared_round_0_equals_its_own_run(reference_r
     experiment.run(smoke_config(**{"selection.strategy": "random", "train.steps": 21}), shared)
 
 
+@pytest.mark.slow  # ~150 s (2 CPU cores): a smoke run of its own.
+def test_ssal_round_labels_whole_videos_in_the_order_of_their_noiseaug_scores(tfds_dir, tmp_path):
+  """uncertainty.source=noise with selection.strategy=ssal, end to end: the round's scores are
+  NoiseAug variances (or -inf for frames that do not count), and round 0 buys whole videos, the
+  highest SSAL video score (recomputed here from the stored scores) first, within the budget."""
+  workdir = str(tmp_path / "ssal")
+  # The smoke schedule's 3% frame step fits no whole 16-24-frame video; 30% fits several.
+  config = smoke_config(**{"uncertainty.source": "noise", "selection.strategy": "ssal",
+                           "budget.schedule": ((30.0, 50.0),)})
+  experiment.run(config, workdir)
+  rd = os.path.join(workdir, "round_000")
+  scores = {}
+  for name in sorted(os.listdir(os.path.join(rd, "scores"))):
+    scores.update(score_files.load_shard(os.path.join(rd, "scores", name)))
+  frame_scores = np.concatenate([v["frame_scores"][-1, 0] for v in scores.values()])
+  assert np.isfinite(frame_scores).any()
+  finite = frame_scores[np.isfinite(frame_scores)]
+  assert np.all(frame_scores[~np.isfinite(frame_scores)] == -np.inf)
+  # Means of Bernoulli variances; 0 for a counted frame without a pixel above noise_threshold.
+  assert finite.min() >= 0 and finite.max() <= 0.25 and finite.max() > 0
+  selection = json.loads(_read(os.path.join(rd, "selection.json")))
+  pool = json.loads(_read(os.path.join(rd, "pool.json")))
+  labelled = set(pool["videos"])
+  assert selection["strategy"] == "ssal" and selection["picks"]
+
+  def ssal_score(v):
+    s = scores[v]["frame_scores"][-1, 0]
+    return float(s[np.isfinite(s)].mean()) if np.isfinite(s).any() else 0.0
+
+  picked = {p["video_id"] for p in selection["picks"]}
+  for p in selection["picks"]:
+    assert p["frames"] == list(range(len(scores[p["video_id"]]["entropy"])))  # whole videos
+    assert p["video_score"] == pytest.approx(ssal_score(p["video_id"]), rel=1e-5)
+  # First fit in score order (ties by id), as many videos and frames as the round buys.
+  budget = selection["budget"]
+  videos_left = int(budget["budget_video"] / pool["cost_video"] + 1e-9)
+  frames_left = int(budget["budget_frame"] / pool["cost_frame"] + 1e-9)
+  expected = []
+  for v in sorted((v for v in scores if v not in labelled), key=lambda v: (-ssal_score(v), v)):
+    length = len(scores[v]["entropy"])
+    if len(expected) < videos_left and length <= frames_left:
+      expected.append(v)
+      frames_left -= length
+  assert picked == set(expected)
+
+
 @pytest.mark.slow
 def test_warm_start_resumes_from_the_previous_rounds_checkpoint(warm_run, tmp_path, monkeypatch):
   # The crash comes as round 1's training starts: the re-run rebuilds round 1's starting weights

@@ -203,6 +203,29 @@ def test_inter_only_takes_whole_videos():
     assert sel.cost == 2 + 7
 
 
+def test_ssal_takes_whole_videos_by_their_noise_score():
+  ninf = -np.inf
+  # SSAL's video score: the mean over the counted (finite) frames; 0 when none counts.
+  pool = [S.VideoCandidate("p", 4, [0.1, 0.3, ninf, ninf], None, [], False),  # 0.2
+          S.VideoCandidate("q", 4, [0.05, 0.1, ninf, ninf], None, [], False),  # 0.075
+          S.VideoCandidate("r", 6, np.full(6, 0.9), None, [], False),  # 0.9
+          S.VideoCandidate("s", 3, [ninf] * 3, None, [], False),  # 0
+          S.VideoCandidate("L", 4, np.full(4, 5.0), None, [0], True)]  # labelled: never new
+  assert S.ssal_video_score(pool[0].frame_scores) == pytest.approx(0.2)
+  assert S.ssal_video_score(pool[3].frame_scores) == 0.0
+  # 10 frames: r (6) then p (4) fill them; q and s no longer fit.
+  sel = S.select(pool, _budget(3, 10), _params(), np.random.default_rng(0), "ssal")
+  assert _frames(sel) == {"r": list(range(6)), "p": list(range(4))}
+  assert {p.video_id: p.video_score for p in sel.picks} == {"r": pytest.approx(0.9),
+                                                            "p": pytest.approx(0.2)}
+  # 13 frames: r, p, then q (4) does not fit the 3 left and s (3) does (first fit).
+  sel = S.select(pool, _budget(5, 13), _params(), np.random.default_rng(0), "ssal")
+  assert set(_frames(sel)) == {"r", "p", "s"} and sel.num_new_frames == 13
+  # The video budget stops it first: 1 video.
+  sel = S.select(pool, _budget(1, 40), _params(), np.random.default_rng(0), "ssal")
+  assert _frames(sel) == {"r": list(range(6))}
+
+
 def test_intra_only_spreads_over_labelled_videos():
   # 1 new video label, 5 frames: the new video gets 1 frame, then 4 frames go one at a time to the
   # least-annotated of {L1 (1 labelled), L2 (2), new (1)}: 2, 2, 2 after two frames, then two of the
@@ -333,7 +356,7 @@ def test_strategy_properties(pool, name, seed, shuffler):
     assert not set(p.frames) & set(v.labelled_frames.tolist())
     assert p.new_video != v.video_labelled  # new labels only for unlabelled videos
   eligible = [x for x in cands if not x.video_labelled]
-  if name not in ("inter_only", "intra_only"):
+  if name not in ("inter_only", "intra_only", "ssal"):
     n_new = min(nv, nf, len(eligible))
     assert sel.num_new_videos == n_new
     assert all(p.new_video and p.frames for p in sel.picks)

@@ -48,6 +48,9 @@ selector, so it is not offered (a deliberate choice).
     taken (first fit: a video that does not fit the remaining frame budget is skipped, a later
     shorter one may still fit) while ``videos <= floor(B_v / C_v)`` and all their free frames fit in
     ``floor(B_f / C_f)``; every frame of a taken video is annotated, ignoring ``restrict_to_gt_span``.
+  * ``ssal`` (Singh et al., AAAI 2024): whole videos as ``inter_only`` takes them, but in the order
+    of the NoiseAug video score (the mean of the video's counted frame scores, 0 when none counts;
+    needs ``uncertainty.source='noise'``), highest first.
   * ``intra_only`` (ablation, "frames in every video"): the video-label budget is spent on new videos
     that each get one (random) frame, chosen at random, exactly as a hybrid round would label them;
     the rest of the frame budget is spread one frame at a time over *all* videos with a video label
@@ -455,24 +458,50 @@ def select_equidistant(candidates, budget, params, rng) -> Selection:
   return _random_videos(candidates, budget, params, rng, "equidistant", "equidistant")
 
 
-def select_inter_only(candidates, budget, params, rng) -> Selection:
-  """Ablation: whole videos (every free frame) in random order while both budgets last."""
-  cands = [c for c in _sorted(candidates) if not c.video_labelled]
+def _whole_videos(ranked: Sequence[tuple[VideoCandidate, float | None]], budget: RoundBudget,
+                  params: SelectionParams, name: str) -> Selection:
+  """Whole videos (every free frame) in ``ranked`` order, first fit, while both budgets last: a
+  video that does not fit the frames left is skipped and a later, shorter one may still fit. A
+  video's reported score is its rank score, or Eq. 1 over its frames where that is None."""
   nv = budget_lib.max_new_videos(budget, params.budget)
   frames_left = budget_lib.max_new_frames(budget, params.budget)
   picks = []
-  for i in rng.permutation(len(cands)):
+  for c, score in ranked:
     if len(picks) >= nv:
       break
-    c = cands[int(i)]
     free = frames_lib.available_frames(c.num_frames, c.labelled_frames)
     if free.size == 0 or free.size > frames_left:
       continue
     frames_left -= free.size
     picks.append(Pick(video_id=c.video_id, frames=[int(f) for f in free],
-                      video_score=frames_lib.video_score(c.frame_scores, free),
+                      video_score=(frames_lib.video_score(c.frame_scores, free) if score is None
+                                   else score),
                       cluster=int(c.cluster), new_video=True))
-  return _finish(picks, budget, params, "inter_only")
+  return _finish(picks, budget, params, name)
+
+
+def select_inter_only(candidates, budget, params, rng) -> Selection:
+  """Ablation: whole videos (every free frame) in random order while both budgets last."""
+  cands = [c for c in _sorted(candidates) if not c.video_labelled]
+  return _whole_videos([(cands[int(i)], None) for i in rng.permutation(len(cands))], budget,
+                       params, "inter_only")
+
+
+def ssal_video_score(frame_scores: np.ndarray) -> float:
+  """SSAL's video score: the mean of the finite (counted) NoiseAug frame scores; 0 without any, as
+  the SSAL code scores a video none of whose frames counts."""
+  x = np.asarray(frame_scores, dtype=np.float64)
+  x = x[np.isfinite(x)]
+  return float(x.mean()) if x.size else 0.0
+
+
+def select_ssal(candidates, budget, params, rng) -> Selection:
+  """SSAL (NoiseAug): unlabelled videos by :func:`ssal_video_score`, highest first (ties: video
+  id), labelled whole, first fit while both budgets last."""
+  del rng
+  cands = [c for c in _sorted(candidates) if not c.video_labelled]
+  return _whole_videos(_by_score([(c, ssal_video_score(c.frame_scores)) for c in cands]), budget,
+                       params, "ssal")
 
 
 def select_intra_only(candidates, budget, params, rng) -> Selection:
@@ -529,6 +558,7 @@ STRATEGIES: dict[str, SelectFn] = {
     "equidistant": select_equidistant,
     "inter_only": select_inter_only,
     "intra_only": select_intra_only,
+    "ssal": select_ssal,
 }
 
 
