@@ -289,7 +289,9 @@ class Experiment:
       if r == last_round:
         break
       t0 = time.time()
-      scores = self._score(r, state)
+      # A strategy that reads no score does not score the pool (selection_lib.SCORE_FREE).
+      scores = (None if self.selection_params.strategy in selection_lib.SCORE_FREE
+                else self._score(r, state))
       t1 = time.time()
       chosen = self._select(r, state, pool, scores)
       say(f"round {r} selection ({chosen.strategy}; scoring {t1 - t0:.0f} s): "
@@ -582,8 +584,11 @@ class Experiment:
     return fields, fields
 
   # ------------------------------------------------------------------------------- selection
-  def _select(self, r: int, state, pool: pool_lib.PoolState, scores: dict):
-    """Round ``r``'s selection from the pool's scores (selection.json; latents.npy beside it)."""
+  def _select(self, r: int, state, pool: pool_lib.PoolState, scores: dict | None):
+    """Round ``r``'s selection from the pool's scores (selection.json; latents.npy beside it).
+
+    ``scores`` None: a score-free strategy's round (every frame score NaN, every cluster -1, no
+    latents.npy)."""
     from claus_jax import selection as selection_lib
 
     cfg = self.config
@@ -599,14 +604,20 @@ class Experiment:
 
     def compute():
       ids = self.index.video_ids
-      latents = np.stack([scores[v]["latent"] for v in ids])
-      clusters = clustering.video_clusters(state, self.model, self.train_source, latents,
-                                           self.cluster_params)
+      if scores is None:
+        latents, clusters = None, np.full(len(ids), -1, np.int32)
+        unscored = {v: {"frame_scores": np.full(self.num_frames[v], np.nan), "entropy": None}
+                    for v in ids}
+      else:
+        latents = np.stack([scores[v]["latent"] for v in ids])
+        clusters = clustering.video_clusters(state, self.model, self.train_source, latents,
+                                             self.cluster_params)
       spans = None
       if params.restrict_to_gt_span:  # Leaks ground truth: explicit opt-in only.
         spans = [tuple(self.dataset.train[i].span) for i in range(len(ids))]
-      candidates = selection_lib.video_candidates(ids, self.num_frames, scores, pool, clusters,
-                                                  spans)
+      candidates = selection_lib.video_candidates(ids, self.num_frames,
+                                                  unscored if scores is None else scores, pool,
+                                                  clusters, spans)
       budget = selection_lib.round_budget(params.budget, r + 1, len(ids), pool.total_frames,
                                           pool.num_labelled_videos, pool.num_labelled_frames)
       rng = np.random.default_rng([cfg.seed, r, 7])
@@ -620,7 +631,8 @@ class Experiment:
 
     def save(path, written):
       record, latents = written
-      pool_lib.atomic_write(os.path.join(rd, "latents.npy"), lambda f: np.save(f, latents))
+      if latents is not None:
+        pool_lib.atomic_write(os.path.join(rd, "latents.npy"), lambda f: np.save(f, latents))
       pool_lib.atomic_write_json(path, record)
 
     return stage("selection.json", os.path.join(rd, "selection.json"), compute, load, save)

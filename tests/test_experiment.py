@@ -318,6 +318,12 @@ def test_a_strategy_started_from_a_shared_round_0_equals_its_own_run(reference_r
   assert fitted == [1, 0, 1]
   assert _outcome(shared) == _outcome(own)
   assert json.loads(_read(os.path.join(shared, "round_000", "selection.json")))["strategy"] == "random"
+  # Random reads no score: its own run scored nothing and saved no latents.
+  own_selection = json.loads(_read(os.path.join(own, "round_000", "selection.json")))
+  assert own_selection["picks"] and all(p["video_score"] is None for p in own_selection["picks"])
+  assert set(own_selection["clusters"].values()) == {-1}
+  assert not os.path.exists(os.path.join(own, "round_000", "scores"))
+  assert not os.path.exists(os.path.join(own, "round_000", "latents.npy"))
   # The copied config differs from the donor's in the strategy alone; anything else is refused.
   with pytest.raises(experiment.WorkdirMismatchError, match="train.steps"):
     experiment.run(smoke_config(**{"selection.strategy": "random", "train.steps": 21}), shared)

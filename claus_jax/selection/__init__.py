@@ -14,6 +14,7 @@ from claus_jax.selection.frames import proximity_penalty
 from claus_jax.selection.frames import select_frames
 from claus_jax.selection.frames import video_score
 from claus_jax.selection.params import SelectionParams
+from claus_jax.selection.strategies import SCORE_FREE
 from claus_jax.selection.strategies import STRATEGIES
 from claus_jax.selection.strategies import Pick
 from claus_jax.selection.strategies import Selection

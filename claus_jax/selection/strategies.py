@@ -549,6 +549,10 @@ def select_intra_only(candidates, budget, params, rng) -> Selection:
 SelectFn = Callable[[list[VideoCandidate], RoundBudget, SelectionParams, np.random.Generator],
                     Selection]
 
+# Strategies that read no frame score, entropy or cluster: a round of theirs does not score the pool
+# (their picks report no video score, and the round writes no latents).
+SCORE_FREE = ("random", "equidistant", "inter_only", "intra_only")
+
 STRATEGIES: dict[str, SelectFn] = {
     "claus": select_claus,
     "claus_no_cluster": select_claus_no_cluster,
