@@ -190,13 +190,6 @@ def group_labels(params: GeneratorParams, split: str) -> np.ndarray:
   return _rng(params, split, _LABELS).permutation(labels)
 
 
-def group_labels(params: GeneratorParams, split: str) -> np.ndarray:
-  """``(num_groups,) int64`` class of each group of ``split`` (deterministic, shuffled order)."""
-  counts = class_counts(params.num_groups(split), params.num_classes, params.long_tail)
-  labels = np.repeat(np.arange(params.num_classes), counts)
-  return _rng(params, split, _LABELS).permutation(labels)
-
-
 # --------------------------------------------------------------------------------------------------
 # Scenes
 
@@ -311,6 +304,7 @@ class Recording:
   label: int
   action: str
   scene_class: int  # The class whose typical scene this is (== label unless borrowed).
+  scene_index: int  # Which of that class's scenes_per_class typical scenes.
   canvas: np.ndarray  # (S + 2M, S + 2M + pan room, 3) float32 background.
   margin: int  # M: the largest camera jitter in pixels.
   figure: figures.Figure
@@ -376,7 +370,8 @@ def _make_recording(params: GeneratorParams, split: str, group: int, label: int,
   scene_class = label
   if params.scene_borrow > 0 and rng.random() < params.scene_borrow:
     scene_class = int((label + rng.integers(1, params.num_classes)) % params.num_classes)
-  style = styles[scene_class][int(rng.integers(params.scenes_per_class))]
+  scene_index = int(rng.integers(params.scenes_per_class))
+  style = styles[scene_class][scene_index]
   difficulty = float(rng.random())
   margin = jitter_margin(params.jitter, s)
   action = CLASS_NAMES[label]
@@ -390,8 +385,8 @@ def _make_recording(params: GeneratorParams, split: str, group: int, label: int,
   x0 = float(rng.uniform(0.3, 0.7) * s)
   speed = float(np.exp(rng.uniform(-1.0, 1.0) * (0.12 + 0.25 * difficulty)))
   num_videos = int(rng.integers(params.min_group_videos, params.max_group_videos + 1))
-  return Recording(label=label, action=action, scene_class=scene_class, canvas=canvas,
-                   margin=margin, figure=fig, ground=ground, x0=x0, speed=speed,
+  return Recording(label=label, action=action, scene_class=scene_class, scene_index=scene_index,
+                   canvas=canvas, margin=margin, figure=fig, ground=ground, x0=x0, speed=speed,
                    difficulty=difficulty, occlusion=params.occlusion * difficulty,
                    noise=sensor_noise(difficulty), num_videos=num_videos)
 
