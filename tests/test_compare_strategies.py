@@ -155,6 +155,12 @@ def test_round_0_is_shared_from_a_finished_run_of_the_same_seed(tmp_path):
   assert compare.round0_donor(root, "random", 1) is None
   assert compare.round0_donor(root, "full", 0) is None
   assert compare.round0_donor(str(tmp_path / "absent"), "random", 0) is None
+  # ssal scores with NoiseAug: it neither takes nor gives an MC-dropout round 0.
+  assert compare.round0_donor(root, "ssal", 0) is None
+  _finished_round_0(tmp_path / "ssal_seed2", "ssal", 2)
+  assert compare.round0_donor(root, "random", 2) is None
+  cmd = compare.command("configs/synthetic.py", "ssal", 2, "/tmp/w", [])
+  assert "--config.selection.strategy=ssal" in cmd and "--config.uncertainty.source=noise" in cmd
 
   target = tmp_path / "random_seed0"
   assert compare.share_round0(str(tmp_path / "claus_seed0"), str(target), "random")
