@@ -217,16 +217,23 @@ def make_score_fn(model, params: ScoreParams, thresholds: Sequence[float]) -> Ca
             jnp.zeros((batch, params.num_classes)))
     pass_ids = jnp.arange(passes, dtype=jnp.uint32).reshape(passes // chunk, chunk)
     (sum_p, _, sum_lat, sum_cls), scores = jax.lax.scan(body, init, pass_ids)
-    mean_p = sum_p / passes
-    return {
-        "frame_scores": jnp.transpose(scores.reshape((passes,) + scores.shape[2:]), (2, 3, 0, 1)),
-        "entropy": jnp.mean(binary_entropy(mean_p), axis=(-2, -1)),
-        "mean_prob": jnp.mean(mean_p, axis=(-2, -1)),
-        "latent": sum_lat / passes,
-        "class_probs": sum_cls / passes,
-    }
+    return _score_outputs(scores, sum_p / passes, sum_lat / passes, sum_cls / passes)
 
   return score
+
+
+def _score_outputs(scores: jax.Array, mean_p: jax.Array, latent: jax.Array,
+                   class_probs: jax.Array) -> dict[str, jax.Array]:
+  """The scorer's outputs (:func:`make_score_fn`) from the scan's per-chunk frame scores ``(R / c,
+  c, n, B, L)`` and the R-pass means."""
+  passes = scores.shape[0] * scores.shape[1]
+  return {
+      "frame_scores": jnp.transpose(scores.reshape((passes,) + scores.shape[2:]), (2, 3, 0, 1)),
+      "entropy": jnp.mean(binary_entropy(mean_p), axis=(-2, -1)),
+      "mean_prob": jnp.mean(mean_p, axis=(-2, -1)),
+      "latent": latent,
+      "class_probs": class_probs,
+  }
 
 
 def _make_noise_score_fn(model, params: ScoreParams, thr: jax.Array, chunk: int) -> Callable:
@@ -275,14 +282,7 @@ def _make_noise_score_fn(model, params: ScoreParams, thr: jax.Array, chunk: int)
             jnp.zeros((batch, d)), jnp.zeros((batch, params.num_classes)))
     copy_ids = jnp.arange(passes, dtype=jnp.uint32).reshape(passes // chunk, chunk)
     (shift, sum_d, _, sum_lat, sum_cls), scores = jax.lax.scan(body, init, copy_ids)
-    mean_p = shift + sum_d / passes
-    return {
-        "frame_scores": jnp.transpose(scores.reshape((passes,) + scores.shape[2:]), (2, 3, 0, 1)),
-        "entropy": jnp.mean(binary_entropy(mean_p), axis=(-2, -1)),
-        "mean_prob": jnp.mean(mean_p, axis=(-2, -1)),
-        "latent": sum_lat / passes,
-        "class_probs": sum_cls / passes,
-    }
+    return _score_outputs(scores, shift + sum_d / passes, sum_lat / passes, sum_cls / passes)
 
   return score
 
