@@ -37,6 +37,11 @@ _ROUND_RESULTS = ("train.json", "train_history.json", "checkpoints", "eval.json"
                   "scores", "selection.json", "latents.npy", INPUTS_FILE)
 _ROUND = re.compile(r"^round_(\d+)$")
 ABSENT = "<absent>"  # How a field one config lacks is shown.
+# Fields added to the config after runs were recorded, each with the value under which the code does
+# what it did before the field existed: a recorded config (config.json, round_K/inputs.json) that
+# lacks the field matches a run that holds this value, so such runs resume after an upgrade.
+LATER_FIELDS = {"uncertainty.source": "mc_dropout", "uncertainty.noise_amplitude": 0.05,
+                "uncertainty.noise_threshold": 0.2, "uncertainty.noise_min_mass": 0.1}
 
 
 class InputsChangedError(errors.UserError, ValueError):
@@ -70,8 +75,13 @@ def flat_config(config_dict: dict, neutral) -> dict:
 
 
 def changed_fields(a: dict, b: dict) -> list[str]:
-  """The sorted keys of two flat configs whose values differ (a key one lacks counts)."""
-  return sorted(k for k in set(a) | set(b) if a.get(k, ABSENT) != b.get(k, ABSENT))
+  """The sorted keys of two flat configs whose values differ (a key one lacks counts, unless it is
+  one of LATER_FIELDS that the recorded ``a`` lacks and ``b`` holds at its earlier behaviour)."""
+  def same(k):
+    if k not in a and k in LATER_FIELDS and b.get(k, ABSENT) == LATER_FIELDS[k]:
+      return True
+    return a.get(k, ABSENT) == b.get(k, ABSENT)
+  return sorted(k for k in set(a) | set(b) if not same(k))
 
 
 def _differences(recorded: dict, current: dict, limit: int = 4) -> list[str]:

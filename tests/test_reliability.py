@@ -195,3 +195,24 @@ def test_the_pretrain_command_rebuilds_a_damaged_cache(tmp_path):
   assert any("damaged or incomplete" in line and "pretraining again" in line for line in err)
   assert sorted(os.listdir(tmp_path))[0] == cache and len(os.listdir(tmp_path)) == 2
   models.read_encoder_variables(str(tmp_path / cache))  # Rebuilt, whole.
+
+
+def test_a_workdir_recorded_before_a_field_existed_resumes_at_the_fields_earlier_behaviour(tmp_path):
+  """config.json written before uncertainty.source existed: the same run resumes (the new field at
+  the value that behaves as before), a run that changes it is refused naming it."""
+  from claus_jax import configlib
+  from claus_jax import provenance
+
+  defaults = provenance.flat_config(configlib.to_dict(configlib.base_config()), ())
+  for field, value in provenance.LATER_FIELDS.items():
+    assert defaults[field] == value, field  # The schema's default is the earlier behaviour.
+  config = configlib.base_config()
+  old = json.loads(json.dumps(configlib.to_dict(config)))
+  for field in ("source", "noise_amplitude", "noise_threshold", "noise_min_mass"):
+    del old["uncertainty"][field]
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  experiment.check_or_write_config(config, str(tmp_path))
+  config.uncertainty.source = "noise"
+  with pytest.raises(experiment.WorkdirMismatchError,
+                     match="uncertainty.source: workdir has '<absent>', this run has 'noise'"):
+    experiment.check_or_write_config(config, str(tmp_path))
