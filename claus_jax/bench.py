@@ -386,8 +386,10 @@ def bench_uncertainty(config: ml_collections.ConfigDict) -> dict:
   video = jax.random.randint(jax.random.key(2), (batch, config.model.clip_length, size, size, 3),
                              0, 256).astype(jnp.uint8)
   variables = _fresh_variables(model, config)
-  thresholds = (config.uncertainty.bg_threshold,) + tuple(
-      t for t in config.uncertainty.sweep_thresholds if t != config.uncertainty.bg_threshold)
+  # (a) and (b) are MC dropout whatever uncertainty.source says; (c) is NoiseAug.
+  score_params = dataclasses.replace(uncertainty.ScoreParams.from_config(config),
+                                     source="mc_dropout")
+  thresholds = score_params.thresholds
   keys = jnp.asarray(uncertainty.clip_keys(jax.random.key_data(jax.random.key(3)), 0,
                                            np.arange(batch)))
   key = jax.random.key_data(jax.random.key(4))
@@ -415,15 +417,14 @@ def bench_uncertainty(config: ml_collections.ConfigDict) -> dict:
     return jax.block_until_ready(finish_fn(sums))
 
   # (b) the shared-encoder vmapped scorer.
-  score_params = uncertainty.ScoreParams.from_config(config)
   score_fn = jax.jit(uncertainty.make_score_fn(model, score_params, thresholds))
 
   def vmapped():
     return jax.block_until_ready(score_fn(variables, video, keys))
 
   # (c) NoiseAug (uncertainty.source='noise'): R noisy copies through the whole eval-mode model.
-  noise_fn = jax.jit(uncertainty.make_score_fn(
-      model, dataclasses.replace(score_params, source="noise"), thresholds))
+  noise_params = dataclasses.replace(score_params, source="noise")
+  noise_fn = jax.jit(uncertainty.make_score_fn(model, noise_params, noise_params.thresholds))
 
   def noise():
     return jax.block_until_ready(noise_fn(variables, video, keys))
@@ -512,8 +513,7 @@ def bench_chunks(config: ml_collections.ConfigDict) -> dict:
   passes = config.uncertainty.passes
   size = config.data.frame_size
   variables = _fresh_variables(model, config)
-  thresholds = (config.uncertainty.bg_threshold,) + tuple(
-      t for t in config.uncertainty.sweep_thresholds if t != config.uncertainty.bg_threshold)
+  thresholds = uncertainty.ScoreParams.from_config(config).thresholds
   pass_chunks = sorted({uncertainty.pass_chunk_size(passes, int(p)) for p in _PASS_CHUNKS.value})
   clip_chunks = sorted({int(c) for c in _CLIP_CHUNKS.value})
   fns, info = {}, {}

@@ -151,7 +151,7 @@ def measure_scoring(args, dtype: str) -> list[dict]:
   video = jax.device_put(_inputs(args, b)["video"])
   keys = jax.device_put(uncertainty.clip_keys(jax.random.PRNGKey(3), 0, np.arange(b)))
   score_params = uncertainty.ScoreParams.from_config(config)
-  score = jax.jit(uncertainty.make_score_fn(model, score_params, (score_params.bg_threshold,)))
+  score = jax.jit(uncertainty.make_score_fn(model, score_params, (score_params.threshold,)))
   r = _time(score, variables, video, keys, repeats=args.repeats, budget_s=args.budget_s)
   rows = [{"measurement": f"MC scoring, shared encoder + vmapped head (R={args.passes})",
            "dtype": dtype, "batch": b, "clips_per_s": b / r["seconds"], **r}]

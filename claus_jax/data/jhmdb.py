@@ -224,7 +224,8 @@ BUILDER_VERSION = "1.0.0"  # Bump when the records produced for the same setting
 
 
 def make_builder(data, quiet: bool = False) -> tfds_store.VideoRecordBuilder:
-  """The tfds builder of J-HMDB-21 for ``data`` (``config.data``; root = tfds manual_dir, array_record).
+  """The tfds builder of J-HMDB-21 for ``data`` (``config.data``; root = tfds manual_dir,
+  array_record).
 
   The builder config name holds the split, the frame size and a fingerprint of every setting that
   changes the records (root, split, frame_size, on_bad_video, truncate_to_shorter), so changing one
@@ -244,8 +245,8 @@ def make_builder(data, quiet: bool = False) -> tfds_store.VideoRecordBuilder:
                        settings["truncate_to_shorter"], report)
 
   return official.make_builder(
-      data.tfds_dir, BUILDER_NAME, BUILDER_VERSION, f"split{settings['split']}_size{settings['frame_size']}",
-      settings, CLASSES, f"J-HMDB-21 split {settings['split']}", records_for_split)
+      data.tfds_dir, BUILDER_NAME, BUILDER_VERSION,
+      f"split{settings['split']}_size{settings['frame_size']}", settings, CLASSES, f"J-HMDB-21 split {settings['split']}", records_for_split)
 
 
 def load(data, quiet: bool = False) -> VideoDataset:

@@ -624,7 +624,8 @@ def main(argv):
   print(f"dataset {summary['dataset']}: {summary['classes']} classes {list(dataset.class_names)}")
   for split in ("train", "test"):
     print(f"  {split}: " + json.dumps(summary[split]))
-  logging.info("dataset ready in %.1f s (tfds dir %s)", elapsed, tfds_store.resolve_tfds_dir(cfg.data.tfds_dir))
+  logging.info("dataset ready in %.1f s (tfds dir %s)", elapsed,
+               tfds_store.resolve_tfds_dir(cfg.data.tfds_dir))
   if flags.FLAGS.preview:
     records = preview_records(dataset, flags.FLAGS.preview_videos, flags.FLAGS.preview_split)
     contact_sheet(records, dataset.class_names, flags.FLAGS.preview, flags.FLAGS.preview_frames)

@@ -207,7 +207,8 @@ BUILDER_VERSION = "1.0.0"  # Bump when the records produced for the same setting
 
 
 def make_builder(data, quiet: bool = False) -> tfds_store.VideoRecordBuilder:
-  """The tfds builder of UCF-101-24 for ``data`` (``config.data``; root = tfds manual_dir, array_record).
+  """The tfds builder of UCF-101-24 for ``data`` (``config.data``; root = tfds manual_dir,
+  array_record).
 
   The builder config name holds the frame size and a fingerprint of every setting that changes the
   records (root, frame_size, on_bad_video, truncate_to_shorter).
@@ -227,8 +228,8 @@ def make_builder(data, quiet: bool = False) -> tfds_store.VideoRecordBuilder:
                        data.on_bad_video, settings["truncate_to_shorter"], report)
 
   return official.make_builder(
-      data.tfds_dir, BUILDER_NAME, BUILDER_VERSION, f"size{settings['frame_size']}", settings, CLASSES,
-      "UCF-101-24", records_for_split)
+      data.tfds_dir, BUILDER_NAME, BUILDER_VERSION, f"size{settings['frame_size']}", settings,
+      CLASSES, "UCF-101-24", records_for_split)
 
 
 def load(data, quiet: bool = False) -> VideoDataset:
