@@ -3,8 +3,9 @@ annotator would, export from the server, import, and resume; the run must equal 
 oracle's.
 
 The server is the ``label-studio`` package in a virtual environment of its own (its pinned Django
-stack stays out of ours), created once under ``~/.cache/claus_jax/label-studio-<version>`` (or
-``$CLAUS_LABEL_STUDIO`` names its ``label-studio`` executable). It runs on localhost with a
+stack stays out of ours), created once under ``~/.cache/claus_jax/label-studio-<version>`` with
+every dependency pinned by ``tests/label_studio_constraints.txt`` (or ``$CLAUS_LABEL_STUDIO`` names
+its ``label-studio`` executable). It runs on localhost with a
 temporary SQLite data folder, started and stopped here; we talk to it over plain HTTP.
 
 The data are the UCF-101-24 fixture (64 x 48 original frames, prepared at 32 x 32), one actor per
@@ -12,6 +13,7 @@ video: Label Studio's boxes are one actor each, and a frame answered by one box 
 oracle's ground truth exactly (several actors on a frame become one mask, see claus_jax.annotation).
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -34,6 +36,8 @@ pytestmark = pytest.mark.slow  # Both start runs; the first a server too.
 VERSION = "1.23.2"
 TOKEN = "0123456789abcdef0123456789abcdef01234567"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Its dependencies pinned: an unbounded one (sentry-sdk 3) once kept the server from starting.
+CONSTRAINTS = os.path.join(ROOT, "tests", "label_studio_constraints.txt")
 
 
 def label_studio_executable() -> str:
@@ -43,13 +47,16 @@ def label_studio_executable() -> str:
   cache = os.path.expanduser(os.environ.get("CLAUS_CACHE_DIR") or "~/.cache/claus_jax")
   venv = os.path.join(cache, f"label-studio-{VERSION}")
   exe = os.path.join(venv, "bin", "label-studio")
+  with open(CONSTRAINTS, "rb") as f:
+    pinned = hashlib.sha256(f.read()).hexdigest()
   done = os.path.join(venv, ".installed")
-  if not os.path.exists(done):
+  if not os.path.exists(done) or open(done).read() != pinned:  # Rebuilt when the pins change.
     shutil.rmtree(venv, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", venv], check=True)
-    subprocess.run([os.path.join(venv, "bin", "pip"), "install", "-q", f"label-studio=={VERSION}"],
-                   check=True, timeout=1800)
-    open(done, "w").close()
+    subprocess.run([os.path.join(venv, "bin", "pip"), "install", "-q", f"label-studio=={VERSION}",
+                    "-c", CONSTRAINTS], check=True, timeout=1800)
+    with open(done, "w") as f:
+      f.write(pinned)
   return exe
 
 
