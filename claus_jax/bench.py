@@ -160,7 +160,8 @@ def bench_model(config: ml_collections.ConfigDict) -> dict:
 
 
 def _round0_sampler(config: ml_collections.ConfigDict, batch: int):
-  """The config's real train split and a ClipSampler over its round-0 labelled set (as a run has)."""
+  """The config's real train split and a ClipSampler over its round-0 labelled set (as a run has;
+  with ``loss.ssl.enabled`` also over the rest of the split's frames, unlabelled)."""
   from claus_jax import data as data_lib
   from claus_jax import pool as pool_lib
   from claus_jax.data import clips as clips_lib
@@ -174,8 +175,12 @@ def _round0_sampler(config: ml_collections.ConfigDict, batch: int):
       selection_lib.initial_frame_count(budget, int(index.num_frames.sum())), seed=config.seed)
   position = {v: i for i, v in enumerate(index.video_ids)}
   items = [(position[v], pool.labelled_frames(v)) for v in pool.labelled_video_ids()]
-  sampler = clips_lib.ClipSampler(dataset.train, items, clips_lib.ClipParams.from_config(config),
-                                  seed=config.seed, round_index=0, batch_size=batch)
+  ssl = config.loss.ssl
+  sampler = clips_lib.ClipSampler(
+      dataset.train, items, clips_lib.ClipParams.from_config(config), seed=config.seed,
+      round_index=0, batch_size=batch,
+      unlabelled=clips_lib.unlabelled_items(index.num_frames, items) if ssl.enabled else None,
+      unlabelled_batch_size=ssl.unlabelled_batch_size)
   return dataset, sampler
 
 
@@ -237,6 +242,7 @@ def bench_train(config: ml_collections.ConfigDict) -> dict:
             "device": str(jax.devices()[0].device_kind), "frame_size": config.data.frame_size,
             "lr_schedule": config.train.get("lr_schedule", "constant"),
             "width": config.model.width, "batch": batch, "steps": steps,
+            "ssl": bool(config.loss.ssl.enabled),
             "data_workers": config.train.data_workers, "prefetch": config.train.prefetch,
             "labelled_clips": sampler.num_clips,
             "step_s": step_s, "step_compile_s": compile_s, "step_clips_per_s": step_clips,
@@ -244,9 +250,11 @@ def bench_train(config: ml_collections.ConfigDict) -> dict:
             "pipeline_first_batch_s": pipe["first_batch_s"],
             "pipeline_ratio": pipe["clips_per_s"] / step_clips,
             "train_clips_per_s": steps * batch / train_s}
-  print(f"train: {config.data.frame_size}x{config.data.frame_size} clips, batch {batch}, width "
-        f"{config.model.width}, {sampler.num_clips} labelled clips, {result['lr_schedule']} learning "
-        f"rate, {result['device']}")
+  teacher = (f" + {sampler.unlabelled_batch_size} unlabelled (mean teacher)"
+             if sampler.unlabelled is not None else "")
+  print(f"train: {config.data.frame_size}x{config.data.frame_size} clips, batch {batch}{teacher}, "
+        f"width {config.model.width}, {sampler.num_clips} labelled clips, {result['lr_schedule']} "
+        f"learning rate, {result['device']}")
   print(f"  train step       {step_s * 1e3:9.1f} ms/step  {step_clips:8.1f} clips/s  "
         f"(compile {compile_s:.1f} s)")
   print(f"  input pipeline   {pipe['clips_per_s']:8.1f} clips/s with {config.train.data_workers} "

@@ -151,6 +151,22 @@ def base_config() -> ml_collections.ConfigDict:
       margin_start=0.2,  # Initial margin of the spread loss.
       margin_step=0.7 / 40,  # Margin growth per epoch (epoch = len(labelled clips)/batch steps); authors' code: 0 in effect.
       margin_max=0.9,  # Margin cap.
+      # Mean-teacher rounds (SSAL's semi_loc_feat_const_pa_stn_aug.py; claus_jax.ssl): an EMA
+      # teacher sees the weak views of the labelled clips and of clips from the unlabelled videos
+      # and frames; the student sees the labelled clips as in a supervised round and the strong
+      # views of the unlabelled ones; the consistency terms below join the supervised loss.
+      ssl=_cd(
+          enabled=False,  # Off: a supervised round (nothing below is read).
+          unlabelled_batch_size=4,  # Unlabelled clips per step beside train.batch_size labelled ones (SSAL: 4 + 4).
+          ema_max=0.99,  # Teacher's EMA share, min(1 - 1 / (step + 1), ema_max) (SSAL: 0.99).
+          mse_weight=0.1,  # Weight of (1 - r) MSE(student, teacher logits) (SSAL: 0.1).
+          high_pass_weight=0.1,  # Weight of r (L_Wt + L_Ws), the high-pass weighted MSE (SSAL: 0.1).
+          temporal_weight=0.0,  # Weight of the MSE of frame-to-frame differences (Stable Mean Teacher).
+          ramp_fraction=0.5,  # r rises exp(-5 (1 - s / L)^2) over this fraction L of the round's steps.
+          jitter=0.4,  # Strong view: brightness, contrast and saturation factors in [1 - j, 1 + j].
+          grayscale_prob=0.2,  # Strong view: probability that a clip turns grey.
+          blur_prob=0.5,  # Strong view: probability of a Gaussian blur (sigma 1 px).
+      ),
   )
 
   c.cluster = _cd(
@@ -234,6 +250,9 @@ def paper_config(dataset: str, num_classes: int, schedule, steps: int, arg=None)
 
   'tiny' keeps the dataset but shrinks frames, model and schedule so the whole path from the official
   files to a summary table runs on a CPU in seconds (used with the fixture datasets in the tests).
+
+  'ssl', or the flag 'ssl' on any variant (``tiny,ssl``, ``authors,ssl``), adds mean-teacher rounds
+  (:func:`ssl_preset`).
   """
   c = base_config()
   c.dataset = dataset
@@ -249,18 +268,22 @@ def paper_config(dataset: str, num_classes: int, schedule, steps: int, arg=None)
   c.budget.initial_frames_pct, c.budget.initial_videos_pct = schedule[0]
   c.budget.schedule = tuple(schedule[1:])
   variant, _, flags = (arg or "").partition(",")
+  flags = [f for f in flags.split(",") if f]
+  ssl = variant == "ssl" or "ssl" in flags  # 'ssl', 'tiny,ssl', 'authors,ssl': mean-teacher rounds.
+  variant = "" if variant == "ssl" else variant
+  flags = [f for f in flags if f != "ssl"]
   if variant == "authors":
     authors_preset(c)
-    for flag in filter(None, flags.split(",")):
+    for flag in flags:
       if flag == "gt_span":
         c.selection.restrict_to_gt_span = True
       else:
         raise ValueError(f"configs/{dataset}.py: unknown flag {flag!r} of the 'authors' variant; the "
-                         "only one is 'gt_span' (configs/{dataset}.py:authors,gt_span).")
-    return c
+                         "only ones are 'gt_span' (configs/{dataset}.py:authors,gt_span) and 'ssl'.")
+    return ssl_preset(c) if ssl else c
   if flags:
-    raise ValueError(f"configs/{dataset}.py: variant {variant!r} takes no flags ({arg!r}).")
-  if arg == "tiny":
+    raise ValueError(f"configs/{dataset}.py: variant {variant!r} takes no flag but 'ssl' ({arg!r}).")
+  if variant == "tiny":
     # Fixtures and CPU checks: a width-0.125 encoder cannot take imported weights.
     c.model.encoder_init = "scratch"
     c.data.frame_size = 32
@@ -275,8 +298,17 @@ def paper_config(dataset: str, num_classes: int, schedule, steps: int, arg=None)
     c.selection.strategy = "claus_no_cluster"
     c.budget.initial_videos_pct, c.budget.initial_frames_pct = 50.0, 10.0
     c.budget.schedule = ((20.0, 75.0),)
-  elif arg:
-    raise ValueError(f"configs/{dataset}.py: unknown variant {arg!r}; use '', 'tiny' or 'authors'.")
+  elif variant:
+    raise ValueError(f"configs/{dataset}.py: unknown variant {arg!r}; use '', 'tiny' or 'authors' "
+                     "(each may add ',ssl'), or 'ssl'.")
+  return ssl_preset(c) if ssl else c
+
+
+def ssl_preset(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Mean-teacher rounds (``loss.ssl``) with SSAL's settings (the schema's defaults): as many
+  unlabelled clips a step as labelled ones."""
+  c.loss.ssl.enabled = True
+  c.loss.ssl.unlabelled_batch_size = c.train.batch_size
   return c
 
 
@@ -400,6 +432,15 @@ RANGES = {
     "loss.margin_start": "[0, inf)",
     "loss.margin_step": "[0, inf)",
     "loss.margin_max": "[0, inf)",
+    "loss.ssl.unlabelled_batch_size": "[1, inf)",
+    "loss.ssl.ema_max": "[0, 1)",
+    "loss.ssl.mse_weight": "[0, inf)",
+    "loss.ssl.high_pass_weight": "[0, inf)",
+    "loss.ssl.temporal_weight": "[0, inf)",
+    "loss.ssl.ramp_fraction": "[0, 1]",
+    "loss.ssl.jitter": "[0, 1]",
+    "loss.ssl.grayscale_prob": "[0, 1]",
+    "loss.ssl.blur_prob": "[0, 1]",
     "cluster.n_init": "[1, inf)",
     "cluster.count_init": "(0, inf)",
     "uncertainty.bg_threshold": "[0, 1]",
@@ -463,6 +504,8 @@ _HINTS = {
     "budget.cost_video": "It is the cost of one video label.",
     "budget.cost_frame": "It is the cost of one frame annotation.",
     "budget.max_rounds": "0 runs the whole schedule.",
+    "loss.ssl.ema_max": "It caps the teacher's EMA share (SSAL: 0.99).",
+    "loss.ssl.ramp_fraction": "It is a fraction of the round's steps (0: the ramp is 1 throughout).",
 }
 
 

@@ -256,6 +256,16 @@ class Experiment:
       raise ValueError(f"config.train.data_parallel: this run has {jax.process_count()} processes; "
                        "set --config.train.data_parallel=True so that training uses every process's "
                        "devices.")
+    if config.train.data_parallel:  # Each device takes an equal share of every batch.
+      n = self.mesh.devices.size
+      sizes = [("train.batch_size", int(config.train.batch_size))]
+      if self.train_params.ssl.enabled:
+        sizes.append(("loss.ssl.unlabelled_batch_size", self.train_params.ssl.unlabelled_batch_size))
+      for field, size in sizes:
+        if size % n:
+          raise errors.ConfigError(
+              f"config.{field}: {size} clips do not split over the {n} devices of "
+              f"train.data_parallel; use a multiple of {n}.")
     self.root_key = jax.random.PRNGKey(config.seed)
     self.quiet = bool(config.quiet)
     self.overlay = None
@@ -418,12 +428,16 @@ class Experiment:
 
   # -------------------------------------------------------------------------------- training
   def _sampler(self, r: int, pool: pool_lib.PoolState):
-    """Round ``r``'s training clips: one per labelled frame of ``pool``."""
+    """Round ``r``'s training clips: one per labelled frame of ``pool``; in a mean-teacher round
+    also clips of every train video's unlabelled frames."""
     from claus_jax.data import clips as clips_lib
 
     items = [(self.position[v], pool.labelled_frames(v)) for v in pool.labelled_video_ids()]
+    ssl = self.train_params.ssl
+    unlabelled = clips_lib.unlabelled_items(self.index.num_frames, items) if ssl.enabled else None
     return clips_lib.ClipSampler(self.train_source, items, self.clip_params, seed=self.config.seed,
-                                 round_index=r)
+                                 round_index=r, unlabelled=unlabelled,
+                                 unlabelled_batch_size=ssl.unlabelled_batch_size)
 
   def _initial_state(self, r: int):
     """The state round ``r`` trains from: fresh (or the previous round's, with warm_start)."""

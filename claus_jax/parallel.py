@@ -131,7 +131,8 @@ def local_rows(global_rows: int, mesh: Mesh | None = None) -> slice:
   if global_rows % n_dev:
     raise ValueError(f"a global batch of {global_rows} rows does not split over the {n_dev} "
                      "devices of the mesh; use a multiple of the device count (config.train."
-                     "batch_size / config.uncertainty.clip_chunk).")
+                     "batch_size, config.loss.ssl.unlabelled_batch_size or "
+                     "config.uncertainty.clip_chunk).")
   per = global_rows // n_dev
   mine = [i for i, d in enumerate(mesh.devices.reshape(-1)) if d.process_index == jax.process_index()]
   if not mine:
@@ -143,12 +144,11 @@ def local_rows(global_rows: int, mesh: Mesh | None = None) -> slice:
 
 
 def take_local_rows(batch, mesh: Mesh | None = None):
-  """This process's rows of a global host batch (a pytree with a leading batch axis)."""
-  leaves = jax.tree.leaves(batch)
-  if not leaves or jax.process_count() == 1:
+  """This process's rows of a global host batch (a pytree with a leading batch axis; leaves may have
+  different row counts, as a mean-teacher batch's labelled and unlabelled clips)."""
+  if jax.process_count() == 1:
     return batch
-  rows = local_rows(np.shape(leaves[0])[0], mesh)
-  return jax.tree.map(lambda x: np.asarray(x)[rows], batch)
+  return jax.tree.map(lambda x: np.asarray(x)[local_rows(np.shape(x)[0], mesh)], batch)
 
 
 class ProcessLocalSampler:

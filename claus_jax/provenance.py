@@ -41,7 +41,12 @@ ABSENT = "<absent>"  # How a field one config lacks is shown.
 # what it did before the field existed: a recorded config (config.json, round_K/inputs.json) that
 # lacks the field matches a run that holds this value, so such runs resume after an upgrade.
 LATER_FIELDS = {"uncertainty.source": "mc_dropout", "uncertainty.noise_amplitude": 0.05,
-                "uncertainty.noise_threshold": 0.2, "uncertainty.noise_min_mass": 0.1}
+                "uncertainty.noise_threshold": 0.2, "uncertainty.noise_min_mass": 0.1,
+                "loss.ssl.enabled": False, "loss.ssl.unlabelled_batch_size": 4,
+                "loss.ssl.ema_max": 0.99, "loss.ssl.mse_weight": 0.1,
+                "loss.ssl.high_pass_weight": 0.1, "loss.ssl.temporal_weight": 0.0,
+                "loss.ssl.ramp_fraction": 0.5, "loss.ssl.jitter": 0.4,
+                "loss.ssl.grayscale_prob": 0.2, "loss.ssl.blur_prob": 0.5}
 
 
 class InputsChangedError(errors.UserError, ValueError):

@@ -6,7 +6,9 @@ Everything here reads its settings from :class:`TrainParams`, built once from th
 labelled frames. The step is pure: the dropout key is ``fold_in(key, step)``, the batch for step
 ``s`` is a function of ``(seed, round, s)``, so a run resumed from a checkpoint continues with
 exactly the numbers of an uninterrupted run. Deep-clustering centres live in the state and move
-every step (rate 1/count).
+every step (rate 1/count). With ``loss.ssl.enabled`` a round is a mean-teacher round: the state is a
+:class:`MeanTeacherState` (the teacher's parameters beside the student's, checkpointed together),
+each batch also holds unlabelled clips, and the step adds :func:`claus_jax.ssl.ssl_loss`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from claus_jax import losses
 from claus_jax import models
 from claus_jax import parallel
 from claus_jax import pool as pool_lib
+from claus_jax import ssl as ssl_lib
 from claus_jax.models import i3d as i3d_lib
 
 
@@ -49,6 +52,13 @@ class TrainState(train_state.TrainState):
   counts: jax.Array  # (K,) per-centre counts; update rate is 1 / count
   assignments: jax.Array  # (N,) cluster of each train-split video (by split index); -1 none
   cluster_active: jax.Array  # () bool: centres initialised, cluster loss on
+
+
+class MeanTeacherState(TrainState):
+  """A mean-teacher round's state (``loss.ssl.enabled``): the supervised state and the teacher's
+  parameters, an EMA of the student's (:func:`claus_jax.ssl.ema_update`), checkpointed with it."""
+
+  teacher: Any
 
 
 class NonFiniteLossError(errors.UserError, FloatingPointError):
@@ -72,8 +82,9 @@ class DamagedCheckpointError(CheckpointError):
 @dataclasses.dataclass(frozen=True)
 class TrainParams:
   """What training reads of the config, once: the ``train`` section with the model's clip shape,
-  input range, class count and encoder source, the deep-clustering state's settings and the loss
-  (:class:`claus_jax.losses.LossParams`). Hashable, so a jitted step can close over it."""
+  input range, class count and encoder source, the deep-clustering state's settings, the loss
+  (:class:`claus_jax.losses.LossParams`) and its mean-teacher part (:class:`claus_jax.ssl.SSLParams`,
+  ``loss.ssl``). Hashable, so a jitted step can close over it."""
 
   steps: int
   epochs: float
@@ -95,6 +106,7 @@ class TrainParams:
   cluster_count_init: float
   cluster_start_step: int
   loss: losses.LossParams
+  ssl: ssl_lib.SSLParams = ssl_lib.SSLParams()
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> TrainParams:
@@ -113,7 +125,8 @@ class TrainParams:
         encoder_init=str(config.model.encoder_init), cluster_k=int(config.cluster.k),
         cluster_count_init=float(config.cluster.count_init),
         cluster_start_step=int(config.cluster.start_step),
-        loss=losses.LossParams.from_section(config.loss))
+        loss=losses.LossParams.from_section(config.loss),
+        ssl=ssl_lib.SSLParams.from_section(config.loss.ssl))
 
   @property
   def encoder_frozen(self) -> bool:
@@ -157,13 +170,16 @@ def create_state(params: TrainParams, model, key: jax.Array,
     if source and source != SCRATCH:
       variables = models.load_encoder_init(variables, source)
   k, d = params.cluster_k, params.latent_dim
-  return TrainState.create(
+  fields = dict(
       apply_fn=model.apply, params=variables["params"], tx=make_optimizer(params),
       batch_stats=variables.get("batch_stats", {}), key=state_key,
       centres=jnp.zeros((k, d), jnp.float32),
       counts=jnp.full((k,), params.cluster_count_init, jnp.float32),
       assignments=jnp.full((max(1, num_videos),), -1, jnp.int32),
       cluster_active=jnp.asarray(False))
+  if params.ssl.enabled:  # The teacher starts as a copy of the student (SSAL: deepcopy).
+    return MeanTeacherState.create(**fields, teacher=jax.tree.map(jnp.array, variables["params"]))
+  return TrainState.create(**fields)
 
 
 LR_SCHEDULES = ("constant", "cosine")  # config.train.lr_schedule.
@@ -192,11 +208,20 @@ def train_step(state: TrainState, batch: dict, epoch: jax.Array, params: TrainPa
   cluster = jnp.where(state.cluster_active, state.assignments[batch["video_index"]], -1)
   batch = {**batch, "cluster": cluster}
 
+  teacher = ssl_term = None
+  if params.ssl.enabled:
+    # SSAL's order: the teacher takes in the student's current weights, then sees the weak views.
+    teacher = ssl_lib.ema_update(state.teacher, state.params, state.step + 1, params.ssl.ema_max)
+    ssl_term = _mean_teacher_term(state, teacher, batch, video, dropout_key, params, total_steps)
+
   def loss_fn(weights):
     out, updates = state.apply_fn({"params": weights, "batch_stats": state.batch_stats}, video,
                                   train=True, frozen_encoder=params.encoder_frozen,
                                   rngs={"dropout": dropout_key}, mutable=["batch_stats"])
     total, parts = losses.loss_fn(out, batch, state.centres, None, epoch, params.loss)
+    if ssl_term is not None:
+      extra = ssl_term(weights, out["seg_logits"])
+      total, parts = total + extra["ssl_total"], {**parts, **extra}
     return total, (parts, updates["batch_stats"], out["latent"])
 
   (total, (parts, new_stats, latent)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -213,9 +238,51 @@ def train_step(state: TrainState, batch: dict, epoch: jax.Array, params: TrainPa
       state.centres, state.counts, jax.lax.stop_gradient(latent), cluster,
       cluster >= 0)
   state = state.replace(centres=centres, counts=counts)
+  if teacher is not None:
+    state = state.replace(teacher=teacher)
   metrics = {**parts, "grad_norm": optax.tree.norm(grads),
              "lr": jnp.asarray(factor * params.learning_rate, jnp.float32)}
   return state, metrics
+
+
+def _mean_teacher_term(state: MeanTeacherState, teacher, batch: dict, video: jax.Array,
+                       dropout_key: jax.Array, params: TrainParams,
+                       total_steps: int | None) -> Callable[[Any, jax.Array], dict]:
+  """``(weights, labelled_logits) -> claus_jax.ssl.ssl_loss`` of one mean-teacher step.
+
+  The teacher (``teacher`` parameters, train mode as in SSAL: dropout on, BatchNorm on the batch's
+  statistics, which it does not keep) sees the labelled clips and the weak views
+  ``batch['unlabelled_video']`` in one pass. The student's logits of the labelled clips are its
+  supervised pass's (``labelled_logits``), so the supervised loss and statistics are a supervised
+  step's; it sees the strong views of the unlabelled clips in a pass of their own. The consistency
+  terms run over both sets of rows. The teacher's outputs carry no gradient.
+  """
+  ssl = params.ssl
+  lo, hi = params.input_range
+  weak = batch["unlabelled_video"].astype(jnp.float32) / 255.0
+  strong = ssl_lib.strong_view(weak, jax.random.fold_in(dropout_key, 2), ssl)
+  to_model = lambda x: x * (hi - lo) + lo  # [0, 1] -> the model's input range.
+  frozen = params.encoder_frozen
+
+  def forward(weights, clips, key):
+    out, _ = state.apply_fn({"params": weights, "batch_stats": state.batch_stats}, clips,
+                            train=True, frozen_encoder=frozen, rngs={"dropout": key},
+                            mutable=["batch_stats"])
+    return out["seg_logits"]
+
+  # One teacher pass over both sets of rows, as SSAL's (its BatchNorm sees them together).
+  teacher_logits = jax.lax.stop_gradient(forward(
+      teacher, jnp.concatenate([video, to_model(weak)]), jax.random.fold_in(dropout_key, 1)))
+  height, width = video.shape[2:4]
+  mask = ssl_lib.high_pass_mask(height, width)
+  ramp = ssl.ramp(state.step, params.steps if total_steps is None else total_steps)
+
+  def term(weights, labelled_logits):
+    student_logits = jnp.concatenate([labelled_logits, forward(weights, to_model(strong),
+                                                               jax.random.fold_in(dropout_key, 3))])
+    return ssl_lib.ssl_loss(student_logits, teacher_logits, ramp, ssl, mask)
+
+  return term
 
 
 def make_train_step(params: TrainParams, mesh, total_steps: int | None = None) -> Callable:

@@ -4,13 +4,22 @@ J-HMDB-like trimmed clips), sized for a 2-core CPU.
 Run:
   python -m claus_jax.main --config=configs/synthetic.py
   python -m claus_jax.main --config=configs/synthetic.py:smoke --workdir=/tmp/claus_smoke
-Variants: '' (default, >= 4 rounds in <= 15 min on 2 CPU cores), 'smoke' (2 rounds in < 90 s, tests).
+Variants: '' (default, >= 4 rounds in <= 15 min on 2 CPU cores), 'smoke' (2 rounds in < 90 s, tests),
+'ssl' (the default with mean-teacher rounds, config.loss.ssl); 'smoke,ssl' is the smoke run's.
 """
 
 from claus_jax import configlib
 
 
 def get_config(arg=None):
+  variant, _, flag = (arg or "").partition(",")
+  if variant == "ssl" or flag == "ssl":
+    c = get_config("" if variant == "ssl" else variant)
+    if variant == "ssl" and flag:
+      raise ValueError(f"configs/synthetic.py: variant {arg!r}; use 'ssl' or 'smoke,ssl'.")
+    return configlib.ssl_preset(c)
+  if flag:
+    raise ValueError(f"configs/synthetic.py: unknown flag {flag!r}; the only one is 'ssl'.")
   c = configlib.base_config()
   c.dataset = "synthetic"
   c.data.frame_size = 64
@@ -89,5 +98,5 @@ def get_config(arg=None):
     c.cluster.k = 2
     c.cluster.n_init = 4
   elif arg:
-    raise ValueError(f"configs/synthetic.py: unknown variant {arg!r}; use '' or 'smoke'.")
+    raise ValueError(f"configs/synthetic.py: unknown variant {arg!r}; use '', 'smoke' or 'ssl'.")
   return c

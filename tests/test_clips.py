@@ -230,3 +230,44 @@ def test_video_sampling_draws_clips_per_video_from_its_labelled_frames():
   again = clips.ClipSampler(_source(), ITEMS, params, seed=0, round_index=0)
   for step in range(3):
     np.testing.assert_array_equal(again.batch_at(step)["video"], sampler.batch_at(step)["video"])
+
+
+def test_unlabelled_clips_centre_only_on_unlabelled_frames_and_are_pure_in_step():
+  # Frames that carry their own index: a clip shows which frames it took.
+  source = []
+  for vid, t in (("a", 20), ("b", 12), ("c", 30)):
+    r = _record(vid, t)
+    frames = np.broadcast_to(np.arange(t, dtype=np.uint8)[:, None, None, None], r.frames.shape)
+    source.append(dataclasses.replace(r, frames=np.ascontiguousarray(frames)))
+  # Video a: labelled at 3, 10, 17, so 17 frames remain; b: wholly labelled, so it gives none;
+  # c: unlabelled, every frame.
+  allowed = {0: np.setdiff1d(np.arange(20), [3, 10, 17]), 1: np.array([], np.int64),
+             2: np.arange(30)}
+  params = _params(crop_scale=1.0, flip=False)
+  sampler = clips.ClipSampler(source, ITEMS, params, seed=0, round_index=1,
+                              unlabelled=list(allowed.items()), unlabelled_batch_size=5)
+  assert [i for i, _ in sampler.unlabelled] == [0, 2]
+  seen = set()
+  for step in range(40):
+    batch = sampler.batch_at(step)
+    assert batch["unlabelled_video"].shape == (5, 8, 16, 16, 3)
+    assert batch["unlabelled_video"].dtype == np.uint8
+    for clip in batch["unlabelled_video"]:
+      frames = clip[:, 0, 0, 0].astype(np.int64)
+      centre = int(frames[4])  # Position L // 2 holds the centre.
+      # Some video whose clip rule gives these frames around that centre may centre there.
+      assert any(np.array_equal(frames, clips.clip_frames(centre, length)) and centre in allowed[i]
+                 for i, length in ((0, 20), (2, 30))), frames
+      seen.add(centre)
+  assert len(seen) > 15  # Centres spread over the allowed frames.
+  again = clips.ClipSampler(source, ITEMS, params, seed=0, round_index=1,
+                            unlabelled=list(allowed.items()), unlabelled_batch_size=5)
+  np.testing.assert_array_equal(again.batch_at(7)["unlabelled_video"],
+                                sampler.batch_at(7)["unlabelled_video"])
+  # The labelled part is the supervised sampler's, untouched by the unlabelled draws.
+  plain = clips.ClipSampler(source, ITEMS, params, seed=0, round_index=1)
+  for key, value in plain.batch_at(7).items():
+    np.testing.assert_array_equal(value, sampler.batch_at(7)[key])
+  with pytest.raises(ValueError, match="every frame of the train split is labelled"):
+    clips.ClipSampler(source, ITEMS, params, seed=0, round_index=1,
+                      unlabelled=[(1, np.array([], np.int64))], unlabelled_batch_size=2)

@@ -10,7 +10,8 @@ from claus_jax import models
 from tests.config_files import load_config as load
 
 
-@pytest.mark.parametrize("name,arg", [("synthetic", None), ("synthetic", "smoke")])
+@pytest.mark.parametrize("name,arg", [("synthetic", None), ("synthetic", "smoke"),
+                                      ("synthetic", "ssl"), ("synthetic", "smoke,ssl")])
 def test_synthetic_configs_validate(name, arg):
   configlib.validate(load(name, arg))
 
@@ -26,6 +27,15 @@ def test_paper_configs(tmp_path, monkeypatch):
     assert c.data.frame_size == 224 and c.model.width == 1.0
     assert (c.budget.initial_frames_pct, c.budget.initial_videos_pct) == schedule[0]
     assert tuple(tuple(s) for s in c.budget.schedule) == schedule[1:]
+    assert not c.loss.ssl.enabled
+    # The mean-teacher switch, alone or on a variant: as many unlabelled clips as labelled ones.
+    for arg, batch in (("ssl", 8), ("tiny,ssl", 2), ("authors,ssl", 6)):
+      ssl = load(name, arg)
+      configlib.validate(ssl)
+      assert ssl.loss.ssl.enabled and ssl.loss.ssl.unlabelled_batch_size == batch
+      assert ssl.train.batch_size == batch
+    with pytest.raises(ValueError, match="variant 'tiny' takes no flag but 'ssl'"):
+      load(name, "tiny,foo")
 
 
 def test_every_field_has_a_comment():
@@ -140,6 +150,9 @@ def test_default_workdir():
     ("loss.p_low", 0.95, "config.loss.p_low: 0.95 is above loss.p_high=0.9."),
     ("uncertainty.noise_amplitude", 1.5, "config.uncertainty.noise_amplitude: 1.5 must be in "
      "[0, 1]. It is the noise's half-width on the [0, 1] image (SSAL: 0.05)."),
+    ("loss.ssl.ema_max", 1.0, "config.loss.ssl.ema_max: 1.0 must be in [0, 1). It caps the "
+     "teacher's EMA share (SSAL: 0.99)."),
+    ("loss.ssl.unlabelled_batch_size", 0, "config.loss.ssl.unlabelled_batch_size: 0 must be >= 1."),
 ])
 def test_out_of_range_values_are_refused_naming_the_field(field, value, message):
   c = load("synthetic")

@@ -166,6 +166,22 @@ def _counting_stage(path, calls, load=None):
   return experiment.stage("result", path, compute, load, pool_lib.atomic_write_json)
 
 
+@pytest.mark.parametrize("field,labelled,unlabelled", [
+    ("train.batch_size", 3, 4), ("loss.ssl.unlabelled_batch_size", 4, 3)])
+def test_data_parallel_batches_that_do_not_split_over_the_devices_are_refused_before_training(
+    field, labelled, unlabelled, tmp_path):
+  import types
+  config = smoke_config(**{"train.data_parallel": True, "train.batch_size": labelled})
+  config.loss.ssl.enabled = True
+  config.loss.ssl.unlabelled_batch_size = unlabelled
+  index = types.SimpleNamespace(video_ids=["a"], num_frames=np.array([20]))
+  dataset = types.SimpleNamespace(train_index=index, train=[])
+  mesh = types.SimpleNamespace(devices=np.empty(4, object))  # A 4-device mesh, as the check sees it.
+  with pytest.raises(experiment.errors.ConfigError,
+                     match=rf"config.{field}: 3 clips do not split over the 4 devices"):
+    experiment.Experiment(config, str(tmp_path), dataset, mesh=mesh)
+
+
 def test_stage_computes_once_then_loads_the_file(tmp_path):
   path = str(tmp_path / "result.json")
   calls = []
@@ -225,8 +241,10 @@ def _crash_once(monkeypatch, target, name, when=lambda *a, **k: True):
   monkeypatch.setattr(target, name, wrapper)
 
 
+# ~150 s each beside the smoke run they share (2 CPU cores); CI runs them in its -m slow step, which
+# kept the quick suite under 10 minutes.
 @pytest.mark.parametrize("point", [pytest.param("after_training", marks=pytest.mark.slow),
-                                   "mid_scoring",
+                                   pytest.param("mid_scoring", marks=pytest.mark.slow),
                                    pytest.param("mid_selection", marks=pytest.mark.slow)])
 def test_resume_after_a_crash_equals_an_uninterrupted_run(point, reference_run, tmp_path,
                                                           monkeypatch):
@@ -373,6 +391,27 @@ def test_ssal_round_labels_whole_videos_in_the_order_of_their_noiseaug_scores(tf
       expected.append(v)
       frames_left -= length
   assert picked == set(expected)
+
+
+@pytest.mark.slow  # ~4 min (2 CPU cores): a smoke run with a mean-teacher step of its own.
+def test_mean_teacher_smoke_run_trains_on_consistency_and_a_rerun_recomputes_nothing(tfds_dir,
+                                                                                   tmp_path):
+  config = load_config("synthetic", "smoke,ssl")
+  config.quiet = True
+  workdir = str(tmp_path / "ssl")
+  summary = experiment.run(config, workdir)
+  for r in (0, 1):
+    rd = os.path.join(workdir, f"round_{r:03d}")
+    history = json.loads(_read(os.path.join(rd, "train_history.json")))
+    assert [h["step"] for h in history] == [10, 20]
+    # The consistency part is in every row, positive, with the ramp at 1 from half the round on.
+    assert all(h["ssl_total"] > 0 and h["ssl_mse"] > 0 for h in history)
+    assert history[-1]["ssl_ramp"] == 1.0
+    assert "per_class" in json.loads(_read(os.path.join(rd, "eval.json")))
+  before = {name: _read(os.path.join(workdir, "round_001", name))
+            for name in ("train.json", "eval.json")}
+  assert experiment.run(config, workdir) == summary
+  assert before == {name: _read(os.path.join(workdir, "round_001", name)) for name in before}
 
 
 @pytest.mark.slow
@@ -632,6 +671,7 @@ def test_awaiting_answers_exits_with_its_own_code(tfds_dir, tmp_path):
   assert os.path.exists(workdir / "round_000" / "requests.json")
 
 
+@pytest.mark.slow  # ~80 s (2 CPU cores): retrains round 0 of the smoke run.
 def test_a_damaged_final_checkpoint_is_named_and_deleting_it_resumes_training(reference_run,
                                                                              tmp_path):
   import shutil

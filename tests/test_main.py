@@ -43,7 +43,7 @@ def test_bad_values_and_overrides_are_one_line_and_write_nothing(tmp_path):
   rc, err = _main("--config=configs/synthetic.py:nope", f"--workdir={workdir}")
   assert rc == experiment.EXIT_ERROR and err == [
       "error: --config=configs/synthetic.py:nope: ValueError: configs/synthetic.py: unknown "
-      "variant 'nope'; use '' or 'smoke'."], err
+      "variant 'nope'; use '', 'smoke' or 'ssl'."], err
   assert not os.path.exists(workdir)
 
 

@@ -261,6 +261,66 @@ def _child_sharded_step() -> None:
   print(json.dumps(out))
 
 
+def _child_sharded_ssl_step() -> None:
+  """A mean-teacher step on 4 devices against one: loss, consistency and gradient (SGD update).
+
+  The float32 floor is measured as in :func:`_child_sharded_step`, by row permutations on one
+  device, with every random part of the step off (dropout 0, no strong-view augmentation), so that a
+  permutation only reorders sums; the run with dropout and strong views on is held to that floor.
+  """
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  from claus_jax import models, parallel, train
+
+  assert jax.device_count() == 4, jax.devices()
+  mesh = parallel.make_mesh()
+  one = jax.devices()[0]
+  sgd = optax.sgd(1.0)  # Updates compare gradients (see _child_sharded_step).
+  flat = lambda tree: np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree.leaves(tree)])
+  out = {}
+  for name, dropout, strong in (("plain", 0.0, 0.0), ("random", 0.5, 1.0)):
+    config = tiny_config()
+    config.model.dropout = dropout
+    config.loss.ssl.enabled = True
+    config.loss.ssl.unlabelled_batch_size = 4
+    config.loss.ssl.temporal_weight = 1.0
+    config.loss.ssl.jitter = 0.4 * strong
+    config.loss.ssl.grayscale_prob = config.loss.ssl.blur_prob = 0.5 * strong
+    model = models.build_model(config)
+    params = train.TrainParams.from_config(config)
+    state0 = train.create_state(params, model, jax.random.PRNGKey(0), num_videos=8)
+    state0 = state0.replace(tx=sgd, opt_state=sgd.init(state0.params))
+    params0 = flat(state0.params)
+    batch = dict(fixed_batch(config, 4, 1), unlabelled_video=fixed_batch(config, 4, 2)["video"])
+    step = jax.jit(lambda s, b, params=params: train.train_step(s, b, jnp.float32(0.5), params,
+                                                                total_steps=4))
+    s1, m1 = step(jax.device_put(state0, one), jax.device_put(batch, one))
+    loss1, ssl1, update1 = float(m1["total"]), float(m1["ssl_total"]), flat(s1.params) - params0
+
+    def diff(m, update, loss1=loss1, ssl1=ssl1, update1=update1):
+      return {"loss": abs(float(m["total"]) - loss1) / abs(loss1),
+              "ssl": abs(float(m["ssl_total"]) - ssl1) / abs(ssl1),
+              "update": float(np.linalg.norm(update - update1) / np.linalg.norm(update1))}
+
+    s4, m4 = step(parallel.replicate(state0, mesh), parallel.shard_batch(batch, mesh))
+    res = {"diff": diff(m4, flat(s4.params) - params0), "ssl_total": ssl1,
+           "teacher_diff": max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in
+                               zip(jax.tree.leaves(s1.teacher), jax.tree.leaves(s4.teacher)))}
+    if name == "plain":
+      rng = np.random.default_rng(0)
+      perms = []
+      for _ in range(6):
+        lab, unl = rng.permutation(4), rng.permutation(4)
+        moved = {k: (v[unl] if k == "unlabelled_video" else v[lab]) for k, v in batch.items()}
+        sp, mp = step(jax.device_put(state0, one), jax.device_put(moved, one))
+        perms.append(diff(mp, flat(sp.params) - params0))
+      out["floor"] = {k: max(p[k] for p in perms) for k in ("loss", "ssl", "update")}
+    out[name] = res
+  print(json.dumps(out))
+
+
 def test_sharding_check_rejects_a_gap_above_the_floor_and_tolerates_a_zero_floor():
   floor = {"loss": 1e-5, "update": 1e-2}
   assert sharding_gaps({"loss": 5e-5, "update": 5e-2}, floor) == []
@@ -301,6 +361,21 @@ def test_sharded_train_step_equals_single_device():
   for wrong in ("wrong_summed_gradients", "wrong_per_device_batchnorm"):
     margins[wrong] = {k: r[wrong][k] / bounds[k] for k in ("loss", "update")}
   print("sharded step, observed / bound:", json.dumps(margins))
+
+
+@pytest.mark.slow  # Two tiny mean-teacher steps compiled in a 4-device child (~4 min cold).
+def test_sharded_mean_teacher_step_equals_single_device():
+  out = _wait(_run_child(["sharded_ssl_step"], {
+      "XLA_FLAGS": xla_flags.with_devices(4), "JAX_PLATFORMS": "cpu"}))
+  res = json.loads(out.strip().splitlines()[-1])
+  floor = res["floor"]
+  for name in ("plain", "random"):
+    r = res[name]
+    # Dropout masks, strong views, the teacher, the loss with its consistency part and the gradient
+    # agree with one device to the float32 reordering floor of this step.
+    assert sharding_gaps(r["diff"], floor) == [], (name, res)
+    assert r["diff"]["ssl"] <= FLOOR_MULTIPLE * max(floor["ssl"], MIN_LOSS_FLOOR), (name, res)
+    assert r["ssl_total"] > 0 and r["teacher_diff"] <= 1e-6, (name, res)
 
 
 # -------------------------------------------------------------------------- two processes
@@ -601,6 +676,8 @@ if __name__ == "__main__":
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   if sys.argv[1] == "sharded_step":
     _child_sharded_step()
+  elif sys.argv[1] == "sharded_ssl_step":
+    _child_sharded_ssl_step()
   elif sys.argv[1] == "helpers":
     _child_helpers(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
   elif sys.argv[1] == "driver":

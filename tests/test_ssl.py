@@ -137,3 +137,81 @@ def test_consistency_loss_against_the_transcription_and_only_the_student_learns(
   grads = jax.grad(lambda s, t: ssl.consistency_loss(s, t, 0.5, mask)["total"], argnums=(0, 1))(
       jnp.asarray(student, jnp.float32), jnp.asarray(teacher, jnp.float32))
   assert float(jnp.abs(grads[0]).max()) > 0 and float(jnp.abs(grads[1]).max()) == 0.0
+
+
+def _ssl_params(**fields):
+  return ssl.SSLParams(enabled=True, **fields)
+
+
+def test_strong_view_off_is_identity_and_each_part_by_hand():
+  rng = np.random.default_rng(0)
+  video = jnp.asarray(rng.uniform(0.0, 1.0, (3, 2, 6, 7, 3)), jnp.float32)
+  key = jax.random.PRNGKey(4)
+  off = _ssl_params(jitter=0.0, grayscale_prob=0.0, blur_prob=0.0)
+  np.testing.assert_array_equal(ssl.strong_view(video, key, off), video)
+  # Grey always: every pixel becomes its ITU-R 601 luma in all three channels.
+  grey = ssl.strong_view(video, key, _ssl_params(jitter=0.0, grayscale_prob=1.0, blur_prob=0.0))
+  luma = np.asarray(video) @ np.array([0.299, 0.587, 0.114])
+  np.testing.assert_allclose(grey, np.repeat(luma[..., None], 3, -1), rtol=1e-6, atol=1e-6)
+  # Blur always: a single bright pixel inside the frame spreads as the outer product of the 5 taps
+  # exp(-d^2 / 2) / sum, the same in every frame and channel; a constant clip stays constant.
+  delta = np.zeros((1, 2, 9, 9, 3), np.float32)
+  delta[:, :, 4, 4] = 1.0
+  blur = _ssl_params(jitter=0.0, grayscale_prob=0.0, blur_prob=1.0)
+  taps = np.exp(-0.5 * np.arange(-2, 3) ** 2)
+  taps /= taps.sum()
+  expected = np.zeros((9, 9))
+  expected[2:7, 2:7] = np.outer(taps, taps)
+  out = np.asarray(ssl.strong_view(jnp.asarray(delta), key, blur))
+  for t in range(2):
+    for ch in range(3):
+      np.testing.assert_allclose(out[0, t, :, :, ch], expected, atol=1e-7)
+  flat = jnp.full((1, 2, 5, 5, 3), 0.3, jnp.float32)
+  np.testing.assert_allclose(ssl.strong_view(flat, key, blur), flat, rtol=1e-6)
+
+
+def test_strong_view_jitter_is_one_draw_per_clip_keyed_and_in_range():
+  rng = np.random.default_rng(1)
+  video = jnp.asarray(rng.uniform(0.2, 0.8, (4, 3, 5, 5, 3)), jnp.float32)
+  params = _ssl_params(jitter=0.4, grayscale_prob=0.0, blur_prob=0.0)
+  a = ssl.strong_view(video, jax.random.PRNGKey(0), params)
+  np.testing.assert_array_equal(a, ssl.strong_view(video, jax.random.PRNGKey(0), params))
+  assert not np.allclose(a, ssl.strong_view(video, jax.random.PRNGKey(1), params))
+  assert float(jnp.min(a)) >= 0.0 and float(jnp.max(a)) <= 1.0
+  # One draw per clip: the same clip in four rows comes out four ways, and the frames of a clip of
+  # identical frames stay identical.
+  same = jnp.broadcast_to(video[:1, :1], (4, 3, 5, 5, 3))
+  out = np.asarray(ssl.strong_view(same, jax.random.PRNGKey(2), params))
+  np.testing.assert_allclose(out[:, 0], out[:, 1], atol=1e-7)
+  np.testing.assert_allclose(out[:, 0], out[:, 2], atol=1e-7)
+  assert len({round(float(out[b].mean()), 5) for b in range(4)}) == 4
+
+
+def test_temporal_difference_loss_and_the_weighted_sum_by_hand():
+  s = jnp.zeros((1, 3, 1, 1))  # sigmoid 0.5 in every frame: no change along time.
+  t = jnp.asarray([0.0, np.log(3.0), 0.0]).reshape(1, 3, 1, 1)  # sigmoid 0.5, 0.75, 0.5.
+  # Teacher differences (0.25, -0.25), the student's (0, 0): mean of squares 0.0625.
+  assert float(ssl.temporal_difference_loss(s, t)) == pytest.approx(0.0625, rel=1e-6)
+  rng = np.random.default_rng(2)
+  student = jnp.asarray(rng.normal(size=(2, 4, 8, 8)), jnp.float32)
+  teacher = jnp.asarray(rng.normal(size=(2, 4, 8, 8)), jnp.float32)
+  mask = ssl.high_pass_mask(8, 8)
+  params = _ssl_params(mse_weight=0.3, high_pass_weight=0.2, temporal_weight=2.0)
+  out = ssl.ssl_loss(student, teacher, 0.25, params, mask)
+  parts = ssl.consistency_loss(student, teacher, 0.25, mask)
+  high_pass = float(parts["weighted_teacher"] + parts["weighted_student"])
+  expected = (0.3 * 0.75 * float(parts["mse"]) + 0.2 * 0.25 * high_pass
+              + 2.0 * float(ssl.temporal_difference_loss(student, teacher)))
+  assert float(out["ssl_total"]) == pytest.approx(expected, rel=1e-6)
+  assert float(out["ssl_high_pass"]) == pytest.approx(high_pass, rel=1e-6)
+  # SSAL's own total: weights 0.1, 0.1, 0 give 0.1 x consistency_loss's total.
+  ssal = ssl.ssl_loss(student, teacher, 0.25, _ssl_params(), mask)
+  assert float(ssal["ssl_total"]) == pytest.approx(0.1 * float(parts["total"]), rel=1e-6)
+
+
+def test_ramp_spans_its_fraction_of_the_round():
+  params = _ssl_params(ramp_fraction=0.5)
+  assert float(params.ramp(0, 100)) == pytest.approx(np.exp(-5.0), rel=1e-6)
+  assert float(params.ramp(25, 100)) == pytest.approx(np.exp(-1.25), rel=1e-6)
+  assert float(params.ramp(50, 100)) == 1.0 and float(params.ramp(99, 100)) == 1.0
+  assert float(_ssl_params(ramp_fraction=0.0).ramp(0, 100)) == 1.0

@@ -134,7 +134,7 @@ def test_a_hundred_steps_of_the_tiny_model_reduce_the_loss_clearly(smoke):
   assert after[1] < 0.9 * before[1], (before, after)
 
 
-@pytest.mark.slow  # ~110 s; the driver's mid-scoring resume stays quick.
+@pytest.mark.slow  # ~110 s (2 CPU cores): CI runs it in its -m slow step.
 def test_fit_resumes_to_the_parameters_of_an_uninterrupted_run(smoke, tmp_path):
   cfg, ds, sampler = smoke
   cfg = cfg.copy_and_resolve_references()
@@ -305,3 +305,99 @@ def test_round_steps_and_cluster_start():
   assert train_lib.round_steps(train_params(c), 0.01) == 1
   c.cluster.start_step = 0
   assert train_lib.cluster_start_step(train_params(c), 320) == 0
+
+
+def _ssl_config(**ssl):
+  """The tiny config with mean-teacher rounds; Adam made nearly linear (eps = lr = 100: a first
+  update of ``g / (1 + |g| / 100)``), so that gradient entries at float-noise level stay at that
+  level instead of becoming +-lr with a sign set by the compiled program."""
+  cfg = tiny_config()
+  cfg.train.eps = cfg.train.learning_rate = 100.0
+  cfg.loss.ssl.enabled = True
+  cfg.loss.ssl.unlabelled_batch_size = 2
+  for k, v in ssl.items():
+    setattr(cfg.loss.ssl, k, v)
+  return cfg
+
+
+def _ssl_batch(cfg, seed=0):
+  return dict(fixed_batch(cfg, seed=seed), unlabelled_video=fixed_batch(cfg, 2, seed + 100)["video"])
+
+
+@pytest.mark.slow  # Two tiny-model train steps compiled (~3 min cold on 2 CPU cores).
+def test_mean_teacher_step_at_weight_zero_is_the_supervised_step_and_the_teacher_is_the_ema():
+  zero = _ssl_config(mse_weight=0.0, high_pass_weight=0.0, temporal_weight=0.0)
+  supervised = zero.copy_and_resolve_references()
+  supervised.loss.ssl.enabled = False
+  model = models.build_model(zero)
+  runs = {}
+  for name, cfg in (("supervised", supervised), ("zero", zero)):
+    state = train_lib.create_state(train_params(cfg), model, jax.random.PRNGKey(0), 8)
+    step = jax.jit(functools.partial(train_lib.train_step, params=train_params(cfg),
+                                     total_steps=4))
+    states, rows = [state], []
+    for s in range(3):
+      state, metrics = step(state, _ssl_batch(cfg, s), jnp.zeros((), jnp.float32))
+      states.append(state)
+      rows.append(jax.device_get(metrics))
+    runs[name] = states, rows
+  (sup_states, sup_rows), (ssl_states, ssl_rows) = runs["supervised"], runs["zero"]
+  assert isinstance(ssl_states[-1], train_lib.MeanTeacherState)
+  for a, b in zip(sup_rows, ssl_rows):
+    for key in a:
+      np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-7, err_msg=key)
+    assert b["ssl_total"] == 0.0 and b["ssl_mse"] > 0.0  # Computed, weighted 0.
+  for name in ("params", "batch_stats", "centres", "counts"):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4,
+                                                         atol=1e-6),
+                 getattr(sup_states[-1], name), getattr(ssl_states[-1], name))
+  # The teacher by hand: it starts as the student and at update k (1, 2, ...) takes in the student's
+  # weights of before step k with alpha = 1 - 1 / (k + 1): t_k = alpha t_{k-1} + (1 - alpha) p_{k-1}.
+  teacher = jax.tree.map(np.asarray, ssl_states[0].params)
+  for k in range(1, 4):
+    alpha = 1.0 - 1.0 / (k + 1)
+    teacher = jax.tree.map(lambda t, p: alpha * t + (1 - alpha) * np.asarray(p), teacher,
+                           ssl_states[k - 1].params)
+    # Float32 rounding of O(1) weights: 1e-6 absolute.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(b), a, rtol=1e-5, atol=1e-6),
+                 teacher, ssl_states[k].teacher)
+  assert max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(
+      jax.tree.leaves(ssl_states[-1].teacher), jax.tree.leaves(ssl_states[-1].params))) > 1e-3
+
+
+@pytest.mark.slow  # One tiny mean-teacher step compiled (~2 min cold on 2 CPU cores).
+def test_mean_teacher_fit_learns_from_consistency_and_resumes_exactly(tmp_path):
+  cfg = _ssl_config(temporal_weight=1.0)
+  cfg.train.steps, cfg.train.checkpoint_every, cfg.train.log_every = 4, 2, 1
+  model = models.build_model(cfg)
+  fresh = lambda: train_lib.create_state(train_params(cfg), model, jax.random.PRNGKey(0), 8)
+
+  class Sampler:
+    def batch_at(self, step):
+      return _ssl_batch(cfg, step)
+
+    def iterate(self, start):
+      return (self.batch_at(s) for s in range(start, cfg.train.steps))
+
+  whole = train_lib.fit(train_params(cfg), fresh(), Sampler(), str(tmp_path / "whole"), 1.0)
+
+  class Interrupt(Exception):
+    pass
+
+  def stop_at_3(step, metrics):
+    del metrics
+    if step == 3:
+      raise Interrupt()
+
+  with pytest.raises(Interrupt):
+    train_lib.fit(train_params(cfg), fresh(), Sampler(), str(tmp_path / "part"), 1.0,
+                  progress=stop_at_3)
+  resumed = train_lib.fit(train_params(cfg), fresh(), Sampler(), str(tmp_path / "part"), 1.0)
+  for name in ("params", "teacher", "opt_state", "batch_stats", "centres"):
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                 getattr(resumed.state, name), getattr(whole.state, name))
+  # The consistency terms are on, ramped from exp(-5) towards 1 over half the round, and each
+  # history row carries them.
+  assert [round(h["ssl_ramp"], 6) for h in whole.history] == [
+      round(float(np.exp(-5.0)), 6), round(float(np.exp(-5.0 * 0.25)), 6), 1.0, 1.0]
+  assert all(h["ssl_total"] > 0 and h["ssl_temporal"] > 0 for h in whole.history)

@@ -37,8 +37,9 @@ from claus_jax import losses
 from claus_jax.data.pseudo_labels import KeyframeLabels
 from claus_jax.data.record import VideoRecord
 
-# Separate seed streams for the clip order, the augmentation and the centre of 'video' sampling.
-_PERM_STREAM, _AUG_STREAM, _CENTRE_STREAM = 0, 1, 2
+# Separate seed streams for the clip order, the augmentation, the centre of 'video' sampling and the
+# unlabelled clips of mean-teacher rounds.
+_PERM_STREAM, _AUG_STREAM, _CENTRE_STREAM, _UNLABELLED_STREAM = 0, 1, 2, 3
 SAMPLINGS = ("frame", "video")  # config.train.sampling.
 
 
@@ -155,6 +156,16 @@ def clip_targets(keys: KeyframeLabels, frames: np.ndarray, variant: str, window:
   return pseudo, np.asarray(weight, np.float32), labelled
 
 
+def unlabelled_items(num_frames: Sequence[int],
+                     items: Sequence[tuple[int, np.ndarray]]) -> list[tuple[int, np.ndarray]]:
+  """A mean-teacher round's unlabelled frames: ``(index, frames)`` for every video of a split of
+  ``num_frames`` lengths, its frames less those that ``items`` (``(index, labelled frames)``)
+  label."""
+  labelled = {int(i): np.asarray(f, np.int64) for i, f in items}
+  return [(i, np.setdiff1d(np.arange(int(n)), labelled.get(i, np.zeros(0, np.int64))))
+          for i, n in enumerate(num_frames)]
+
+
 @dataclasses.dataclass(frozen=True)
 class ClipParams:
   """What the clip sampler reads of the config, once: the ``train`` section's clip and batch
@@ -195,10 +206,17 @@ class ClipSampler:
     seed: root seed (config.seed).
     round_index: active-learning round, folded into every draw.
     batch_size: clips per batch; default ``params.batch_size`` (``config.train.batch_size``).
+    unlabelled: mean-teacher rounds: ``(index into source, frames a clip may centre on)`` per video
+      that has unlabelled frames (an unlabelled video: all its frames; a labelled one: those not
+      labelled); each batch then also holds ``unlabelled_batch_size`` clips of them (see
+      :meth:`unlabelled_clip`). None: a supervised round.
+    unlabelled_batch_size: unlabelled clips per batch (``config.loss.ssl.unlabelled_batch_size``).
   """
 
   def __init__(self, source: Sequence[VideoRecord], items: Sequence[tuple[int, np.ndarray]],
-               params: ClipParams, seed: int, round_index: int, batch_size: int | None = None):
+               params: ClipParams, seed: int, round_index: int, batch_size: int | None = None,
+               unlabelled: Sequence[tuple[int, np.ndarray]] | None = None,
+               unlabelled_batch_size: int = 0):
     self.source = source
     self.params = params
     self.seed = int(seed)
@@ -240,6 +258,17 @@ class ClipSampler:
                               for _ in range(per_video)], np.int64)
     else:
       raise ValueError(f"config.train.sampling {self.sampling!r}: use one of {SAMPLINGS}.")
+    self.unlabelled = None
+    self.unlabelled_batch_size = 0
+    if unlabelled is not None:
+      self.unlabelled = [(int(i), np.unique(np.asarray(f, np.int64))) for i, f in unlabelled]
+      self.unlabelled = [(i, f) for i, f in self.unlabelled if f.size]
+      if not self.unlabelled:
+        raise ValueError("clip sampler: config.loss.ssl.enabled but every frame of the train split "
+                         "is labelled; there is nothing unlabelled to learn from (turn ssl off).")
+      self.unlabelled_batch_size = int(unlabelled_batch_size)
+      if self.unlabelled_batch_size < 1:
+        raise ValueError("config.loss.ssl.unlabelled_batch_size: must be >= 1 with ssl enabled.")
     self._keys: dict[int, KeyframeLabels] = {}
     self._labels: dict[int, int] = {}
     self._lock = threading.Lock()
@@ -296,12 +325,28 @@ class ClipSampler:
             "label": np.int32(record.label), "video_index": np.int32(self.items[pos][0]),
             "frames": frames}
 
+  def unlabelled_clip(self, step: int, j: int) -> np.ndarray:
+    """Unlabelled clip ``j`` of ``step``'s batch, its weak view: a video drawn uniformly from
+    ``unlabelled``, a centre drawn uniformly from its allowed frames, then the crop and flip of a
+    labelled clip; all from ``(seed, round, step, j)``. Returns ``(L, H, W, 3) uint8``."""
+    rng = np.random.default_rng([self.seed, self.round_index, _UNLABELLED_STREAM, step, j])
+    index, allowed = self.unlabelled[int(rng.integers(len(self.unlabelled)))]
+    center = int(allowed[int(rng.integers(allowed.size))])
+    record = self.source[index]
+    frames = clip_frames(center, record.num_frames, self.length, self.skip)
+    video = np.asarray(record.frames[frames])
+    h, w = record.frame_size
+    crop = draw_augmentation(rng, h, w, self.crop_scale, self.flip)
+    no_target = np.zeros(video.shape[:3], np.float32)  # An unlabelled clip has no mask to move.
+    return augment(video, no_target, no_target, crop)[0]
+
   def batch_at(self, step: int) -> dict[str, np.ndarray]:
     """The batch of ``step``, a pure function of ``(seed, round, step)``.
 
     Returns:
       ``video (B, L, H, W, 3) uint8``, ``pseudo_mask (B, L, H, W) float32``, ``weight (B, L, H, W)
-      float32``, ``labelled (B, L) bool``, ``label (B,) int32``, ``video_index (B,) int32``.
+      float32``, ``labelled (B, L) bool``, ``label (B,) int32``, ``video_index (B,) int32``; with
+      ``unlabelled``, also ``unlabelled_video (U, L, H, W, 3) uint8``.
     """
     n = self.num_clips
     clips = []
@@ -314,7 +359,7 @@ class ClipSampler:
         center = labelled[int(pick.integers(labelled.size))]
       rng = np.random.default_rng([self.seed, self.round_index, _AUG_STREAM, step, j])
       clips.append(self.clip(int(pos), int(center), rng))
-    return {
+    batch = {
         "video": np.stack([c["video"] for c in clips]),
         "pseudo_mask": np.stack([c["pseudo_mask"] for c in clips]),
         "weight": np.stack([c["weight"] for c in clips]),
@@ -322,6 +367,10 @@ class ClipSampler:
         "label": np.array([c["label"] for c in clips], np.int32),
         "video_index": np.array([c["video_index"] for c in clips], np.int32),
     }
+    if self.unlabelled is not None:
+      batch["unlabelled_video"] = np.stack(
+          [self.unlabelled_clip(step, j) for j in range(self.unlabelled_batch_size)])
+    return batch
 
   def iterate(self, start_step: int = 0, num_steps: int | None = None) -> Iterator[dict]:
     """Batches ``start_step, start_step + 1, ...`` produced ahead by background threads.
