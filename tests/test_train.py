@@ -21,6 +21,29 @@ from tests.test_parallel import fixed_batch, tiny_config
 train_params = train_lib.TrainParams.from_config  # The settings a call reads, from a config.
 
 
+class _Interrupted(Exception):
+  """A run killed inside a round: raised from fit's progress callback by :func:`_stop_at`."""
+
+
+def _stop_at(stop_step: int):
+  """A fit ``progress`` callback that interrupts the run when step ``stop_step`` is done."""
+  def progress(step, metrics):
+    del metrics
+    if step == stop_step:
+      raise _Interrupted()
+  return progress
+
+
+class _Sampler:
+  """A sampler of ``steps`` steps whose batch at a step is ``batch_at(step)``."""
+
+  def __init__(self, batch_at, steps: int):
+    self.batch_at, self.steps = batch_at, steps
+
+  def iterate(self, start):
+    return (self.batch_at(s) for s in range(start, self.steps))
+
+
 class _BNNet(nn.Module):
   """One BatchNorm over the RGB channels, with the detector's momentum, call signature and split:
   ``encode`` holds the BatchNorm, the rest (here a dropout) follows it."""
@@ -147,18 +170,9 @@ def test_fit_resumes_to_the_parameters_of_an_uninterrupted_run(smoke, tmp_path):
   whole = train_lib.fit(train_params(cfg), fresh(), sampler, str(tmp_path / "whole"), spe,
                         history_path=str(tmp_path / "whole.json"))
   # Interrupted inside step 5 (after the checkpoint of step 3), then run again in the same folder.
-  class Interrupt(Exception):
-    pass
-
-  def stop_at_5(step, metrics):
-    del metrics
-    if step == 5:
-      raise Interrupt()
-
-  with pytest.raises(Interrupt):
+  with pytest.raises(_Interrupted):
     train_lib.fit(train_params(cfg), fresh(), sampler, str(tmp_path / "part"), spe,
-                  progress=stop_at_5,
-                  history_path=str(tmp_path / "part.json"))
+                  progress=_stop_at(5), history_path=str(tmp_path / "part.json"))
   resumed = train_lib.fit(train_params(cfg), fresh(), sampler, str(tmp_path / "part"), spe,
                           history_path=str(tmp_path / "part.json"))
   assert int(resumed.state.step) == int(whole.state.step) == 6
@@ -201,15 +215,9 @@ def test_a_non_finite_loss_stops_with_the_step_and_the_part(tmp_path):
   good = fixed_batch(cfg)
   bad = dict(good, weight=np.full_like(good["weight"], np.nan))
 
-  class Sampler:
-    def batch_at(self, step):
-      return bad if step == 1 else good
-
-    def iterate(self, start):
-      return (self.batch_at(s) for s in range(start, cfg.train.steps))
-
+  sampler = _Sampler(lambda step: bad if step == 1 else good, cfg.train.steps)
   with pytest.raises(train_lib.NonFiniteLossError, match=r"step 1: non-finite .*bce"):
-    train_lib.fit(train_params(cfg), state, Sampler(), str(tmp_path / "ckpt"), 1.0)
+    train_lib.fit(train_params(cfg), state, sampler, str(tmp_path / "ckpt"), 1.0)
 
 
 @pytest.mark.parametrize("scale", [0.0, 0.1])
@@ -372,27 +380,12 @@ def test_mean_teacher_fit_learns_from_consistency_and_resumes_exactly(tmp_path):
   model = models.build_model(cfg)
   fresh = lambda: train_lib.create_state(train_params(cfg), model, jax.random.PRNGKey(0), 8)
 
-  class Sampler:
-    def batch_at(self, step):
-      return _ssl_batch(cfg, step)
-
-    def iterate(self, start):
-      return (self.batch_at(s) for s in range(start, cfg.train.steps))
-
-  whole = train_lib.fit(train_params(cfg), fresh(), Sampler(), str(tmp_path / "whole"), 1.0)
-
-  class Interrupt(Exception):
-    pass
-
-  def stop_at_3(step, metrics):
-    del metrics
-    if step == 3:
-      raise Interrupt()
-
-  with pytest.raises(Interrupt):
-    train_lib.fit(train_params(cfg), fresh(), Sampler(), str(tmp_path / "part"), 1.0,
-                  progress=stop_at_3)
-  resumed = train_lib.fit(train_params(cfg), fresh(), Sampler(), str(tmp_path / "part"), 1.0)
+  sampler = _Sampler(lambda step: _ssl_batch(cfg, step), cfg.train.steps)
+  whole = train_lib.fit(train_params(cfg), fresh(), sampler, str(tmp_path / "whole"), 1.0)
+  with pytest.raises(_Interrupted):
+    train_lib.fit(train_params(cfg), fresh(), sampler, str(tmp_path / "part"), 1.0,
+                  progress=_stop_at(3))
+  resumed = train_lib.fit(train_params(cfg), fresh(), sampler, str(tmp_path / "part"), 1.0)
   for name in ("params", "teacher", "opt_state", "batch_stats", "centres"):
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                  getattr(resumed.state, name), getattr(whole.state, name))

@@ -246,7 +246,8 @@ def make_builder(data, quiet: bool = False) -> tfds_store.VideoRecordBuilder:
 
   return official.make_builder(
       data.tfds_dir, BUILDER_NAME, BUILDER_VERSION,
-      f"split{settings['split']}_size{settings['frame_size']}", settings, CLASSES, f"J-HMDB-21 split {settings['split']}", records_for_split)
+      f"split{settings['split']}_size{settings['frame_size']}", settings, CLASSES,
+      f"J-HMDB-21 split {settings['split']}", records_for_split)
 
 
 def load(data, quiet: bool = False) -> VideoDataset:
