@@ -313,7 +313,7 @@ def pixel_scores_reference(probs: np.ndarray, threshold: float, form: str) -> np
   return out
 
 
-SCORE_STREAM = 2  # The root-key stream of scoring (experiment's init and train streams are 0 and 1).
+SCORE_STREAM = 2  # The root-key stream of scoring (rounds' init and train streams are 0 and 1).
 
 
 def score_key(seed: int, round_index: int) -> jax.Array:

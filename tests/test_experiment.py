@@ -14,6 +14,7 @@ from PIL import Image
 from claus_jax import experiment
 from claus_jax import oracle as oracle_lib
 from claus_jax import provenance
+from claus_jax import rounds
 from claus_jax import score_files
 from tests.config_files import load_config, load_launch
 
@@ -155,7 +156,7 @@ def test_a_run_writes_its_losses_and_round_metrics_for_tensorboard(reference_run
 
 
 def _counting_stage(path, calls, load=None):
-  """experiment.stage over a JSON file; the result is the record tagged 'computed' or 'loaded'."""
+  """rounds.stage over a JSON file; the result is the record tagged 'computed' or 'loaded'."""
   from claus_jax import pool as pool_lib
 
   def compute():
@@ -163,23 +164,23 @@ def _counting_stage(path, calls, load=None):
     return ("computed", {"value": 7}), {"value": 7}
 
   load = load or (lambda p: ("loaded", pool_lib.read_json(p)))
-  return experiment.stage("result", path, compute, load, pool_lib.atomic_write_json)
+  return rounds.stage("result", path, compute, load, pool_lib.atomic_write_json)
 
 
 @pytest.mark.parametrize("field,labelled,unlabelled", [
     ("train.batch_size", 3, 4), ("loss.ssl.unlabelled_batch_size", 4, 3)])
 def test_data_parallel_batches_that_do_not_split_over_the_devices_are_refused_before_training(
-    field, labelled, unlabelled, tmp_path):
+    field, labelled, unlabelled):
   import types
   config = smoke_config(**{"train.data_parallel": True, "train.batch_size": labelled})
   config.loss.ssl.enabled = True
   config.loss.ssl.unlabelled_batch_size = unlabelled
-  index = types.SimpleNamespace(video_ids=["a"], num_frames=np.array([20]))
-  dataset = types.SimpleNamespace(train_index=index, train=[])
   mesh = types.SimpleNamespace(devices=np.empty(4, object))  # A 4-device mesh, as the check sees it.
   with pytest.raises(experiment.errors.ConfigError,
                      match=rf"config.{field}: 3 clips do not split over the 4 devices"):
-    experiment.Experiment(config, str(tmp_path), dataset, mesh=mesh)
+    experiment.check_devices(config, mesh)
+  config.loss.ssl.unlabelled_batch_size = config.train.batch_size = 8
+  experiment.check_devices(config, mesh)  # Batches of 8 split into 4 x 2.
 
 
 def test_stage_computes_once_then_loads_the_file(tmp_path):
@@ -191,7 +192,7 @@ def test_stage_computes_once_then_loads_the_file(tmp_path):
   assert calls == ["compute"]
   # A load that finds the file but not the result (training without its final checkpoint) makes
   # the stage compute and write again.
-  assert _counting_stage(path, calls, load=lambda p: experiment.INCOMPLETE)[0] == "computed"
+  assert _counting_stage(path, calls, load=lambda p: rounds.INCOMPLETE)[0] == "computed"
   assert calls == ["compute", "compute"]
 
 
@@ -251,7 +252,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(point, reference_run, 
   workdir = str(tmp_path / point)
   with monkeypatch.context() as m:
     if point == "after_training":
-      _crash_once(m, experiment.Experiment, "_evaluate")
+      _crash_once(m, rounds, "evaluate")
     elif point == "mid_scoring":
       calls = {"n": 0}
 
@@ -279,16 +280,16 @@ def warm_run(tfds_dir, tmp_path_factory):
 
   workdir = str(tmp_path_factory.mktemp("warm"))
   starts, ends = {}, {}
-  original = experiment.Experiment._fit
+  original = rounds.fit
 
-  def fit(self, r, state, *args, **kwargs):
+  def fit(ctx, settings, r, state, *args, **kwargs):
     starts[r] = jax.device_get(state.params)
-    result = original(self, r, state, *args, **kwargs)
+    result = original(ctx, settings, r, state, *args, **kwargs)
     ends[r] = jax.device_get(result.state.params)
     return result
 
   with pytest.MonkeyPatch.context() as m:
-    m.setattr(experiment.Experiment, "_fit", fit)
+    m.setattr(rounds, "fit", fit)
     experiment.run(smoke_config(**{"train.warm_start": True}), workdir)
   return workdir, starts, ends
 
@@ -321,13 +322,13 @@ def test_a_strategy_started_from_a_shared_round_0_equals_its_own_run(reference_r
   shared = str(tmp_path / "shared")
   assert compare.share_round0(reference_run, shared, "random")
   fitted = []
-  original = experiment.Experiment._fit
+  original = rounds.fit
 
-  def fit(self, r, *args, **kwargs):
+  def fit(ctx, settings, r, *args, **kwargs):
     fitted.append(r)
-    return original(self, r, *args, **kwargs)
+    return original(ctx, settings, r, *args, **kwargs)
 
-  monkeypatch.setattr(experiment.Experiment, "_fit", fit)
+  monkeypatch.setattr(rounds, "fit", fit)
   random_config = smoke_config(**{"selection.strategy": "random"})
   experiment.run(random_config, shared)
   assert fitted == [1]
@@ -421,7 +422,7 @@ def test_warm_start_resumes_from_the_previous_rounds_checkpoint(warm_run, tmp_pa
   workdir = str(tmp_path / "warm")
   config = smoke_config(**{"train.warm_start": True})
   with monkeypatch.context() as m:
-    _crash_once(m, experiment.Experiment, "_fit", lambda self, r, *a, **k: r == 1)
+    _crash_once(m, rounds, "fit", lambda ctx, settings, r, *a, **k: r == 1)
     with pytest.raises(_Crash):
       experiment.run(config, workdir)
   assert not os.path.exists(os.path.join(workdir, "round_001", "train.json"))
@@ -572,7 +573,7 @@ def test_recompute_from_removes_the_rounds_results_and_keeps_every_answer(tmp_pa
                  provenance.INPUTS_FILE):
       (rd / name).write_text("{}")
   (tmp_path / "config.json").write_text("{}")
-  provenance.recompute_from(str(tmp_path), 1, experiment.round_dir, log=lambda _: None)
+  provenance.recompute_from(str(tmp_path), 1, rounds.round_dir, log=lambda _: None)
   assert sorted(os.listdir(tmp_path / "round_001")) == ["answers.json", "pool.json"]
   assert len(os.listdir(tmp_path / "round_000")) == 8  # Earlier rounds untouched.
   aside = [d for d in os.listdir(tmp_path) if d.startswith("superseded-")]
@@ -580,7 +581,7 @@ def test_recompute_from_removes_the_rounds_results_and_keeps_every_answer(tmp_pa
   assert (tmp_path / aside[0] / "round_002" / "answers.json").exists()
   assert sorted(os.listdir(tmp_path)) == sorted(["config.json", "round_000", "round_001", aside[0]])
   with pytest.raises(provenance.InputsChangedError, match="round_005: .* holds no pool.json"):
-    provenance.recompute_from(str(tmp_path), 5, experiment.round_dir)
+    provenance.recompute_from(str(tmp_path), 5, rounds.round_dir)
 
 
 def _write_requests(round_dir, class_names=("a", "b")):
@@ -713,15 +714,16 @@ def test_damaged_state_files_are_named_with_what_to_do(reference_run, tmp_path):
   workdir = _copy_run(reference_run, tmp_path)
   config = smoke_config()
   dataset = data_lib.get_dataset(config)
-  exp = experiment.Experiment(config, workdir, dataset)
+  ctx = experiment.run_context(config, workdir, dataset, mesh=None)
+  settings = experiment.round_settings(config)
   r0 = os.path.join(workdir, "round_000")
   readers = {  # Each state file and the stage that reads it.
       "config.json": lambda: experiment.check_or_write_config(config, workdir),
-      "round_001/pool.json": lambda: exp._load_pool(1),
-      "round_000/eval.json": lambda: exp._evaluate(0, None),
+      "round_001/pool.json": lambda: rounds.load_pool(ctx, 1),
+      "round_000/eval.json": lambda: rounds.evaluate(ctx, settings, 0, None),
       "round_000/train.json": lambda: reporting.collect(workdir),
-      "round_000/selection.json": lambda: exp._select(0, None, None, None),
-      "round_000/scores/shard_0000.npz": lambda: exp._score(0, None),
+      "round_000/selection.json": lambda: rounds.select(ctx, settings, 0, None, None, None),
+      "round_000/scores/shard_0000.npz": lambda: rounds.score(ctx, settings, 0, None),
       "round_000/latents.npy": lambda: reporting.plot_selection_pca(workdir, dataset,
                                                                    str(tmp_path / "pca.png")),
   }

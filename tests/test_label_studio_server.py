@@ -28,6 +28,7 @@ import pytest
 
 import fixtures_datasets as fx
 from claus_jax import experiment
+from claus_jax import rounds
 from tests.config_files import load_config
 from tests.test_annotation import _annotator
 
@@ -129,7 +130,7 @@ def _single_actor_videos():
 
 def _annotate_round(server, workdir, round_index, env, config_flags, videos):
   """One round through Label Studio; returns the tasks' prediction counts."""
-  rd = experiment.round_dir(workdir, round_index)
+  rd = rounds.round_dir(workdir, round_index)
   cmd = [sys.executable, "-m", "claus_jax.annotate", *config_flags, f"--workdir={workdir}"]
   done = subprocess.run(cmd + ["export"], env=env, cwd=ROOT, capture_output=True, text=True,
                         timeout=600)
@@ -210,8 +211,8 @@ def test_a_round_that_requests_nothing_does_not_wait_for_people(tmp_path, monkey
   config.oracle.kind = "files"
   workdir = str(tmp_path / "files")
   assert experiment.run(config, workdir) == {"awaiting_answers": True}
-  _answer_from_ground_truth(experiment.round_dir(workdir, 0), data_lib.get_dataset(config))
+  _answer_from_ground_truth(rounds.round_dir(workdir, 0), data_lib.get_dataset(config))
   assert experiment.run(config, workdir) != {"awaiting_answers": True}
-  with open(os.path.join(experiment.round_dir(workdir, 1), "requests.json")) as f:
+  with open(os.path.join(rounds.round_dir(workdir, 1), "requests.json")) as f:
     assert json.load(f)["videos"] == []
   assert _outcome(workdir) == _outcome(reference)

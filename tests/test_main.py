@@ -146,9 +146,10 @@ def test_the_run_logs_its_status_lines_on_stderr(tmp_path):
   script = tmp_path / "say.py"
   script.write_text("from absl import app\n"
                     "from claus_jax import experiment\n"
+                    "from claus_jax import rounds\n"
                     "def main(argv):\n"
                     "  experiment.quiet_library_logs()\n"
-                    "  experiment.say('round 0: a status line')\n"
+                    "  rounds.say('round 0: a status line')\n"
                     "  print('| the results table |')\n"
                     "app.run(main)\n")
   done = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True,

@@ -42,6 +42,7 @@ def run(command: str, config, workdir: str, round_index: int = -1, tool: str = "
   """
   from claus_jax import experiment
   from claus_jax import pool as pool_lib
+  from claus_jax import rounds
   from claus_jax.annotation import answers as answers_lib
   from claus_jax.annotation import cvat
   from claus_jax.annotation import geometry
@@ -52,7 +53,7 @@ def run(command: str, config, workdir: str, round_index: int = -1, tool: str = "
                           "of the run that awaits answers.")
   experiment.check_or_write_config(config, workdir, write=False)
   r = pending_round(workdir) if round_index < 0 else round_index
-  rd = experiment.round_dir(workdir, r)
+  rd = rounds.round_dir(workdir, r)
   requests = pool_lib.read_json(os.path.join(rd, "requests.json"), require=("videos", "round"))
   class_names = requests["class_names"]
   size = int(config.data.frame_size)
