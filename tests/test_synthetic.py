@@ -401,3 +401,22 @@ def test_part_map_names_the_limb_under_each_joint():
   row = int(round(points["neck"][0][1] + 5))
   xs = np.flatnonzero(mask[0, row])
   assert color[0, row, xs[0]].mean() < 0.6 * color[0, row, xs[len(xs) // 2]].mean()
+
+
+def test_video_joints_are_the_rendered_figures():
+  """render_video_and_joints (what launch/studies/pose_ceiling.py reads) gives the benchmark's own
+  video and the joints of the figure drawn in it: with no occluder, the torso's middle is on the
+  mask in every frame, and the head is above the pelvis by about the torso's length."""
+  params = dataclasses.replace(TINY, occlusion=0.0, mode="trimmed")
+  rec = S.recording(params, "train", 2)
+  video, points = S.render_video_and_joints(params, "train", 2, 1, rec)
+  same = S.generate_video(params, "train", 2, 1)
+  np.testing.assert_array_equal(video.frames, same.frames)
+  np.testing.assert_array_equal(video.masks, same.masks)
+  mid = np.rint(0.5 * (points["pelvis"] + points["neck"])).astype(int)
+  inside = (mid >= 0).all(axis=1) & (mid < params.frame_size).all(axis=1)
+  assert inside.any()
+  t = np.flatnonzero(inside)
+  assert video.masks[t, mid[t, 1], mid[t, 0]].all()
+  rise = points["pelvis"][:, 1] - points["head"][:, 1]  # Image y grows downwards.
+  assert (rise > 0.25 * rec.figure.height).all() and (rise < 0.6 * rec.figure.height).all()

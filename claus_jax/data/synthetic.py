@@ -402,6 +402,14 @@ def _group_id(params: GeneratorParams, split: str, group: int) -> str:
 def _render_video(params: GeneratorParams, split: str, group: int, video: int, rec: Recording,
                   draw_actor: bool = True) -> VideoRecord:
   """Renders one member of ``rec``; ``draw_actor=False`` leaves the actor out (tests use it)."""
+  return render_video_and_joints(params, split, group, video, rec, draw_actor)[0]
+
+
+def render_video_and_joints(params: GeneratorParams, split: str, group: int, video: int,
+                            rec: Recording, draw_actor: bool = True,
+                            ) -> tuple[VideoRecord, dict[str, np.ndarray]]:
+  """:func:`_render_video`'s record and the figure's joints in image pixels, ``{joint: (T, 2)}``
+  (what a perfect 2-D pose tracker would read; studies use them)."""
   rng = _rng(params, split, _VIDEO, group, video)
   n = int(rng.integers(params.min_frames, params.max_frames + 1))
   speed = rec.speed * rng.uniform(0.9, 1.1)
@@ -413,7 +421,7 @@ def _render_video(params: GeneratorParams, split: str, group: int, video: int, r
     span = (first, first + length)
   else:
     span = (0, n)
-  frames, visible, _, _ = render_performance(
+  frames, visible, points, _ = render_performance(
       rng, rec.canvas, rec.margin, rec.figure, rec.action, act, n, span, params.frame_size,
       ground=rec.ground, x0=rec.x0, jitter=params.jitter, occlusion=rec.occlusion,
       noise=rec.noise, draw_actor=draw_actor)
@@ -421,9 +429,11 @@ def _render_video(params: GeneratorParams, split: str, group: int, video: int, r
   has_gt[span[0]:span[1]] = True
   masks = (visible & has_gt[:, None, None]).astype(np.uint8)
   boxes = masks_to_boxes(masks)[None]
-  return VideoRecord(video_id=_video_id(params, split, group, video, rec.label),
-                     group_id=_group_id(params, split, group), label=int(rec.label), frames=frames,
-                     masks=masks, boxes=boxes, has_gt=has_gt, span=span, annotation="mask")
+  record = VideoRecord(video_id=_video_id(params, split, group, video, rec.label),
+                       group_id=_group_id(params, split, group), label=int(rec.label),
+                       frames=frames, masks=masks, boxes=boxes, has_gt=has_gt, span=span,
+                       annotation="mask")
+  return record, points
 
 
 def render_performance(rng: np.random.Generator, canvas: np.ndarray, margin: int,
