@@ -103,6 +103,7 @@ def base_config() -> ml_collections.ConfigDict:
       clutter=3,  # Clutter props per clip, at a clip's difficulty 1.
       occlusion=0.3,  # Probability of an occluder crossing the actor, at a clip's difficulty 1.
       jitter=1.0,  # Camera jitter amplitude in pixels at 64 px.
+      families=0,  # 0: the 8 hand-written families; N: N families composed of joint primitives.
       val_clips=224,  # Held-out corpus clips scored after pretraining (reported, never trained on).
       cache_dir="",  # Where pretrained encoders live; '' = $CLAUS_CACHE_DIR/pretrained or ~/.cache/claus_jax/pretrained.
   )
@@ -477,6 +478,7 @@ RANGES = {
     "pretrain.clutter": "[0, inf)",
     "pretrain.occlusion": "[0, 1]",
     "pretrain.jitter": "[0, inf)",
+    "pretrain.families": "[0, inf)",
     "pretrain.val_clips": "[0, inf)",
     "train.bn_recalibration_batches": "[0, inf)",
     "uncertainty.passes": "[1, inf)",

@@ -359,7 +359,7 @@ def pretrain(p: PretrainSettings, out_dir: str, progress: bool = True) -> dict:
   result = {
       "settings": p.cache_key(), "seconds": round(elapsed, 1),
       "clips_seen": steps * p.batch_size,
-      "classes": list(pretrain_corpus.PRETRAIN_CLASS_NAMES),
+      "classes": list(params.class_names),
       "heldout_clips": seen, "heldout_accuracy": correct / max(seen, 1),
       "heldout_mask_loss": float(np.mean([m["mask"] for m in val_metrics])),
       "heldout_heatmap_loss": float(np.mean([m["heatmap"] for m in val_metrics])),

@@ -294,6 +294,56 @@ def _flap(t, p):
   return Pose(pose)
 
 
+# Composed families (pretrain.families > 0): many programs drawn at random from joint primitives, in
+# the role of a large pretraining label space (Kinetics' 400 classes beside Charades' 157). A family
+# moves one to three body parts, each DOF a base angle plus an oscillation (a sine, a rectified
+# sine or a smooth rise, at one or two cycles per period, with its own phase). The benchmark's
+# whole-body signatures are left out: no body lift (jump), no forward travel (walk), no deep forward
+# lean (bow), no knees bending together (squat); arm and single-leg motions may resemble a
+# benchmark action, as Charades' actions resemble J-HMDB's, but no family is a benchmark program.
+_COMPOSED_PARTS = {  # Part -> its DOFs (the lead side's, for limbs) and each one's (lo, hi) angle.
+    "lead_arm": {"sh_t": (-0.6, 2.4), "sh_p": (0.0, 2.5), "el_t": (0.0, 2.2), "el_p": (-0.4, 0.9)},
+    "other_arm": {"sh_t": (-0.6, 2.4), "sh_p": (0.0, 2.5), "el_t": (0.0, 2.2), "el_p": (-0.4, 0.9)},
+    "lead_leg": {"hip_t": (-0.5, 1.2), "hip_p": (0.0, 0.7), "knee": (0.0, 1.6)},
+    "torso": {"lean": (-0.25, 0.55), "side": (-0.45, 0.45)},
+}
+_COMPOSED_WAVES = ("sin", "half", "rise")
+
+
+def composed_program(seed) -> Callable:
+  """Family ``seed``'s program ``(t, ActionParams) -> Pose``: a random composition of joint
+  primitives (see ``_COMPOSED_PARTS``), the same for every call with the same seed."""
+  rng = np.random.default_rng(np.random.SeedSequence(seed))
+  names = list(_COMPOSED_PARTS)
+  parts = rng.choice(names, size=int(rng.integers(1, 4)), replace=False)
+  terms = []  # (part, dof, base, amplitude, wave, harmonic, phase)
+  for part in sorted(parts):
+    dofs = list(_COMPOSED_PARTS[part])
+    for dof in rng.choice(dofs, size=int(rng.integers(1, len(dofs) + 1)), replace=False):
+      lo, hi = _COMPOSED_PARTS[part][dof]
+      base = rng.uniform(lo, hi)
+      amp = rng.uniform(0.25, 0.6) * (hi - lo) * rng.choice([-1.0, 1.0])
+      terms.append((part, str(dof), base, amp, str(rng.choice(_COMPOSED_WAVES)),
+                    int(rng.integers(1, 3)), rng.uniform(0, 2 * np.pi)))
+
+  def program(t, p):
+    pose = idle_pose(t).angles
+    for part, dof, base, amp, wave, harmonic, phase in terms:
+      x = harmonic * _cycle(t, p) + phase
+      shape = {"sin": np.sin(x), "half": np.clip(np.sin(x), 0.0, None),
+               "rise": 0.5 * (1.0 - np.cos(x))}[wave]
+      lo, hi = _COMPOSED_PARTS[part][dof]
+      value = np.clip(base + p.amplitude * amp * shape, lo, hi)
+      if part == "torso":
+        key = dof
+      else:
+        key = f"{p.lead if part.startswith('lead') else _other(p.lead)}_{dof}"
+      pose[key] = value
+    return Pose(pose)
+
+  return program
+
+
 BENCHMARK_ACTIONS: dict[str, Callable] = {
     "wave": _wave, "clap": _clap, "squat": _squat, "jump": _jump, "kick": _kick, "punch": _punch,
     "bow": _bow, "walk": _walk, "raise_arms": _raise_arms, "jumping_jack": _jumping_jack,
@@ -326,9 +376,10 @@ def random_action_params(rng: np.random.Generator, action: str, speed: float = 1
                       lead=lead if lead is not None else str(rng.choice(["r", "l"])))
 
 
-def perform(action: str, t: np.ndarray, params: ActionParams) -> Pose:
-  programs = {**BENCHMARK_ACTIONS, **PRETRAIN_ACTIONS}
-  return programs[action](np.asarray(t, np.float64), params)
+def perform(action: str | Callable, t: np.ndarray, params: ActionParams) -> Pose:
+  """The pose of ``action`` (a named program, or a program such as :func:`composed_program`'s)."""
+  program = action if callable(action) else {**BENCHMARK_ACTIONS, **PRETRAIN_ACTIONS}[action]
+  return program(np.asarray(t, np.float64), params)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -10,7 +10,10 @@ in videos and classes. This corpus plays that role for the synthetic benchmark
   camera jitter.
 * **Disjoint actions.** Its families (``PRETRAIN_CLASS_NAMES``: arm circles, side bends, marching in
   place, reaching sideways, standing, turning round, lunges, flapping the elbows) are programs of
-  their own (``figures.PRETRAIN_ACTIONS``); none is a benchmark class.
+  their own (``figures.PRETRAIN_ACTIONS``); none is a benchmark class. With ``families`` = N > 0
+  the corpus has N families instead, each a program composed at random of joint primitives
+  (``figures.composed_program``; a large label space, the role of Kinetics' 400 classes), which
+  leave out the benchmark's whole-body signatures (lift, travel, deep lean, both knees bending).
 * **Disjoint videos and scenes.** Every clip has its own NumPy Generator seeded from
   ``(PRETRAIN_STREAM, seed, index)`` and paints a scene style of its own draws; the benchmark seeds
   from ``(seed, split, purpose, group, video)`` words of another length, so no stream (and no class
@@ -35,6 +38,7 @@ from claus_jax.data import synthetic
 
 PRETRAIN_CLASS_NAMES = tuple(figures.PRETRAIN_ACTIONS)
 PRETRAIN_STREAM = 0x50524554  # 'PRET': the first seed word of every pretraining clip.
+COMPOSED_STREAM = 0x434F4D50  # 'COMP': the first seed word of every composed family's program.
 # Bump when the rendering of pretraining clips changes (the cache key of pretrained weights holds it).
 VERSION = "2.0.0"  # 2.0: articulated figures in painted scenes (1.x: rigid shapes' motion families).
 FIGURE_HEIGHT = (0.2, 0.9)  # Both benchmark modes' sizes.
@@ -58,6 +62,9 @@ class PretrainParams:
   clutter: int = 3
   occlusion: float = 0.3
   jitter: float = 1.0
+  # 0: the eight hand-written families (PRETRAIN_CLASS_NAMES); N > 0: N composed families
+  # (figures.composed_program, seeded from COMPOSED_STREAM and the family's index).
+  families: int = 0
 
   @classmethod
   def from_section(cls, p, *, frame_size: int, clip_length: int,
@@ -67,14 +74,30 @@ class PretrainParams:
     return cls(seed=int(p.seed), frame_size=int(p.frame_size or frame_size),
                clip_length=int(clip_length), frame_step=int(frame_step),
                min_speed=float(p.min_speed), max_speed=float(p.max_speed),
-               clutter=int(p.clutter), occlusion=float(p.occlusion), jitter=float(p.jitter))
+               clutter=int(p.clutter), occlusion=float(p.occlusion), jitter=float(p.jitter),
+               families=int(p.families))
 
   @property
   def num_classes(self) -> int:
-    return len(PRETRAIN_CLASS_NAMES)
+    return self.families or len(PRETRAIN_CLASS_NAMES)
+
+  @property
+  def class_names(self) -> tuple[str, ...]:
+    if self.families:
+      return tuple(f"composed_{i}" for i in range(self.families))
+    return PRETRAIN_CLASS_NAMES
+
+  def program(self, label: int):
+    """Family ``label``'s program: a name of ``figures.PRETRAIN_ACTIONS`` or a composed program."""
+    if self.families:
+      return figures.composed_program([COMPOSED_STREAM, self.seed & 0xFFFFFFFF, int(label)])
+    return PRETRAIN_CLASS_NAMES[label]
 
   def to_dict(self) -> dict:
-    return {**dataclasses.asdict(self), "version": VERSION}
+    d = {**dataclasses.asdict(self), "version": VERSION}
+    if not self.families:
+      del d["families"]  # The hand-written corpus keeps the key its shipped weights were cached by.
+    return d
 
 
 SCENE_TARGETS = 16  # Length of scene_target().
@@ -100,7 +123,7 @@ def clip(params: PretrainParams, index: int) -> dict[str, np.ndarray]:
   rng = np.random.default_rng(np.random.SeedSequence(
       [PRETRAIN_STREAM, params.seed & 0xFFFFFFFF, (params.seed >> 32) & 0xFFFFFFFF, int(index)]))
   label = int(index) % params.num_classes
-  action = PRETRAIN_CLASS_NAMES[label]
+  action = params.program(label)
   s = params.frame_size
   n = params.clip_length
   margin = synthetic.jitter_margin(params.jitter, s)
