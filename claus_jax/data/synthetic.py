@@ -46,7 +46,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -437,8 +437,8 @@ def render_video_and_joints(params: GeneratorParams, split: str, group: int, vid
 
 
 def render_performance(rng: np.random.Generator, canvas: np.ndarray, margin: int,
-                       fig: figures.Figure, action: str, act: figures.ActionParams, n: int,
-                       span: tuple[int, int], size: int, *, ground: float, x0: float,
+                       fig: figures.Figure, action: str | Callable, act: figures.ActionParams,
+                       n: int, span: tuple[int, int], size: int, *, ground: float, x0: float,
                        jitter: float = 1.0, occlusion: float = 0.0, noise: float = 3.0,
                        draw_actor: bool = True, yaw_turn: float = 0.0,
                        progress: np.ndarray | None = None,

@@ -129,7 +129,8 @@ def main(argv):
         f"({result['val_videos']} videos)")
   print("  | read from | logistic | trees |")
   for name in ("pose", "scene", "pose_scene"):
-    print(f"  | {name} | {result[f'{name}_logistic_acc']:.3f} | {result[f'{name}_trees_acc']:.3f} |")
+    logistic, trees = result[f"{name}_logistic_acc"], result[f"{name}_trees_acc"]
+    print(f"  | {name} | {logistic:.3f} | {trees:.3f} |")
   print("  pose-alone trees, recall per class: "
         + ", ".join(f"{k} {v:.2f}" for k, v in recall.items()))
   line = json.dumps(result, sort_keys=True)
