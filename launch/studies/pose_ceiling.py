@@ -54,12 +54,6 @@ def pose_features(points: dict, height: float, mirror: bool = False):
   return np.concatenate([x.mean(0), x.std(0), x.min(0), x.max(0), step])
 
 
-def scene_grid(frame):
-  """``(48,)`` mean colour of each cell of a 4x4 grid over an ``(S, S, 3)`` frame, in [0, 1]."""
-  c = frame.shape[0] // 4
-  return frame[:4 * c, :4 * c].reshape(4, c, 4, c, 3).mean(axis=(1, 3)).ravel() / 255.0
-
-
 def main(argv):
   del argv
   import numpy as np
@@ -68,16 +62,12 @@ def main(argv):
   from sklearn.pipeline import make_pipeline
   from sklearn.preprocessing import StandardScaler
 
-  from claus_jax import configlib
   from claus_jax.data import synthetic
+  from launch.studies.train_groups import colour_grid
+  from launch.studies.train_groups import generator_and_groups
 
-  config = _CONFIG.value
-  configlib.validate(config)
-  params = synthetic.GeneratorParams.from_data(config.data)
-  groups = params.num_groups("train")
   held = _VAL_GROUPS.value
-  if not 0 < held < groups:
-    raise app.UsageError(f"--val_groups={held}: the train split has {groups} groups.")
+  params, groups = generator_and_groups(_CONFIG.value, held)
   rows = []  # (is_val, label, pose, mirrored pose, scene grid)
   for g in range(groups):
     rec = synthetic.recording(params, "train", g)
@@ -89,7 +79,7 @@ def main(argv):
       scene = synthetic._render_video(params, "train", g, v, rec, draw_actor=False)
       rows.append((g >= groups - held, rec.label, pose_features(points, rec.figure.height),
                    pose_features(points, rec.figure.height, mirror=True),
-                   scene_grid(scene.frames[scene.num_frames // 2])))
+                   colour_grid(scene.frames[scene.num_frames // 2], 4)))
   val = np.array([r[0] for r in rows])
   y = np.array([r[1] for r in rows])
   pose = np.stack([r[2] for r in rows])

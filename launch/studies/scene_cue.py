@@ -34,15 +34,6 @@ _VAL_GROUPS = flags.DEFINE_integer("val_groups", 10, "Train-split groups held ou
 _OUT = flags.DEFINE_string("out", "", "Append the result as one JSON line to this file.")
 
 
-def colour_grid(frame, cells: int):
-  """``(cells * cells * 3,)`` mean colour of each cell of an ``(S, S, 3)`` frame, in [0, 1]."""
-  import numpy as np
-
-  s = frame.shape[0] // cells
-  return frame[:s * cells, :s * cells].reshape(cells, s, cells, s, 3).mean(axis=(1, 3)).reshape(
-      -1).astype(np.float64) / 255.0
-
-
 def probe(x_train, y_train, x_val, y_val) -> float:
   """Validation accuracy of a standardised logistic regression (C = 1)."""
   import numpy as np
@@ -61,16 +52,12 @@ def main(argv):
   del argv
   import numpy as np
 
-  from claus_jax import configlib
   from claus_jax.data import synthetic
+  from launch.studies.train_groups import colour_grid
+  from launch.studies.train_groups import generator_and_groups
 
-  config = _CONFIG.value
-  configlib.validate(config)
-  params = synthetic.GeneratorParams.from_data(config.data)
-  groups = params.num_groups("train")
   held = _VAL_GROUPS.value
-  if not 0 < held < groups:
-    raise app.UsageError(f"--val_groups={held}: the train split has {groups} groups.")
+  params, groups = generator_and_groups(_CONFIG.value, held)
   rows = []  # (is_val, label, scene_class, scene, frame grid 4, 8, scene grid 4, 8)
   group_scene = {}
   for g in range(groups):
